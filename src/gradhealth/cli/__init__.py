@@ -1,0 +1,73 @@
+"""The ``gradhealth`` command line.
+
+One module per subcommand, each exposing ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``. Subcommand modules import heavy libraries (torch, matplotlib) inside
+``run`` so that ``gradhealth --help`` stays fast.
+
+Exit codes everywhere: 0 healthy/ok, 1 a pathology was found, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import GradHealthError
+
+__all__ = ["main", "COMMANDS", "EXIT_OK", "EXIT_PATHOLOGY", "EXIT_USAGE"]
+
+EXIT_OK, EXIT_PATHOLOGY, EXIT_USAGE = 0, 1, 2
+
+#: Subcommand name -> module under gradhealth.cli (the order is the order of ``--help``).
+COMMANDS = {
+    "demo": "demo",
+    "env": "env",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 2 and a hint, for every usage error."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nTry '{self.prog} --help'.\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(prog="gradhealth",
+                     description="See, detect, diagnose and cure vanishing and exploding gradients.")
+    parser.add_argument("--version", action="version", version=f"gradhealth {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, modname in COMMANDS.items():
+        mod = importlib.import_module(f".{modname}", __name__)
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gradhealth`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code = args._run(args)
+    except GradHealthError as exc:
+        # A user mistake (bad parameter, unusable model, unreadable run): no traceback.
+        print(f"gradhealth {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,24 @@
+import json
+import subprocess
+import sys
+
+from gradhealth.cli import main
+
+
+def test_env_json(capsys):
+    assert main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    import torch
+
+    assert info["torch"] == torch.__version__ and info["gradhealth"]
+
+
+def test_unknown_command_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "gradhealth", "no-such-command"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
