@@ -1,0 +1,321 @@
+"""Skip optimizer steps whose gradients are not finite.
+
+The model is optax's ``apply_if_finite``: a wrapper around the optimizer that lets a step
+through only when every gradient is finite, keeps a budget of consecutive skips, and fails
+loudly when the budget is spent (a model that produces NaN gradients ten steps in a row will
+not recover by skipping more).
+
+One mechanism serves both the stand-alone wrapper :func:`skip_nonfinite` and the guard of
+:func:`gradhealth.watch` (which passes ``on_skip`` to turn each skip into an Event).
+
+How a step is skipped
+---------------------
+:class:`StepGuard` replaces ``optimizer.step`` *on the instance* (a bound method; the class
+is not touched) by a guarded step that calls the original only when the gradients are
+finite. On a skipped step the optimizer's own code does not run at all, so for every
+optimizer -- SGD with momentum and weight decay, Adam, AdamW, fused or foreach variants,
+LBFGS, third-party optimizers -- the parameters, the optimizer state (moments, per-parameter
+``step`` counters, LBFGS's history) and ``param_groups`` are bitwise unchanged, and step
+pre/post hooks registered on the optimizer do not fire.
+
+The alternative, clearing ``p.grad`` in a ``register_step_pre_hook`` so that the optimizer
+finds no parameter to update, does leave SGD/Adam/AdamW untouched (they only visit
+parameters with a gradient), but not optimizers that keep global counters or evaluate a
+closure inside ``step``, and it cannot see the gradients a closure computes. Hence the
+instance method.
+
+Cost: deciding whether to skip needs the one boolean on the host, i.e. one device-to-host
+synchronisation per optimizer step -- the same price ``torch.amp.GradScaler`` pays for the
+same decision. The reduction itself (:func:`nonfinite_grads`) is fused and sync-free.
+
+Interplay:
+    * ``torch.optim.lr_scheduler``: works whether the scheduler is created before or after
+      the guard. A skipped step does not stop the scheduler from advancing (as with
+      GradScaler).
+    * ``torch.amp.GradScaler``: the scaler already skips overflowing steps; the guard then
+      sees unscaled, finite gradients and stays out of the way.
+    * DDP: gradients are identical on every rank after the all-reduce, so every rank takes
+      the same decision. Sharded optimizers (FSDP, ZeRO) see only their shard: there the
+      ranks could disagree, and the guard is not the right tool.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from .._checks import check_int
+from ..errors import NonFiniteError, ParameterError
+
+__all__ = ["nonfinite_grads", "StepGuard", "skip_nonfinite"]
+
+
+def _grad_values(g: torch.Tensor) -> torch.Tensor:
+    """The stored values of a gradient: dense as is, sparse (COO/CSR/...) its value array."""
+    if g.layout == torch.strided:
+        return g
+    if g.layout == torch.sparse_coo:
+        # _values() works on uncoalesced tensors and costs nothing; duplicates are checked
+        # one by one, which is what we want (a NaN in any of them is a NaN in the sum).
+        return g._values()
+    return g.values()
+
+
+def nonfinite_grads(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Whether any gradient of ``params`` holds a NaN or an Inf, as a 0-dim bool tensor.
+
+    Fused and sync-free: gradients are grouped by (device, dtype) and reduced with one
+    ``torch._foreach_norm(..., ord=inf)`` per group. The infinity norm (max ``|g|``) cannot
+    overflow, so a large but finite fp16/bf16 gradient is never mistaken for an Inf, while
+    a NaN or Inf anywhere propagates into the norm. The result stays on the device of the
+    first gradient; nothing is read back to the host.
+
+    Args:
+        params: tensors (usually ``model.parameters()``); those without ``.grad`` and empty
+            gradients are ignored. Sparse gradients are checked through their values.
+
+    Returns:
+        ``torch.tensor(True)`` if any gradient is non-finite, else ``torch.tensor(False)``
+        (on the CPU when no parameter has a gradient).
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        v = _grad_values(g)
+        if v.numel() == 0:  # _foreach_norm(inf) has no identity for an empty tensor
+            continue
+        groups.setdefault((v.device, v.dtype), []).append(v)
+    if not groups:
+        return torch.zeros((), dtype=torch.bool)
+    out_device = next(iter(groups))[0]
+    flags = []
+    for (device, _dtype), tensors in groups.items():
+        norms = torch._foreach_norm(tensors, math.inf)
+        flag = torch.logical_not(torch.isfinite(torch.stack(norms)).all())
+        flags.append(flag if device == out_device else flag.to(out_device, non_blocking=True))
+    return flags[0] if len(flags) == 1 else torch.stack(flags).any()
+
+
+def _nonfinite_report(params: list[tuple[str, torch.Tensor]]) -> list[dict]:
+    """Which gradients are non-finite, with NaN/Inf counts (slow path, only on a skip)."""
+    out = []
+    for name, p in params:
+        g = p.grad
+        if g is None:
+            continue
+        v = _grad_values(g)
+        if v.numel() == 0:
+            continue
+        n_nan = int(torch.isnan(v).sum())
+        n_inf = int(torch.isinf(v).sum())
+        if n_nan or n_inf:
+            out.append({"param": name, "shape": list(p.shape), "nan": n_nan, "inf": n_inf})
+    return out
+
+
+class StepGuard:
+    """Optimizer wrapper: skip every step whose gradients are not all finite.
+
+    Use :func:`skip_nonfinite` to create one. The guard is attached on construction and
+    detached by :meth:`remove` (or by leaving its ``with`` block).
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` (or an object with ``step`` and
+            ``param_groups``).
+        max_consecutive_skips: how many steps in a row may be skipped; the next non-finite
+            step raises :class:`~gradhealth.errors.NonFiniteError` instead (its ``diagnosis``
+            is the info dict described below). ``None`` means no limit; ``0`` raises on the
+            first non-finite step.
+        on_skip: called as ``on_skip(info)`` on every skipped step and once more, with
+            ``info["action"] == "raise"``, right before the error is raised. ``info`` holds
+            ``step`` (0-based index of this ``optimizer.step()`` call since the guard was
+            attached), ``action`` (``"skip"`` or ``"raise"``), ``n_consecutive`` (this one
+            included), ``skipped_steps`` (total skipped so far, this one included when
+            skipped), ``max_consecutive_skips``, ``loss`` (float, when ``step`` got a
+            closure) and ``nonfinite`` (a list of ``{"param", "shape", "nan", "inf"}``, one per
+            parameter whose gradient is non-finite; ``param`` is the parameter's name when
+            ``model`` was given, else ``"group{g}.param{i}"``).
+        model: optional module whose ``named_parameters()`` name the parameters in ``info``.
+
+    Attributes:
+        steps: calls to ``optimizer.step()`` seen by the guard.
+        skipped_steps: how many of them were skipped.
+        consecutive_skips: length of the current run of skipped steps (0 after a good step).
+    """
+
+    def __init__(self, optimizer: Any, max_consecutive_skips: int | None = 10,
+                 on_skip: Callable[[dict], Any] | None = None, *, model: torch.nn.Module | None = None):
+        owner = "StepGuard"
+        if not (hasattr(optimizer, "step") and hasattr(optimizer, "param_groups")):
+            raise ParameterError("optimizer", owner, "a torch.optim.Optimizer (with step and param_groups)",
+                                 type(optimizer).__name__,
+                                 "pass the optimizer itself, e.g. skip_nonfinite(torch.optim.AdamW(...)).")
+        if max_consecutive_skips is not None:
+            max_consecutive_skips = check_int(max_consecutive_skips, "max_consecutive_skips", owner,
+                                              min_value=0, fix="pass an integer >= 0 (or None for no limit).")
+        if on_skip is not None and not callable(on_skip):
+            raise ParameterError("on_skip", owner, "a callable taking one dict, or None",
+                                 type(on_skip).__name__, "pass a function, e.g. on_skip=print.")
+        self.optimizer = optimizer
+        self.max_consecutive_skips = max_consecutive_skips
+        self.on_skip = on_skip
+        self.steps = 0
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self._names: dict[int, str] = {}
+        if model is not None:
+            self._names = {id(p): n for n, p in model.named_parameters()}
+        self._active = False
+        self._install()
+
+    # -- attaching -------------------------------------------------------------------------
+    def _install(self) -> None:
+        opt = self.optimizer
+        self._had_instance_step = "step" in vars(opt)
+        self._previous_instance_step = vars(opt).get("step")
+        inner = opt.step  # whatever is bound now: the class's step, or an earlier wrapper
+        guard = self
+
+        def guarded_step(_opt, *args, **kwargs):
+            return guard._step(inner, args, kwargs)
+
+        # A learning-rate scheduler created before the guard marked its own wrapper; keep
+        # the mark visible so it does not warn that step() was overridden behind its back.
+        if hasattr(inner, "_wrapped_by_lr_sched"):
+            guarded_step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+        guarded_step._gradhealth_guard = self  # type: ignore[attr-defined]
+        # A bound method (not a plain function) so that a scheduler created *after* the
+        # guard can wrap it in turn (it reads step.__func__).
+        self._method = types.MethodType(guarded_step, opt)
+        opt.step = self._method
+        self._active = True
+
+    def remove(self) -> None:
+        """Detach the guard; ``optimizer.step`` behaves as before it was attached.
+
+        If something wrapped ``optimizer.step`` after the guard (e.g. a learning-rate
+        scheduler), the guard cannot be unwrapped from under it and becomes a pass-through.
+        """
+        if not self._active:
+            return
+        self._active = False
+        opt = self.optimizer
+        if vars(opt).get("step") is self._method:
+            if self._had_instance_step:
+                opt.step = self._previous_instance_step
+            else:
+                del opt.step
+
+    @property
+    def active(self) -> bool:
+        """Whether the guard still checks steps (False after :meth:`remove`)."""
+        return self._active
+
+    def __enter__(self) -> StepGuard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return (f"StepGuard({type(self.optimizer).__name__}, max_consecutive_skips="
+                f"{self.max_consecutive_skips}, steps={self.steps}, skipped_steps={self.skipped_steps}, "
+                f"active={self._active})")
+
+    # -- the guarded step ------------------------------------------------------------------
+    def _params(self) -> list[tuple[str, torch.Tensor]]:
+        out = []
+        for gi, group in enumerate(self.optimizer.param_groups):
+            for pi, p in enumerate(group["params"]):
+                out.append((self._names.get(id(p), f"group{gi}.param{pi}"), p))
+        return out
+
+    def _step(self, inner: Callable, args: tuple, kwargs: dict):
+        if not self._active:
+            return inner(*args, **kwargs)
+        closure = kwargs.get("closure", args[0] if args else None)
+        loss = None
+        if closure is not None:
+            # The gradients only exist once the closure ran: run it here, then hand the
+            # optimizer a closure that returns this loss on its first call (and re-evaluates
+            # on later calls, which LBFGS makes), so the closure is not run twice.
+            with torch.enable_grad():
+                loss = closure()
+            pending = [True]
+
+            def cached_closure():
+                if pending[0]:
+                    pending[0] = False
+                    return loss
+                return closure()
+
+            if "closure" in kwargs:
+                kwargs = {**kwargs, "closure": cached_closure}
+            else:
+                args = (cached_closure,) + tuple(args[1:])
+        index = self.steps
+        self.steps += 1
+        params = self._params()
+        # The one host sync per step (see the module docstring).
+        if not bool(nonfinite_grads(p for _, p in params)):
+            self.consecutive_skips = 0
+            out = inner(*args, **kwargs)
+            return loss if (out is None and closure is not None) else out
+        n = self.consecutive_skips + 1
+        limit = self.max_consecutive_skips
+        action = "raise" if (limit is not None and n > limit) else "skip"
+        info = {"step": index, "action": action, "n_consecutive": n,
+                "skipped_steps": self.skipped_steps + (action == "skip"),
+                "max_consecutive_skips": limit, "nonfinite": _nonfinite_report(params)}
+        if loss is not None:
+            try:
+                info["loss"] = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        if action == "skip":
+            self.consecutive_skips = n
+            self.skipped_steps += 1
+        if self.on_skip is not None:
+            self.on_skip(info)
+        if action == "raise":
+            where = ", ".join(d["param"] for d in info["nonfinite"][:5])
+            more = len(info["nonfinite"]) - 5
+            where += f" (+{more} more)" if more > 0 else ""
+            raise NonFiniteError(
+                f"{n} optimizer steps in a row (steps {index - n + 1}..{index}) had non-finite "
+                f"gradients (NaN/Inf) in {where or 'the parameters'}; the guard skipped "
+                f"{n - 1} of them and stops because max_consecutive_skips={limit}. "
+                "Skipping more will not help: lower the learning rate, clip gradients "
+                "(gradhealth.remedies.clip_grad_norm_), or find the first non-finite layer with "
+                "gradhealth.watch(...).", diagnosis=info)
+        return loss
+
+
+def skip_nonfinite(optimizer: Any, max_consecutive_skips: int | None = 10,
+                   on_skip: Callable[[dict], Any] | None = None, *,
+                   model: torch.nn.Module | None = None) -> StepGuard:
+    """Make ``optimizer.step()`` skip every step whose gradients hold a NaN or an Inf.
+
+    Like optax's ``apply_if_finite``: a skipped step leaves the parameters and the optimizer
+    state bitwise unchanged; after ``max_consecutive_skips`` skips in a row the next
+    non-finite step raises :class:`~gradhealth.errors.NonFiniteError`. Costs one host sync
+    per step (as ``torch.amp.GradScaler`` does). See :class:`StepGuard` for the arguments.
+
+    Example::
+
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        guard = gradhealth.remedies.skip_nonfinite(opt, max_consecutive_skips=10)
+        for x, y in data:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()                      # skipped if any gradient is NaN/Inf
+        print(guard.skipped_steps)
+        guard.remove()                      # or: with skip_nonfinite(opt): ...
+    """
+    return StepGuard(optimizer, max_consecutive_skips, on_skip, model=model)
