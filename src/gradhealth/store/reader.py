@@ -1,0 +1,226 @@
+"""Reading a run directory back: :func:`load_run` -> :class:`Run`.
+
+The reader opens the database read-only, in one read transaction, so it sees a consistent
+snapshot even while the training process is still writing (WAL mode), and it never writes
+to the run it reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError
+from ..events import Event
+from .schema import DB_NAME, LAYER_STAT_COLUMNS, SCHEMA_VERSION, STEP_COLUMNS, decode_value, loads_evidence
+
+__all__ = ["Run", "load_run"]
+
+
+@dataclass
+class Run:
+    """A stored run, as plain Python data.
+
+    Attributes:
+        run_dir: the run directory.
+        meta: metadata (``created_at``, ``closed_at`` once the writer closed, ``schema_version``,
+            ``gradhealth_version`` and whatever the watcher recorded).
+        layers: ``[{"index", "name", "type", "n_params"}, ...]`` in index order.
+        steps: one dict per recorded step, every column of the ``steps`` table present
+            (``None`` = not recorded, ``nan`` = recorded as NaN), in step order.
+        layer_stats: one dict per (step, layer) row; ``layer`` is the index into ``layers``.
+        events: :class:`~gradhealth.events.Event` objects in the order they were written.
+    """
+
+    run_dir: Path
+    meta: dict = field(default_factory=dict)
+    layers: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    layer_stats: list[dict] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """True when the writer closed cleanly (``closed_at`` in meta); False while the run
+        is still being written, or if the writing process died."""
+        return "closed_at" in self.meta
+
+    @property
+    def layer_names(self) -> dict[int, str]:
+        """Layer index -> qualified name."""
+        return {d["index"]: d["name"] for d in self.layers}
+
+    def _layer_indices(self, layer: str | int) -> set[int]:
+        if isinstance(layer, int) and not isinstance(layer, bool):
+            idx = {layer} if any(d["index"] == layer for d in self.layers) else set()
+        else:
+            idx = {d["index"] for d in self.layers if d["name"] == layer}
+        if not idx:
+            from ..errors import ParameterError
+
+            names = [d["name"] for d in self.layers]
+            shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+            raise ParameterError("name", "Run.layer_series", "a layer name or index of this run",
+                                 layer, f"use one of: {shown or '(no layers recorded)'}")
+        return idx
+
+    def layer_series(self, name: str | int, field: str):
+        """Steps and values of one per-layer statistic, as two NumPy arrays.
+
+        Args:
+            name: the layer's qualified name (or its index).
+            field: a ``layer_stats`` column, e.g. ``"grad_norm"``.
+
+        Returns:
+            ``(steps, values)``: int64 and float64 arrays, in step order. Steps where the
+            statistic was not recorded are left out; NaN values are kept.
+        """
+        import numpy as np
+
+        _check_field(field, LAYER_STAT_COLUMNS, "Run.layer_series")
+        idx = self._layer_indices(name)
+        pairs = sorted((r["step"], r[field]) for r in self.layer_stats
+                       if r["layer"] in idx and r[field] is not None)
+        return (np.array([p[0] for p in pairs], dtype=np.int64),
+                np.array([p[1] for p in pairs], dtype=np.float64))
+
+    def step_series(self, field: str):
+        """Steps and values of one ``steps`` column (``"loss"``, ``"global_grad_norm"``, ...),
+        as two NumPy arrays; steps where it was not recorded are left out, NaN kept."""
+        import numpy as np
+
+        _check_field(field, STEP_COLUMNS, "Run.step_series")
+        pairs = [(r["step"], r[field]) for r in self.steps if r[field] is not None]
+        return (np.array([p[0] for p in pairs], dtype=np.int64),
+                np.array([p[1] for p in pairs], dtype=np.float64))
+
+    def to_pandas(self) -> dict:
+        """The run as DataFrames: ``{"meta", "layers", "steps", "layer_stats", "events"}``.
+
+        ``layer_stats`` gains a ``layer_name`` column. Needs pandas
+        (``pip install 'gradhealth[pandas]'``).
+        """
+        from .export import to_pandas
+
+        return to_pandas(self)
+
+    def __repr__(self) -> str:
+        return (f"Run({str(self.run_dir)!r}, {len(self.layers)} layers, {len(self.steps)} steps, "
+                f"{len(self.layer_stats)} layer rows, {len(self.events)} events, "
+                f"{'finished' if self.finished else 'not finished'})")
+
+
+def _check_field(field: str, cols, owner: str) -> None:
+    names = [c for c, _ in cols]
+    if field not in names:
+        from ..errors import ParameterError
+
+        raise ParameterError("field", owner, "one of " + ", ".join(names), field,
+                             f"pass e.g. field={names[0]!r}.")
+
+
+def _db_path(run_dir: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(run_dir)
+    if p.is_file() and p.name == DB_NAME:
+        return p.parent, p
+    if not p.exists():
+        raise StoreError(f"Run directory {str(p)!r} does not exist. Fix: pass the run_dir that "
+                         "gradhealth.watch(..., run_dir=...) or `gradhealth run --run-dir` wrote.")
+    if not p.is_dir():
+        raise StoreError(f"{str(p)!r} is not a run directory (it is a file). Fix: pass the "
+                         f"directory that holds {DB_NAME}.")
+    db = p / DB_NAME
+    if not db.is_file():
+        raise StoreError(f"{str(p)!r} is not a gradhealth run: it has no {DB_NAME}. Fix: pass "
+                         "the run_dir that gradhealth.watch or `gradhealth run` wrote.")
+    return p, db
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    # Read-write without create first: such a handle can rebuild the WAL index a crashed writer
+    # left behind, and the last one to close tidies up the -wal/-shm files (a read-only handle
+    # would leave them). It only ever reads. Read-only for runs on read-only media.
+    last: Exception | None = None
+    for mode in ("rw", "ro"):
+        try:
+            conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode={mode}", uri=True, timeout=5.0)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as exc:
+            last = exc
+    raise StoreError(f"{str(db)!r} cannot be read as a gradhealth run ({last}).")
+
+
+def load_run(run_dir: str | os.PathLike, *, layer_stats: bool = True) -> Run:
+    """Load a run directory (finished, crashed, or still being written).
+
+    Args:
+        run_dir: the run directory (or its ``run.sqlite``).
+        layer_stats: set False to skip the per-layer rows (the biggest table).
+
+    Raises:
+        StoreError: the directory is missing, is not a gradhealth run, cannot be read, or was
+            written by a newer gradhealth (newer schema version).
+    """
+    root, db = _db_path(run_dir)
+    conn = _connect(db)
+    try:
+        try:
+            conn.execute("BEGIN")  # one snapshot for every table
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{str(db)!r} is not a gradhealth run ({exc}).") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{str(root)!r} was written with run-store schema version {version}; "
+                             f"this gradhealth reads up to version {SCHEMA_VERSION}. Fix: upgrade "
+                             "gradhealth (pip install -U gradhealth).")
+        needed = {"meta", "layers", "steps", "layer_stats", "events"}
+        if version < 1 or not needed <= tables:
+            raise StoreError(f"{str(db)!r} is an SQLite file but not a gradhealth run (schema "
+                             f"version {version}, tables {sorted(tables)}).")
+        run = Run(run_dir=root)
+        for key, value in conn.execute("SELECT key, value FROM meta"):
+            try:
+                run.meta[key] = json.loads(value)
+            except ValueError:
+                run.meta[key] = value
+        run.layers = [{"index": i, "name": n, "type": t, "n_params": p} for i, n, t, p in
+                      conn.execute("SELECT idx, name, type, n_params FROM layers ORDER BY idx")]
+        run.steps = _rows(conn, "steps", ("step",), STEP_COLUMNS, "step")
+        if layer_stats:
+            run.layer_stats = _rows(conn, "layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS,
+                                    "step, layer")
+        run.events = [
+            Event(step=s, kind=k, layer=l, severity=sev, message=m,
+                  evidence=loads_evidence(ev), remedy=r or "", since=since)
+            for s, k, l, sev, m, ev, r, since in conn.execute(
+                "SELECT step, kind, layer, severity, message, evidence, remedy, since "
+                "FROM events ORDER BY id")]
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{str(db)!r} cannot be read as a gradhealth run ({exc}).") from None
+    finally:
+        conn.close()
+    return run
+
+
+def _rows(conn, table: str, keys: tuple[str, ...], cols, order: str) -> list[dict[str, Any]]:
+    names = [c for c, _ in cols]
+    sql = f"SELECT {', '.join((*keys, *names, 'nan_mask'))} FROM {table} ORDER BY {order}"
+    nk = len(keys)
+    out = []
+    for r in conn.execute(sql):
+        mask = r[-1]
+        d = dict(zip(keys, r[:nk]))
+        if mask:
+            for i, name in enumerate(names):
+                d[name] = decode_value(r[nk + i], i, mask)
+        else:
+            d.update(zip(names, r[nk:-1]))
+        out.append(d)
+    return out

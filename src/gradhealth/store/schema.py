@@ -1,0 +1,185 @@
+"""The run store's schema: tables, columns, version, and the NaN encoding (internal).
+
+One SQLite file, ``RUN_DIR/run.sqlite``. The tables are documented in ``docs/store.md``;
+this module is the single source of truth for their columns.
+
+Why a NaN mask: SQLite stores ``inf`` and ``-inf`` in a REAL column exactly, but it stores
+a NaN as NULL, which would make "the loss was NaN" indistinguishable from "the loss was not
+recorded" -- the one distinction gradhealth exists for. Each row of ``steps`` and
+``layer_stats`` therefore carries ``nan_mask``, an integer whose bit *i* is set when the
+*i*-th float column of :data:`STEP_COLUMNS` / :data:`LAYER_STAT_COLUMNS` was NaN. The
+value column stays NULL, so plain SQL aggregates (``avg``, ``max``) skip NaNs as they
+would in pandas, and a reader that knows the mask gets the NaN back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+#: Bumped whenever a table or column changes meaning. Readers refuse newer versions.
+SCHEMA_VERSION = 1
+
+#: File name of the database inside a run directory.
+DB_NAME = "run.sqlite"
+
+#: ``steps`` columns other than ``step`` and ``nan_mask``: (name, kind) with kind "real" or "int".
+STEP_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("loss", "real"),
+    ("global_grad_norm", "real"),
+    ("global_grad_norm_clipped", "real"),
+    ("lr", "real"),
+    ("skipped", "int"),
+    ("nonfinite_count", "int"),
+    ("time", "real"),
+)
+
+#: ``layer_stats`` columns other than ``step``, ``layer`` and ``nan_mask``.
+LAYER_STAT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("grad_norm", "real"),
+    ("param_norm", "real"),
+    ("update_ratio", "real"),
+    ("nonfinite", "int"),
+    ("out_grad_norm", "real"),
+    ("act_std", "real"),
+    ("dead_frac", "real"),
+    ("sat_frac", "real"),
+)
+
+#: ``layers`` columns (``idx`` is the primary key; rows in ``layer_stats`` refer to it).
+LAYER_COLUMNS = ("index", "name", "type", "n_params")
+
+#: ``events`` columns (plus ``id``, an increasing integer that keeps the order of arrival).
+EVENT_COLUMNS = ("step", "kind", "layer", "severity", "message", "evidence", "remedy", "since")
+
+
+def _ddl_columns(cols: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"{name} {'REAL' if kind == 'real' else 'INTEGER'}" for name, kind in cols)
+
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layers (
+    idx      INTEGER PRIMARY KEY,
+    name     TEXT NOT NULL,
+    type     TEXT,
+    n_params INTEGER
+);
+CREATE TABLE IF NOT EXISTS steps (
+    step     INTEGER PRIMARY KEY,
+    {_ddl_columns(STEP_COLUMNS)},
+    nan_mask INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS layer_stats (
+    step     INTEGER NOT NULL,
+    layer    INTEGER NOT NULL,
+    {_ddl_columns(LAYER_STAT_COLUMNS)},
+    nan_mask INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (step, layer)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS layer_stats_by_layer ON layer_stats (layer, step);
+CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    step     INTEGER,
+    kind     TEXT NOT NULL,
+    layer    TEXT,
+    severity TEXT NOT NULL,
+    message  TEXT NOT NULL,
+    evidence TEXT NOT NULL DEFAULT '{{}}',
+    remedy   TEXT NOT NULL DEFAULT '',
+    since    INTEGER
+);
+CREATE INDEX IF NOT EXISTS events_by_step ON events (step);
+"""
+
+
+def encode_row(row: dict, cols: tuple[tuple[str, str], ...], keys: tuple[str, ...]) -> tuple[list, int]:
+    """Convert the values of ``row`` for ``keys`` (a subset of ``cols``' names) to SQL values.
+
+    Returns ``(values, nan_bits)``: NaN becomes NULL with its bit set in ``nan_bits``
+    (bit positions follow ``cols``). Accepts Python numbers, numpy scalars and 0-d tensors.
+
+    Raises:
+        TypeError, ValueError: a value is not a number (the writer counts and drops the row).
+    """
+    values, bits = [], 0
+    positions = _positions(cols)
+    for k in keys:
+        v = row[k]
+        kind, pos = positions[k]
+        if v is None:
+            values.append(None)
+            continue
+        if kind == "int":
+            f = float(v)
+            if math.isnan(f):
+                bits |= 1 << pos
+                values.append(None)
+            elif math.isinf(f):
+                raise ValueError(f"{k} must be an integer, got {f}")
+            else:
+                values.append(int(f))
+            continue
+        f = float(v)
+        if math.isnan(f):
+            bits |= 1 << pos
+            values.append(None)
+        else:
+            values.append(f)
+    return values, bits
+
+
+_POS_CACHE: dict[int, dict[str, tuple[str, int]]] = {}
+
+
+def _positions(cols: tuple[tuple[str, str], ...]) -> dict[str, tuple[str, int]]:
+    p = _POS_CACHE.get(id(cols))
+    if p is None:
+        p = _POS_CACHE[id(cols)] = {name: (kind, i) for i, (name, kind) in enumerate(cols)}
+    return p
+
+
+def decode_value(v: Any, bit: int, mask: int) -> Any:
+    """Inverse of the NaN encoding for one column."""
+    if v is None and mask & (1 << bit):
+        return math.nan
+    return v
+
+
+def dumps_evidence(evidence: Any) -> str:
+    """Evidence as standard JSON (NaN/Inf as the strings ``"nan"``/``"inf"``/``"-inf"``)."""
+    from ..events import jsonable
+
+    try:
+        return json.dumps(jsonable(evidence or {}), allow_nan=False, default=str)
+    except (TypeError, ValueError):
+        return json.dumps({"unserialisable": repr(evidence)[:1000]})
+
+
+_NONFINITE_STRINGS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def loads_evidence(text: str | None) -> dict:
+    """Inverse of :func:`dumps_evidence`: the strings ``"nan"``, ``"inf"``, ``"-inf"``
+    become floats again (evidence is numbers by contract)."""
+    if not text:
+        return {}
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return {"unparsed": text}
+
+    def back(x):
+        if isinstance(x, str):
+            return _NONFINITE_STRINGS.get(x, x)
+        if isinstance(x, dict):
+            return {k: back(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [back(v) for v in x]
+        return x
+
+    return back(obj)
