@@ -23,6 +23,9 @@ EXIT_OK, EXIT_PATHOLOGY, EXIT_USAGE = 0, 1, 2
 COMMANDS = {
     "demo": "demo",
     "env": "env",
+    "run": "run",
+    "events": "events",
+    "summary": "summary",
 }
 
 

@@ -1,0 +1,282 @@
+"""A watched run, for a person: the diagnosis, the events table and the live status line.
+
+Measuring is separate from showing: everything here reads a stored :class:`~gradhealth.store.Run`
+(or a list of events) and never touches a model. :func:`summarize` is the diagnosis as plain
+data (what ``gradhealth summary --json`` prints); the ``render_*`` functions turn it into rich
+renderables. Layer names and messages come from user models and are data: they are always
+wrapped in :class:`rich.text.Text`, never parsed as markup.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..events import Event, jsonable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..store import Run
+
+__all__ = ["SEVERITY_RANK", "is_pathology", "summarize", "events_table", "render_summary",
+           "StatusLine", "format_value"]
+
+#: Severity -> rank; higher is worse.
+SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
+_SEVERITY_STYLE = {"info": "dim", "warning": "yellow", "error": "red", "critical": "bold red"}
+
+
+def is_pathology(event: Event) -> bool:
+    """True for an event that means the *model's training* went wrong: severity ``warning``
+    or worse, and not an ``internal`` event (gradhealth's own trouble, not the model's)."""
+    return event.kind != "internal" and SEVERITY_RANK.get(event.severity, 1) >= 1
+
+
+def format_value(x: Any, digits: int = 4) -> str:
+    """A number for a table: NaN/Inf spelled out, ``-`` for not recorded."""
+    if x is None:
+        return "-"
+    if isinstance(x, numbers.Integral):
+        return str(int(x))
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.{digits}g}"
+
+
+def _event_order(e: Event):
+    return (math.inf if e.step is None else e.step)
+
+
+def summarize(run: "Run", events: Sequence[Event] | None = None, worst: int = 5) -> dict:
+    """The diagnosis of a run as plain, JSON-safe data.
+
+    Args:
+        run: a stored run (:func:`gradhealth.store.load_run`); only ``events``, ``steps``,
+            ``layers`` and ``meta`` are read.
+        events: use these instead of ``run.events`` (e.g. a watcher's in-memory events
+            when the store could not write).
+        worst: how many layers and remedies to list.
+
+    Returns:
+        A dict with ``run_dir``, ``status``, ``steps`` (count, first, last, last loss,
+        last global norm, non-finite and skipped step counts), ``n_events``,
+        ``n_pathologies``, ``healthy``, ``first`` (the first pathology: step, since, kind,
+        layer, severity, message, remedy), ``counts`` (per kind), ``severities``,
+        ``worst_layers`` and ``remedies``.
+    """
+    evs = list(run.events if events is None else events)
+    bad = [e for e in evs if is_pathology(e)]
+    # First = earliest step at which something went wrong (``since`` when known), ties broken
+    # by severity then by the order of arrival (detectors run shallow to deep).
+    def first_key(ie):
+        i, e = ie
+        s = e.since if e.since is not None else e.step
+        return (math.inf if s is None else s, -SEVERITY_RANK.get(e.severity, 1), i)
+
+    first = min(enumerate(bad), key=first_key)[1] if bad else None
+    per_layer: dict[str, dict] = {}
+    for e in bad:
+        if e.layer is None:
+            continue
+        d = per_layer.setdefault(e.layer, {"layer": e.layer, "events": 0, "kinds": Counter(),
+                                           "worst_severity": "info", "first_step": None})
+        d["events"] += 1
+        d["kinds"][e.kind] += 1
+        if SEVERITY_RANK.get(e.severity, 1) > SEVERITY_RANK[d["worst_severity"]]:
+            d["worst_severity"] = e.severity
+        s = e.since if e.since is not None else e.step
+        if s is not None and (d["first_step"] is None or s < d["first_step"]):
+            d["first_step"] = s
+    layers = sorted(per_layer.values(),
+                    key=lambda d: (-SEVERITY_RANK[d["worst_severity"]], -d["events"],
+                                   math.inf if d["first_step"] is None else d["first_step"]))
+    for d in layers:
+        d["kinds"] = dict(d["kinds"].most_common())
+    remedies: list[dict] = []
+    seen: set[str] = set()
+    for e in sorted(bad, key=lambda e: (-SEVERITY_RANK.get(e.severity, 1), _event_order(e))):
+        if e.remedy and e.remedy not in seen:
+            seen.add(e.remedy)
+            remedies.append({"remedy": e.remedy, "kind": e.kind, "layer": e.layer})
+    steps = list(getattr(run, "steps", []) or [])
+    last = steps[-1] if steps else {}
+
+    def count(pred):
+        return sum(1 for s in steps if pred(s))
+
+    meta = getattr(run, "meta", {}) or {}
+    out = {
+        "run_dir": str(getattr(run, "run_dir", "")),
+        "status": "finished" if "closed_at" in meta else ("running or stopped early"
+                                                           if meta else "in memory"),
+        "layers": len(getattr(run, "layers", []) or []),
+        "steps": {
+            "count": len(steps),
+            "first": steps[0]["step"] if steps else None,
+            "last": last.get("step"),
+            "last_loss": last.get("loss"),
+            "last_global_grad_norm": last.get("global_grad_norm"),
+            "nonfinite_steps": count(lambda s: _nonfinite(s.get("loss"))
+                                     or _nonfinite(s.get("global_grad_norm"))
+                                     or (s.get("nonfinite_count") or 0) > 0),
+            "skipped_steps": count(lambda s: bool(s.get("skipped"))),
+        },
+        "n_events": len(evs),
+        "n_pathologies": len(bad),
+        "healthy": not bad,
+        "first": None if first is None else {
+            "step": first.step, "since": first.since, "kind": first.kind, "layer": first.layer,
+            "severity": first.severity, "message": first.message, "remedy": first.remedy},
+        "counts": dict(Counter(e.kind for e in evs).most_common()),
+        "severities": dict(Counter(e.severity for e in evs).most_common()),
+        "worst_layers": layers[:worst],
+        "remedies": remedies[:worst],
+    }
+    return jsonable(out)
+
+
+def _nonfinite(x) -> bool:
+    return isinstance(x, float) and not math.isfinite(x)
+
+
+def _text(s: Any, style: str = ""):
+    from rich.text import Text
+
+    return Text("-" if s is None else str(s), style=style)
+
+
+def events_table(events: Iterable[Event], title: str | None = None, max_rows: int | None = None):
+    """A rich Table of events: step, since, severity, kind, layer, message, remedy."""
+    from rich.table import Table
+
+    evs = list(events)
+    table = Table(title=title, show_lines=False, header_style="bold", expand=False)
+    for col, kw in (("step", {"justify": "right"}), ("since", {"justify": "right"}),
+                    ("severity", {}), ("kind", {}), ("layer", {"overflow": "fold"}),
+                    ("message", {"overflow": "fold", "ratio": 3}),
+                    ("remedy", {"overflow": "fold", "ratio": 2})):
+        table.add_column(col, **kw)
+    shown = evs if max_rows is None or len(evs) <= max_rows else evs[:max_rows]
+    for e in shown:
+        table.add_row(_text(e.step), _text(e.since), _text(e.severity, _SEVERITY_STYLE.get(e.severity, "")),
+                      _text(e.kind), _text(e.layer if e.layer is not None else "(model)"),
+                      _text(e.message), _text(e.remedy or ""))
+    if len(shown) < len(evs):
+        table.caption = f"{len(evs) - len(shown)} more event(s) not shown"
+    return table
+
+
+def render_summary(summary: dict):
+    """The diagnosis (from :func:`summarize`) as a rich renderable."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts = []
+    st = summary["steps"]
+    head = Text()
+    head.append("run ", style="bold")
+    head.append(summary["run_dir"] or "(in memory)")
+    head.append(f"  [{summary['status']}]  ", style="dim")
+    if st["count"]:
+        head.append(f"{st['count']} steps ({st['first']}..{st['last']}), "
+                    f"{summary['layers']} layers, last loss {format_value(st['last_loss'])}, "
+                    f"last grad norm {format_value(st['last_global_grad_norm'])}")
+        if st["nonfinite_steps"] or st["skipped_steps"]:
+            head.append(f", {st['nonfinite_steps']} non-finite and {st['skipped_steps']} "
+                        "skipped step(s)")
+    else:
+        head.append("no steps recorded")
+    parts.append(head)
+    if summary["healthy"]:
+        line = Text("healthy: no pathology found", style="bold green")
+        if summary["n_events"]:
+            line.append(f" ({summary['n_events']} informational event(s))", style="dim")
+        parts.append(line)
+        return Group(*parts)
+    f = summary["first"]
+    first = Text()
+    first.append("first problem: ", style="bold red")
+    first.append(f"{f['kind']}")
+    first.append(" in ")
+    first.append(f["layer"] if f["layer"] is not None else "the model", style="bold")
+    when = f["since"] if f["since"] is not None else f["step"]
+    first.append(f" at step {when}" if when is not None else "")
+    if f["since"] is not None and f["step"] is not None and f["since"] != f["step"]:
+        first.append(f" (seen at step {f['step']})")
+    first.append(f" — {f['message']}")
+    parts.append(first)
+    counts = Text("events: ", style="bold")
+    counts.append(", ".join(f"{k} {v}" for k, v in summary["counts"].items()))
+    counts.append(f"  ({summary['n_pathologies']} pathological of {summary['n_events']})", style="dim")
+    parts.append(counts)
+    if summary["worst_layers"]:
+        t = Table(title="worst layers", title_justify="left", header_style="bold")
+        for c in ("layer", "worst", "events", "kinds", "since step"):
+            t.add_column(c)
+        for d in summary["worst_layers"]:
+            t.add_row(_text(d["layer"]), _text(d["worst_severity"], _SEVERITY_STYLE.get(d["worst_severity"], "")),
+                      _text(d["events"]), _text(", ".join(f"{k} x{v}" for k, v in d["kinds"].items())),
+                      _text(d["first_step"]))
+        parts.append(t)
+    if summary["remedies"]:
+        parts.append(Text("what to change:", style="bold"))
+        for i, r in enumerate(summary["remedies"], 1):
+            line = Text(f"  {i}. ")
+            line.append(r["remedy"])
+            line.append(f"  ({r['kind']}" + (f" in {r['layer']})" if r["layer"] else ")"), style="dim")
+            parts.append(line)
+    return Group(*parts)
+
+
+class StatusLine:
+    """The one-line live status of ``gradhealth run``: step, loss, global grad norm, newest
+    alarm. Update it with :meth:`update`; it renders itself (``rich.live.Live(status)``)."""
+
+    def __init__(self, label: str = "gradhealth"):
+        self.label = label
+        self.step: int | None = None
+        self.loss: float | None = None
+        self.grad_norm: float | None = None
+        self.alarm: Event | None = None
+        self.n_alarms = 0
+        self.started = time.monotonic()
+
+    def update(self, step=None, loss=None, grad_norm=None, alarm: Event | None = None,
+               n_alarms: int | None = None) -> None:
+        if step is not None:
+            self.step = step
+        if loss is not None:
+            self.loss = loss
+        if grad_norm is not None:
+            self.grad_norm = grad_norm
+        if alarm is not None:
+            self.alarm = alarm
+        if n_alarms is not None:
+            self.n_alarms = n_alarms
+
+    def __rich__(self):
+        from rich.text import Text
+
+        t = Text()
+        t.append(f"{self.label} ", style="bold cyan")
+        t.append(f"step {format_value(self.step)}  loss {format_value(self.loss)}  "
+                 f"grad norm {format_value(self.grad_norm)}  "
+                 f"{time.monotonic() - self.started:.0f}s")
+        if self.alarm is not None:
+            e = self.alarm
+            t.append(f"  ⚠ {self.n_alarms} alarm(s), newest: ", style="yellow")
+            t.append(f"{e.kind}", style=_SEVERITY_STYLE.get(e.severity, "yellow"))
+            t.append(f" in {e.layer if e.layer is not None else 'the model'} at step {e.step}")
+        else:
+            t.append("  no alarm", style="green")
+        return t
