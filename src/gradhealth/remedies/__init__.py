@@ -1,8 +1,25 @@
-"""The cure pillar: remedies for vanishing and exploding gradients.
+"""The cure pillar: remedies for vanishing and exploding gradients, each one call.
 
-* guards: :func:`skip_nonfinite` (skip a step whose gradients are NaN/Inf).
+* initialisers (in place, matched per layer to the activation that follows, returning an
+  :class:`InitSummary`): :func:`he_`, :func:`xavier_`, :func:`lecun_`, :func:`orthogonal_`,
+  :func:`critical_`, :func:`gaussian_`, :func:`lsuv_`, :func:`zero_init_residual_`;
+* clipping (in place, fused, sync-free, returning the pre-clip norms):
+  :func:`clip_by_value_`, :func:`clip_grad_norm_`, :func:`clip_by_layer_norm_`, :func:`agc_`,
+  :class:`AutoClip`;
+* guards: :func:`skip_nonfinite` (skip a step whose gradients are NaN/Inf);
+* :func:`prescribe`: from a diagnosis to ranked remedies naming the calls above.
 """
 
+from .clip import AutoClip, agc_, clip_by_layer_norm_, clip_by_value_, clip_grad_norm_
 from .guards import StepGuard, nonfinite_grads, skip_nonfinite
+from .init import (InitSummary, critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, xavier_,
+                   zero_init_residual_)
+from .prescribe import prescribe
 
-__all__ = ["StepGuard", "nonfinite_grads", "skip_nonfinite"]
+__all__ = [
+    "he_", "xavier_", "lecun_", "orthogonal_", "critical_", "gaussian_", "lsuv_", "zero_init_residual_",
+    "InitSummary",
+    "clip_by_value_", "clip_grad_norm_", "clip_by_layer_norm_", "agc_", "AutoClip",
+    "skip_nonfinite", "StepGuard", "nonfinite_grads",
+    "prescribe",
+]

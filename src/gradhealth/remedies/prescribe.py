@@ -1,0 +1,481 @@
+"""From a diagnosis to ranked, concrete remedies: the one prescription table of gradhealth.
+
+The probe's verdicts and the watcher's detectors both call :func:`prescribe` with a kind
+(one of :data:`gradhealth.events.KINDS`) and the numbers they measured (the *evidence*).
+Each :class:`~gradhealth.events.Prescription` names a gradhealth function with concrete
+arguments computed from that evidence, and says why in numbers::
+
+    >>> prescribe("exploding", {"chi_1_estimate": 1.9, "activation": "tanh", "sigma_b2": 0.05})[0].code
+    "gradhealth.remedies.critical_(model, activation='tanh', sigma_b2=0.05)"
+
+In ``code``, ``model``, ``optimizer`` and ``inputs`` stand for the user's objects. A
+prescription whose code is not a gradhealth call (an architecture change, a learning-rate
+change) starts with ``#`` or is a plain Python statement.
+
+Evidence keys (all optional; a missing or unreadable value makes the prescription less
+specific, never an error):
+
+================== ================================================================
+key                meaning
+================== ================================================================
+growth_per_layer   factor by which the backward gradient norm changes per layer
+chi_1_estimate     mean-field chi_1 (mean squared singular value of a layer Jacobian)
+activation         activation name (``'tanh'``, ``'relu'``, ...)
+sigma_w2, sigma_b2 current weight / bias variance (weights as ``sigma_w2 / fan_in``)
+worst_layer        name of the worst layer
+gsc                gradient scale coefficient (ratio of gradient norms across depth)
+fraction           fraction of units dead / saturated
+grad_norm          global gradient norm at the event
+median, mad        robust running statistics of the monitored quantity (grad norm or loss)
+loss               loss at the event
+lr                 current learning rate
+update_ratio       ``||lr * update|| / ||W||`` at the worst layer
+is_recurrent       the model is (or the layer is inside) a recurrent network
+spectral_radius    spectral radius of the recurrent weight matrix
+has_norm           the model has normalisation layers
+has_residual       the model has residual connections
+depth              number of weight layers (or time steps for an RNN)
+================== ================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ParameterError
+from ..events import KINDS, Prescription
+
+__all__ = ["prescribe", "EVIDENCE_KEYS", "critical_sigma_w2_or_none"]
+
+#: The evidence keys :func:`prescribe` reads (others are ignored).
+EVIDENCE_KEYS = (
+    "growth_per_layer", "chi_1_estimate", "activation", "sigma_w2", "sigma_b2", "worst_layer",
+    "gsc", "fraction", "grad_norm", "median", "mad", "loss", "lr", "update_ratio",
+    "is_recurrent", "spectral_radius", "has_norm", "has_residual", "depth",
+)
+
+_R = "gradhealth.remedies."
+
+# Activations whose torch.nn.init gain is defined and whose He init is exactly critical.
+_RELU_FAMILY = {"relu", "leaky_relu", "relu6"}
+
+# Closed-form critical points used only when gradhealth.theory.criticality is unavailable.
+# chi_1 = sigma_w2 * E[phi'(h)^2]: for relu it is sigma_w2 / 2 and for linear sigma_w2, at any
+# sigma_b2; for odd activations at sigma_b2 = 0 the fixed point is q* = 0, so chi_1 =
+# sigma_w2 * phi'(0)^2 (tanh: 1, erf: 4 / pi).
+_FALLBACK_CRITICAL_ANY_B = {"relu": 2.0, "linear": 1.0}
+_FALLBACK_CRITICAL_B0 = {"tanh": 1.0, "erf": math.pi / 4}
+
+
+def critical_sigma_w2_or_none(activation: str | None, sigma_b2: float = 0.0) -> float | None:
+    """The critical weight variance for ``activation`` at ``sigma_b2``, or ``None`` if unknown.
+
+    Uses :func:`gradhealth.theory.criticality.critical_sigma_w2`; without it, only the
+    closed-form points at ``sigma_b2 = 0`` (tanh/erf/linear: 1, relu: 2) are known.
+    """
+    if not activation:
+        return None
+    try:
+        from ..theory.criticality import critical_sigma_w2
+    except ImportError:
+        critical_sigma_w2 = None
+    if critical_sigma_w2 is not None:
+        try:
+            v = float(critical_sigma_w2(activation, sigma_b2))
+        except Exception:  # no critical point for this activation / sigma_b2 (e.g. sigmoid)
+            return None
+        return v if math.isfinite(v) and v > 0 else None
+    if activation in _FALLBACK_CRITICAL_ANY_B:
+        return _FALLBACK_CRITICAL_ANY_B[activation]
+    return _FALLBACK_CRITICAL_B0.get(activation) if sigma_b2 == 0 else None
+
+
+def _critical_point(activation: str | None, sigma_b2: float) -> tuple[float | None, float]:
+    """(critical sigma_w2, the sigma_b2 it holds at): at the given sigma_b2 when known, else
+    at sigma_b2 = 0 (where more closed forms exist)."""
+    crit = critical_sigma_w2_or_none(activation, sigma_b2)
+    if crit is None and sigma_b2 != 0:
+        crit0 = critical_sigma_w2_or_none(activation, 0.0)
+        if crit0 is not None:
+            return crit0, 0.0
+    return crit, sigma_b2
+
+
+# --- reading evidence tolerantly -----------------------------------------------------------
+def _num(ev: Mapping, key: str) -> float | None:
+    """``ev[key]`` as a finite float, or None (missing, None, 'nan', tensor, junk)."""
+    v = ev.get(key)
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
+            v = v.item()
+        f = float(v)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _flag(ev: Mapping, key: str) -> bool | None:
+    v = ev.get(key)
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes")
+    try:
+        return bool(v)
+    except Exception:
+        return None
+
+
+def _str(ev: Mapping, key: str) -> str | None:
+    v = ev.get(key)
+    if v is None:
+        return None
+    s = str(v).strip()
+    return s or None
+
+
+def _act_name(activation: Any) -> str | None:
+    """Canonical activation name or None; never raises."""
+    if activation is None:
+        return None
+    name = getattr(activation, "name", activation)
+    if not isinstance(name, str):
+        return None
+    key = name.strip().lower().replace("-", "_")
+    if key.startswith("leaky_relu"):  # "leaky_relu(alpha=0.01)" as written by the init summary
+        return "leaky_relu"
+    try:
+        from ..theory.activations import get_activation
+
+        return get_activation(key).name
+    except Exception:
+        return key or None
+
+
+def _g(x: float, digits: int = 3) -> str:
+    """A number for a sentence: 3 significant digits, no trailing zeros."""
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def _nice(x: float) -> float:
+    """Round a threshold to 2 significant digits (a number a person would type)."""
+    if not (x > 0 and math.isfinite(x)):
+        return 1.0
+    e = math.floor(math.log10(x))
+    return float(f"{round(x / 10 ** e, 1) * 10 ** e:.3g}")
+
+
+# --- the table ----------------------------------------------------------------------------
+class _Builder:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.items: list[tuple[str, str, str]] = []
+
+    def add(self, action: str, code: str, reason: str) -> None:
+        if all(code != c for _, c, _ in self.items):
+            self.items.append((action, code, reason))
+
+    def done(self) -> list[Prescription]:
+        return [Prescription(i + 1, a, c, r, self.kind) for i, (a, c, r) in enumerate(self.items)]
+
+
+def _clip_threshold(ev: Mapping) -> tuple[float, str]:
+    """A max_norm from the gradient-norm statistics, with the sentence that justifies it."""
+    med, mad, gn = _num(ev, "median"), _num(ev, "mad"), _num(ev, "grad_norm")
+    if med is not None and med > 0:
+        if mad is not None and mad > 0:
+            t = _nice(med + 5 * 1.4826 * mad)
+            why = f"median gradient norm {_g(med)} + 5 robust SD ({_g(1.4826 * mad)} each) = {_g(t)}"
+        else:
+            t = _nice(2 * med)
+            why = f"twice the median gradient norm {_g(med)}"
+        if gn is not None:
+            why += f"; this step's norm was {_g(gn)} ({_g(gn / med)}x the median)"
+        return t, why
+    return 1.0, ("max_norm=1.0 is the common default; AutoClip sets it from your own history "
+                 "of gradient norms" + (f" (this step's norm was {_g(gn)})" if gn is not None else ""))
+
+
+def _init_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str, layer: str | None) -> None:
+    """Re-initialisation remedies for a feed-forward net whose signal grows or shrinks."""
+    growth, chi = _num(ev, "growth_per_layer"), _num(ev, "chi_1_estimate")
+    sw2, sb2 = _num(ev, "sigma_w2"), _num(ev, "sigma_b2")
+    depth = _num(ev, "depth")
+    gsc = _num(ev, "gsc")
+    sb2_arg = sb2 if sb2 is not None else 0.0
+    facts = []
+    if chi is not None:
+        phase = "chaotic" if chi > 1 else "ordered"
+        facts.append(f"chi_1 estimated {_g(chi)} ({phase} phase; critical is 1)")
+    if growth is not None:
+        s = f"gradient norm x{_g(growth)} per layer"
+        if depth is not None and depth >= 1:
+            total = growth ** depth if growth > 0 else 0.0
+            s += f", x{_g(total)} over {int(depth)} layers"
+        facts.append(s)
+    if gsc is not None:
+        facts.append(f"gradient scale coefficient {_g(gsc)}")
+    where = f" (worst at {layer})" if layer else ""
+    base = "; ".join(facts) + where if facts else f"the backward signal is {direction}{where}"
+    crit, sb2_arg = _critical_point(act, sb2_arg)
+    act_kw = f"activation={act!r}" if act else None
+    if act in _RELU_FAMILY:
+        now = f" (now sigma_w2 = {_g(sw2)})" if sw2 is not None else ""
+        b.add("re-initialise with He (Kaiming) init",
+              f"{_R}he_(model{', ' + act_kw if act_kw else ''})",
+              f"{base}: for {act} He init is the critical point, sigma_w2 = "
+              f"{'2' if act != 'leaky_relu' else '2 / (1 + alpha^2)'}{now}")
+    elif crit is not None and act != "linear":
+        now = f" (now {_g(sw2)})" if sw2 is not None else ""
+        b.add("re-initialise at the edge of chaos",
+              f"{_R}critical_(model, {act_kw}, sigma_b2={sb2_arg!r})",
+              f"{base}: critical_ sets sigma_w2 = {_g(crit)}{now} at sigma_b2 = {_g(sb2_arg)}, "
+              "where chi_1 = 1 and gradients neither vanish nor explode")
+    elif act is not None and act != "linear":
+        b.add("re-initialise with Xavier (Glorot) init matched to the activation",
+              f"{_R}xavier_(model, {act_kw})",
+              f"{base}: Xavier keeps forward and backward variance near 1 for {act}"
+              + (f" (now sigma_w2 = {_g(sw2)})" if sw2 is not None else ""))
+    if act == "linear" or act is None:
+        b.add("re-initialise orthogonally (exact isometry for linear layers)",
+              f"{_R}orthogonal_(model, gain=1.0)",
+              f"{base}: an orthogonal W has every singular value 1, so a linear chain keeps "
+              "gradient norms exactly")
+    if act is None:
+        b.add("re-initialise with He (Kaiming) init, activation detected per layer",
+              f"{_R}he_(model)",
+              f"{base}: he_ matches each layer's gain to the activation that follows it "
+              "(the activation was not in the evidence)")
+    if act == "sigmoid":
+        b.add("switch the hidden activations to ReLU and re-initialise",
+              "# replace nn.Sigmoid() by nn.ReLU() in hidden layers, then: gradhealth.remedies.he_(model)",
+              f"{base}: sigmoid'(x) <= 0.25, so each layer multiplies the gradient by at most "
+              "0.25 * |W|; ReLU passes 1 where active")
+    b.add("rescale each layer to unit output variance on a batch (LSUV)",
+          f"{_R}lsuv_(model, inputs)",
+          f"{base}: LSUV (Mishkin & Matas 2016) measures the variance on your data instead of "
+          "assuming a Gaussian input")
+
+
+def _arch_remedies(b: _Builder, ev: Mapping, direction: str) -> None:
+    depth = _num(ev, "depth")
+    d = f" ({int(depth)} layers)" if depth is not None else ""
+    if _flag(ev, "has_residual") is False:
+        b.add("add residual connections and zero-init the last layer of each branch",
+              "# x = x + block(x) in each block, then: gradhealth.remedies.zero_init_residual_(model)",
+              f"gradients {direction} through a deep plain stack{d}; a skip path gives every layer "
+              "a direct gradient route, and zero-initialised branches start as the identity")
+    if _flag(ev, "has_norm") is False:
+        b.add("add normalisation layers (BatchNorm/LayerNorm) before the activations",
+              "# nn.Linear(...) -> nn.Sequential(nn.Linear(...), nn.LayerNorm(...), activation)",
+              f"no normalisation{d}: pre-activation scale is left to the initialisation alone")
+
+
+def _rnn_remedies(b: _Builder, ev: Mapping, direction: str) -> None:
+    rho = _num(ev, "spectral_radius")
+    depth = _num(ev, "depth")
+    if rho is not None:
+        s = f"recurrent spectral radius {_g(rho)}"
+        if depth is not None and depth >= 1:
+            s += f": over {int(depth)} steps the gradient scales up to {_g(rho)}^{int(depth)} = {_g(rho ** depth)}"
+    else:
+        s = f"gradients {direction} through time"
+    b.add("re-initialise recurrent weights orthogonally (spectral radius 1)",
+          f"{_R}orthogonal_(model, gain=1.0)",
+          f"{s}; an orthogonal recurrent matrix has every eigenvalue on the unit circle")
+    if direction == "explode":
+        b.add("clip the global gradient norm", f"{_R}clip_grad_norm_(model.parameters(), max_norm=1.0)",
+              f"{s}; clipping bounds each step (Pascanu et al. 2013) while the cause is fixed")
+    b.add("use a gated cell (LSTM/GRU)",
+          "# nn.RNN(...) -> nn.LSTM(...) or nn.GRU(...), then: gradhealth.remedies.orthogonal_(model, gain=1.0)",
+          f"{s}; gates give the cell state an additive path through time")
+
+
+def prescribe(kind: str, evidence: Mapping | None = None, *, activation: Any = None,
+              layer: str | None = None, model_info: Mapping | None = None) -> list[Prescription]:
+    """Ranked remedies for a diagnosis, each naming a gradhealth call with concrete arguments.
+
+    Args:
+        kind: one of :data:`gradhealth.events.KINDS` (``"healthy"`` and ``"internal"`` give
+            an empty list; ``"guard"`` is treated as ``"nonfinite"``).
+        evidence: the numbers behind the diagnosis (keys in :data:`EVIDENCE_KEYS`; any may
+            be missing, None or non-finite).
+        activation: the activation of the model or layer (overrides ``evidence['activation']``).
+        layer: the layer the diagnosis is about (overrides ``evidence['worst_layer']``).
+        model_info: facts about the model (same keys as the evidence, e.g. ``depth``,
+            ``has_norm``); evidence wins where both have a key.
+
+    Returns:
+        Prescriptions, rank 1 first.
+
+    Raises:
+        ParameterError: ``kind`` is not a known kind.
+    """
+    if kind not in KINDS:
+        raise ParameterError("kind", "prescribe", "one of " + ", ".join(repr(k) for k in KINDS), kind,
+                             "pass the kind of the Event or verdict, e.g. 'exploding'.")
+    ev: dict = {}
+    for src in (model_info, evidence):
+        if isinstance(src, Mapping):
+            ev.update(src)
+    act = _act_name(activation if activation is not None else ev.get("activation"))
+    layer = layer if layer is not None else _str(ev, "worst_layer")
+    b = _Builder(kind)
+    recurrent = bool(_flag(ev, "is_recurrent"))
+
+    if kind in ("healthy", "internal"):
+        return []
+
+    if kind in ("vanishing", "exploding"):
+        direction = "vanish" if kind == "vanishing" else "explode"
+        rho = _num(ev, "spectral_radius")
+        if recurrent or rho is not None:
+            _rnn_remedies(b, ev, direction)
+        if not recurrent:
+            _init_remedies(b, ev, act, "vanishing" if kind == "vanishing" else "exploding", layer)
+        if kind == "exploding":
+            t, why = _clip_threshold(ev)
+            b.add("clip the global gradient norm",
+                  f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
+                  f"bounds the step while the cause is fixed: {why}")
+        _arch_remedies(b, ev, direction)
+        return b.done()
+
+    if kind in ("nonfinite", "guard"):
+        gn, lr = _num(ev, "grad_norm"), _num(ev, "lr")
+        where = f" first at {layer}" if layer else ""
+        if kind == "nonfinite":
+            b.add("skip steps with non-finite gradients (optimizer state untouched)",
+                  f"{_R}skip_nonfinite(optimizer, max_consecutive_skips=10)",
+                  f"a NaN/Inf gradient{where}" + (f" (grad norm {_g(gn)})" if gn is not None else
+                                                  "") + " would corrupt every parameter and the "
+                  "optimizer moments in one step; skipping keeps training alive and counts the skips")
+        t, why = _clip_threshold(ev)
+        b.add("clip the global gradient norm",
+              f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
+              f"NaN usually follows an overflow of large but finite gradients: {why}")
+        if lr is not None:
+            new = _nice(lr / 10)
+            b.add("lower the learning rate",
+                  f"for g in optimizer.param_groups: g['lr'] = {new!r}",
+                  f"lr = {_g(lr)} let the parameters overflow; a 10x smaller rate is the usual first try")
+        else:
+            b.add("lower the learning rate", "for g in optimizer.param_groups: g['lr'] *= 0.1",
+                  "non-finite values after a large step are the classic sign of a too-large learning rate")
+        return b.done()
+
+    if kind == "dead_units":
+        frac = _num(ev, "fraction")
+        lr = _num(ev, "lr")
+        f = f"{_g(100 * frac)}% of units" if frac is not None else "many units"
+        where = f" in {layer}" if layer else ""
+        # No layers=... here: dead units are measured at an activation, whose name is not
+        # the name of the weight layer before it.
+        b.add("re-initialise with He init (zero biases)",
+              f"{_R}he_(model)",
+              f"{f}{where} never activate on the batch, so they pass no gradient; He init with zero "
+              "biases puts half of each layer's pre-activations above 0")
+        b.add("use LeakyReLU so that inactive units still pass gradient",
+              f"# nn.ReLU() -> nn.LeakyReLU(0.01), then: {_R}he_(model, activation='leaky_relu')",
+              f"{f}{where} have gradient exactly 0; a negative slope of 0.01 keeps them trainable")
+        b.add("rescale each layer to unit output variance on a batch (LSUV)", f"{_R}lsuv_(model, inputs)",
+              "data-driven scaling also re-centres layers pushed negative by their inputs")
+        if lr is not None:
+            b.add("lower the learning rate", f"for g in optimizer.param_groups: g['lr'] = {_nice(lr / 10)!r}",
+                  f"units usually die after a large update pushed their bias negative (lr = {_g(lr)})")
+        return b.done()
+
+    if kind == "saturated":
+        frac = _num(ev, "fraction")
+        sw2, sb2 = _num(ev, "sigma_w2"), _num(ev, "sigma_b2")
+        sb2_arg = sb2 if sb2 is not None else 0.0
+        f = f"{_g(100 * frac)}% of units" if frac is not None else "many units"
+        where = f" in {layer}" if layer else ""
+        a = act or "tanh"
+        crit, sb2_arg = _critical_point(a, sb2_arg)
+        now = f" (now sigma_w2 = {_g(sw2)})" if sw2 is not None else ""
+        if crit is not None:
+            b.add("re-initialise at the edge of chaos",
+                  f"{_R}critical_(model, activation={a!r}, sigma_b2={sb2_arg!r})",
+                  f"{f}{where} sit in the flat tails of {a}, where its derivative is ~0; "
+                  f"critical_ sets sigma_w2 = {_g(crit)}{now}, keeping pre-activations in the "
+                  "responsive range")
+        b.add("re-initialise with Xavier init matched to the activation",
+              f"{_R}xavier_(model, activation={a!r})",
+              f"{f}{where} are saturated{now}: pre-activation variance is too large for {a}")
+        b.add("rescale each layer to unit output variance on a batch (LSUV)", f"{_R}lsuv_(model, inputs)",
+              "unit pre-activation variance keeps most inputs of a saturating activation in its linear range")
+        b.add("add normalisation before the activation",
+              "# nn.Linear(...) -> nn.Sequential(nn.Linear(...), nn.LayerNorm(...), activation)",
+              "normalisation pins the pre-activation scale during training, not only at init")
+        return b.done()
+
+    if kind == "grad_spike":
+        t, why = _clip_threshold(ev)
+        b.add("clip the global gradient norm",
+              f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})", f"a gradient spike: {why}")
+        b.add("clip adaptively at a percentile of the gradient-norm history (AutoClip)",
+              f"{_R}AutoClip(percentile=10.0)",
+              "AutoClip (Seetharaman et al. 2020) tracks your own norm history, so the threshold "
+              "follows the training instead of a fixed guess; call it as autoclip(model.parameters())")
+        b.add("clip unit-wise relative to the weights (AGC)", f"{_R}agc_(model, clipping=0.01)",
+              "AGC (Brock et al. 2021) caps each unit's ||grad|| / ||weight|| at 0.01, so one layer's "
+              "spike cannot dominate")
+        return b.done()
+
+    if kind == "loss_spike":
+        loss, med, mad, lr = _num(ev, "loss"), _num(ev, "median"), _num(ev, "mad"), _num(ev, "lr")
+        s = "the loss jumped"
+        if loss is not None and med is not None:
+            s = f"loss {_g(loss)} against a median of {_g(med)}"
+            if mad is not None and mad > 0:
+                s += f" ({_g((loss - med) / (1.4826 * mad))} robust SD above)"
+        gev = {k: ev.get(k) for k in ("grad_norm",)}
+        t, why = _clip_threshold(gev)
+        b.add("clip the global gradient norm",
+              f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
+              f"{s}; a loss spike usually follows a too-large step: {why}")
+        if lr is not None:
+            b.add("lower the learning rate (or warm it up)",
+                  f"for g in optimizer.param_groups: g['lr'] = {_nice(lr / 2)!r}",
+                  f"{s}; halving lr = {_g(lr)} halves the step that caused it")
+        b.add("clip adaptively at a percentile of the gradient-norm history (AutoClip)",
+              f"{_R}AutoClip(percentile=10.0)",
+              f"{s}; AutoClip bounds steps relative to the run's own gradient-norm history")
+        return b.done()
+
+    if kind == "update_ratio":
+        r, lr = _num(ev, "update_ratio"), _num(ev, "lr")
+        where = f" at {layer}" if layer else ""
+        target = 1e-3  # the usual healthy ||update|| / ||W|| per step (Karpathy's rule of thumb)
+        if r is not None and r < target / 10:
+            s = f"update/weight ratio {_g(r)}{where}, far below ~1e-3: the layer barely moves"
+            if lr is not None:
+                b.add("raise the learning rate",
+                      f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * min(target / r, 10.0))!r}",
+                      s + f" (lr = {_g(lr)})")
+            b.add("re-initialise with He (Kaiming) init, activation detected per layer", f"{_R}he_(model)",
+                  s + "; tiny updates in early layers are how vanishing gradients show up in training")
+            return b.done()
+        s = f"update/weight ratio {_g(r)}{where}, above ~1e-3" if r is not None else \
+            f"update/weight ratio out of range{where}"
+        b.add("clip unit-wise relative to the weights (AGC)", f"{_R}agc_(model, clipping=0.01)",
+              s + "; AGC caps ||grad|| / ||weight|| per unit, which bounds this ratio directly")
+        if lr is not None and r is not None and r > 0:
+            b.add("lower the learning rate",
+                  f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * target / r)!r}",
+                  s + f"; lr = {_g(lr)} scaled by 1e-3 / {_g(r)}")
+        t, why = _clip_threshold(ev)
+        b.add("clip the global gradient norm",
+              f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})", f"{s}: {why}")
+        return b.done()
+
+    return []  # unreachable: every kind is handled above

@@ -1,0 +1,160 @@
+"""prescribe(): every diagnosis kind maps to ranked remedies whose code runs as written."""
+
+import ast
+import inspect
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradhealth
+import gradhealth.remedies
+from gradhealth.errors import ParameterError
+from gradhealth.events import KINDS, Prescription
+from gradhealth.remedies import prescribe
+from gradhealth.remedies.prescribe import EVIDENCE_KEYS
+
+DIAGNOSES = ("vanishing", "exploding", "nonfinite", "dead_units", "saturated", "grad_spike",
+             "loss_spike", "update_ratio")
+
+FULL = {"growth_per_layer": 1.38, "chi_1_estimate": 1.9, "activation": "tanh", "sigma_w2": 4.0,
+        "sigma_b2": 0.05, "worst_layer": "3", "gsc": 2.1, "fraction": 0.42, "grad_norm": 40.0,
+        "median": 2.0, "mad": 0.3, "loss": 9.0, "lr": 0.1, "update_ratio": 0.05,
+        "is_recurrent": False, "spectral_radius": None, "has_norm": False, "has_residual": False,
+        "depth": 20}
+JUNK = {k: v for k, v in zip(EVIDENCE_KEYS, ["nan", None, 3, "inf", [1], {}, "x", float("nan"),
+                                               torch.tensor(float("inf")), np.float32(2.0), "yes",
+                                               -1, object(), "", 0, 1e308 * 10, "1", None, "20"])}
+EVIDENCES = {
+    "full": FULL,
+    "empty": {},
+    "junk": JUNK,
+    "relu": {"activation": "relu", "growth_per_layer": 0.7, "depth": 10, "sigma_w2": 1.0},
+    "sigmoid": {"activation": "sigmoid", "growth_per_layer": 0.25, "depth": 10},
+    "linear": {"activation": "linear", "growth_per_layer": 1.5, "depth": 10},
+    "rnn": {"is_recurrent": True, "spectral_radius": 3.0, "depth": 100, "activation": "tanh"},
+    "tensors": {"grad_norm": torch.tensor(12.0), "median": np.float64(1.0), "mad": torch.tensor(0.1),
+                "update_ratio": torch.tensor(1e-6), "lr": 1e-3, "activation": "relu"},
+}
+
+
+def _gradhealth_calls(code: str) -> list[str]:
+    """The gradhealth calls a prescription's code makes (after a leading '#' comment's 'then:')."""
+    if code.startswith("#"):
+        return [code.split("then:", 1)[1].strip()] if "then:" in code else []
+    return [code] if code.startswith("gradhealth.") else []
+
+
+def _resolve(node):
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    assert isinstance(node, ast.Name)
+    obj = {"gradhealth": gradhealth}[node.id]
+    for p in reversed(parts):
+        obj = getattr(obj, p)
+    return obj
+
+
+def _check_binds(call_src: str) -> None:
+    tree = ast.parse(call_src, mode="eval")
+    call = tree.body
+    assert isinstance(call, ast.Call), call_src
+    fn = _resolve(call.func)
+    assert callable(fn)
+    sentinel = object()
+
+    def value(n):
+        try:
+            return ast.literal_eval(n)
+        except ValueError:
+            return sentinel  # model, optimizer, inputs, model.parameters()
+
+    args = [value(a) for a in call.args]
+    kwargs = {k.arg: value(k.value) for k in call.keywords}
+    inspect.signature(fn).bind(*args, **kwargs)
+
+
+def _workbench():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    inputs = torch.randn(32, 8)
+    model(inputs).pow(2).mean().backward()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return {"gradhealth": gradhealth, "model": model, "inputs": inputs, "optimizer": optimizer}
+
+
+@pytest.mark.parametrize("kind", DIAGNOSES)
+@pytest.mark.parametrize("ev", sorted(EVIDENCES))
+def test_every_kind_gives_ranked_prescriptions_whose_calls_bind(kind, ev):
+    out = prescribe(kind, EVIDENCES[ev])
+    assert out and all(isinstance(p, Prescription) for p in out)
+    assert [p.rank for p in out] == list(range(1, len(out) + 1))
+    assert all(p.kind == kind and p.action and p.reason for p in out)
+    calls = [c for p in out for c in _gradhealth_calls(p.code)]
+    assert calls, [p.code for p in out]
+    assert _gradhealth_calls(out[0].code) or "g['lr']" in out[0].code, out[0]
+    for c in calls:
+        _check_binds(c)
+    assert len({p.code for p in out}) == len(out)
+
+
+@pytest.mark.parametrize("kind", DIAGNOSES)
+def test_prescribed_code_runs_on_a_real_model(kind):
+    for ev in ("full", "empty", "tensors"):
+        for p in prescribe(kind, EVIDENCES[ev]):
+            if p.code.startswith("#"):  # an architecture change first: only binding is checked
+                continue
+            ns = _workbench()
+            code = p.code
+            exec(compile(code, "<prescription>", "exec"), ns)  # noqa: S102 - our own strings
+
+
+def test_reasons_carry_the_numbers():
+    p = prescribe("exploding", {"chi_1_estimate": 1.9, "activation": "tanh", "sigma_b2": 0.0,
+                                "sigma_w2": 4.0})[0]
+    assert p.code == "gradhealth.remedies.critical_(model, activation='tanh', sigma_b2=0.0)"
+    assert "1.9" in p.reason and "sigma_w2 = 1" in p.reason and "now 4" in p.reason
+    relu = prescribe("vanishing", {"activation": "relu", "growth_per_layer": 0.5, "depth": 10})[0]
+    assert relu.code.startswith("gradhealth.remedies.he_(model") and "x9.77e-04 over 10 layers" in relu.reason
+    rnn = prescribe("exploding", {"is_recurrent": True, "spectral_radius": 3.0, "depth": 100})[0]
+    assert rnn.code == "gradhealth.remedies.orthogonal_(model, gain=1.0)" and "3^100" in rnn.reason
+    lin = prescribe("exploding", {"activation": "linear", "growth_per_layer": 1.5, "depth": 20})[0]
+    assert lin.code == "gradhealth.remedies.orthogonal_(model, gain=1.0)"
+    spike = prescribe("grad_spike", {"grad_norm": 40.0, "median": 2.0, "mad": 0.3})[0]
+    assert spike.code == "gradhealth.remedies.clip_grad_norm_(model.parameters(), max_norm=4.2)"
+    assert "20x the median" in spike.reason
+    nf = prescribe("nonfinite", {})[0]
+    assert nf.code == "gradhealth.remedies.skip_nonfinite(optimizer, max_consecutive_skips=10)"
+    small = prescribe("update_ratio", {"update_ratio": 1e-6, "lr": 1e-3})
+    assert "g['lr'] = 0.01" in small[0].code
+
+
+def test_activation_and_layer_arguments_win_over_evidence():
+    p = prescribe("vanishing", {"activation": "tanh"}, activation="relu")[0]
+    assert "he_" in p.code
+    p = prescribe("dead_units", {"worst_layer": "a", "fraction": 0.5}, layer="fc2")[0]
+    assert "50% of units in fc2" in p.reason
+    p = prescribe("vanishing", {}, model_info={"activation": "relu", "depth": 7})[0]
+    assert "he_" in p.code
+
+
+def test_healthy_internal_guard_and_unknown_kind():
+    assert prescribe("healthy", FULL) == [] and prescribe("internal", {}) == []
+    assert prescribe("guard", {})[0].code.startswith("gradhealth.remedies.clip_grad_norm_")
+    assert set(KINDS) >= set(DIAGNOSES)
+    with pytest.raises(ParameterError, match="'kind' parameter of prescribe"):
+        prescribe("exploded", {})
+
+
+def test_critical_fallback_without_bias_variance():
+    # tanh at sigma_b2 = 0 is critical at sigma_w2 = 1 (closed form), whatever theory says
+    from gradhealth.remedies.prescribe import critical_sigma_w2_or_none
+
+    assert critical_sigma_w2_or_none("tanh", 0.0) == pytest.approx(1.0, rel=1e-3)
+    assert critical_sigma_w2_or_none("relu", 0.0) == pytest.approx(2.0, rel=1e-3)
+    assert critical_sigma_w2_or_none(None) is None
+    assert math.isfinite(critical_sigma_w2_or_none("linear", 0.0))
