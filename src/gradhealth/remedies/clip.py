@@ -14,6 +14,13 @@ host, so no device-to-host synchronisation. The returned norms are tensors on th
 :class:`AutoClip`          global norm at a percentile of its history (Seetharaman et al. 2020)
 =========================  ==========================================================
 
+Scaling: where a norm exceeds its bound, the gradients are scaled to ``bound * (1 - 1e-6)``;
+where it does not, the factor is exactly 1. So the result is strictly within the bound
+(up to rounding) and clipping twice changes nothing -- bit for bit. (torch's
+``max_norm / (norm + 1e-6)`` also shrinks gradients that are already inside the bound,
+and a second call shrinks them again.) The results agree with ``torch.nn.utils`` to a
+relative 1e-6.
+
 Non-finite gradients (documented behaviour, tested): clipping never turns finite values
 into NaN and never hides a NaN/Inf. ``torch.nn.utils.clip_grad_norm_`` multiplies every
 gradient by ``max_norm / nan = nan`` when one entry is NaN, and by ``0`` when the norm is
@@ -42,7 +49,8 @@ from ..errors import NonFiniteError, ParameterError
 __all__ = ["clip_by_value_", "clip_grad_norm_", "clip_by_layer_norm_", "agc_", "AutoClip"]
 
 Params = Union[torch.Tensor, Iterable[torch.Tensor]]
-_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ uses the same guard against division by 0
+_EPS = 1e-6  # floor on a unit's gradient norm in AGC (no division by 0)
+_SHRINK = 1.0 - 1e-6  # target just inside the bound, so that clipping is idempotent
 
 
 # --- shared pieces --------------------------------------------------------------------------
@@ -118,10 +126,15 @@ def _combine(norms: Sequence[torch.Tensor], norm_type: float, device) -> torch.T
     return torch.linalg.vector_norm(stacked, norm_type)
 
 
-def _scale(total: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """min(1, max_norm / total), and exactly 1 where total is not finite (see module doc)."""
-    coef = torch.clamp(max_norm / (total + _EPS), max=1.0)
-    return torch.where(torch.isfinite(total), coef, torch.ones_like(coef))
+def _scale(total: torch.Tensor, max_norm) -> torch.Tensor:
+    """The factor that brings ``total`` within ``max_norm`` (see "Scaling" in the module doc).
+
+    ``max_norm * (1 - 1e-6) / total`` where ``total > max_norm``, else exactly 1 -- and 1
+    where ``total`` is not finite.
+    """
+    over = torch.logical_and(total > max_norm, torch.isfinite(total))
+    safe = torch.where(over, total, torch.ones_like(total))  # no 0 or inf in the division
+    return torch.where(over, (max_norm * _SHRINK) / safe, torch.ones_like(total))
 
 
 def _raise_if_nonfinite(total: torch.Tensor, owner: str, what: str) -> None:
@@ -170,9 +183,10 @@ def clip_grad_norm_(parameters: Params, max_norm: float, norm_type: float = 2.0,
                     error_if_nonfinite: bool = False) -> torch.Tensor:
     """Scale all gradients together so that their global norm is at most ``max_norm``.
 
-    Same contract as ``torch.nn.utils.clip_grad_norm_`` (scale ``max_norm / (norm + 1e-6)``
-    clamped at 1), except for non-finite norms: the gradients are then left unchanged
-    instead of being turned into NaN (see the module docstring).
+    Same contract as ``torch.nn.utils.clip_grad_norm_``, except that gradients inside the
+    bound are left exactly as they are (so the clip is idempotent) and that a non-finite
+    norm leaves the gradients unchanged instead of turning them into NaN (see the module
+    docstring).
 
     Args:
         parameters: a tensor, an iterable of tensors or a Module.
@@ -328,11 +342,9 @@ def agc_(model: Params, clipping: float = 0.01, eps: float = 1e-3, *,
         g = _dense_grad(p)
         if g is None or g.numel() == 0 or p.grad.layout != torch.strided:
             continue
-        w_norm = _unitwise_norm(p.detach()).clamp(min=eps)
         g_norm = _unitwise_norm(g)
-        coef = torch.clamp(clipping * w_norm / g_norm.clamp(min=_EPS), max=1.0)
-        coef = torch.where(torch.isfinite(g_norm), coef, torch.ones_like(coef))
-        g.mul_(coef.to(g.dtype))
+        bound = clipping * _unitwise_norm(p.detach()).clamp(min=eps).to(g_norm.dtype)
+        g.mul_(_scale(g_norm, bound).to(g.dtype))
         out[name] = g_norm
     return out
 
@@ -406,8 +418,8 @@ class AutoClip:
         total = _combine(_per_tensor_norms(grads, self.norm_type), self.norm_type, grads[0].device)
         threshold = self._record(total)
         self.threshold = threshold
-        coef = torch.clamp(threshold / (total + _EPS), max=1.0)
-        coef = torch.where(torch.isfinite(total) & torch.isfinite(threshold), coef, torch.ones_like(coef))
+        # A NaN threshold (no finite norm recorded yet) compares False: factor 1.
+        coef = _scale(total, threshold)
         _mul_(grads, [coef] * len(grads))
         return total
 
