@@ -1,0 +1,844 @@
+"""Scalar chains and linear chains: the textbook pictures of vanishing and exploding gradients.
+
+A *scalar chain* has one unit per layer::
+
+    z_l = w_l * a_{l-1} + b_l,    a_l = phi(z_l),    a_0 = x,    y = a_L
+
+and the chain rule makes every derivative a product of local factors::
+
+    dy/dx    = prod_{l=1..L} w_l * phi'(z_l)
+    dy/dw_k  = [prod_{l=k+1..L} phi'(z_l) * w_l] * phi'(z_k) * a_{k-1}
+
+so gradients shrink or grow geometrically with depth unless each ``|w_l * phi'(z_l)|`` stays
+near 1. This module computes those products exactly (closed-form ``phi'``, no finite
+differences), vectorised over a grid of inputs, and shows each factor by name.
+
+Contents, in reading order:
+
+1. :func:`scalar_chain` -> :class:`ChainResult` (curves, slopes, per-layer gradients) and
+   :meth:`ChainResult.factors` -> :class:`ChainFactors` (the chain rule, factor by factor);
+   :func:`bumps`, the 3-hidden-unit tanh network with many steep slopes.
+2. :func:`power_table` and :func:`power_limits`: ``w**L`` and the depth at which it
+   underflows or overflows in float16 / bfloat16 / float32 / float64.
+3. :func:`deep_linear`: deep linear matrix networks (``W = a*I`` or Gaussian), activation and
+   backprop norms per layer, measured against the exact prediction.
+4. :func:`weight_claim`: can a weight of 0.7 explode? (scalar chain: never; matrix: yes.)
+
+NumPy and SciPy only. Overflow is never hidden: it shows up as ``inf`` (or ``nan`` where
+``inf * 0`` occurred) together with the depth where it first happened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import special
+
+from .._checks import check_int, check_real
+from ..errors import ParameterError
+from .activations import Activation, get_activation
+
+__all__ = [
+    "ChainResult", "ChainFactors", "Factor", "scalar_chain", "bumps", "slope_bound",
+    "FloatLimits", "FLOAT_LIMITS", "PowerTable", "PowerLimits", "power_table", "power_limits",
+    "crossing_depth", "DeepLinearResult", "deep_linear", "WeightClaim", "weight_claim",
+    "textbook_numbers",
+]
+
+
+def _as_float_tuple(v) -> tuple:
+    return tuple(float(t) for t in np.asarray(v, dtype=float).ravel())
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Scalar chains
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Factor:
+    """One factor of a chain-rule product.
+
+    Attributes:
+        name: the derivative it is, e.g. ``"da1/dz1"``.
+        meaning: what it equals, e.g. ``"sigmoid'(z1)"`` or ``"w2"``.
+        value: its value.
+    """
+
+    name: str
+    meaning: str
+    value: float
+
+
+@dataclass(frozen=True)
+class ChainFactors:
+    """The chain rule of a scalar chain at one input ``x``, factor by factor.
+
+    For the loss ``J`` with ``dJ/dy`` given (1 means ``J = y``), the gradient of layer ``k``'s
+    weight is the product of the factors :meth:`terms` lists, e.g. for ``L = 2, k = 1``
+    (the notation of the usual backprop derivation)::
+
+        dJ/dw1 = dJ/dy * dy/dz2 * dz2/da1 * da1/dz1 * dz1/dw1
+
+    Attributes:
+        x: the input.
+        activation: name of ``phi``.
+        weights, biases: ``w_1..w_L``, ``b_1..b_L``.
+        z: pre-activations ``z_1..z_L``.
+        a: activations ``a_0 = x, a_1, ..., a_L = y``.
+        local: ``phi'(z_1)..phi'(z_L)``.
+        dJ_dy: the loss gradient fed in at the top.
+        grad_w, grad_b: ``dJ/dw_k`` and ``dJ/db_k`` for k = 1..L.
+        dy_dx: ``dy/dx``.
+    """
+
+    x: float
+    activation: str
+    weights: tuple
+    biases: tuple
+    z: tuple
+    a: tuple
+    local: tuple
+    dJ_dy: float
+    grad_w: tuple
+    grad_b: tuple
+    dy_dx: float
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+    def terms(self, layer: int) -> list[Factor]:
+        """The factors whose product is ``dJ/dw_layer`` (``layer`` counts from 1)."""
+        L = self.depth
+        k = check_int(layer, "layer", "ChainFactors.terms", min_value=1, max_value=L)
+        phi = self.activation if self.activation != "custom" else "phi"
+        out = [Factor("dJ/dy", "loss gradient", self.dJ_dy)]
+        for l in range(L, k, -1):
+            top = "dy" if l == L else f"da{l}"
+            out.append(Factor(f"{top}/dz{l}", f"{phi}'(z{l})", self.local[l - 1]))
+            out.append(Factor(f"dz{l}/da{l - 1}", f"w{l}", self.weights[l - 1]))
+        top = "dy" if k == L else f"da{k}"
+        out.append(Factor(f"{top}/dz{k}", f"{phi}'(z{k})", self.local[k - 1]))
+        out.append(Factor(f"dz{k}/dw{k}", "x" if k == 1 else f"a{k - 1}", self.a[k - 1]))
+        return out
+
+    def smallest(self, layer: int) -> Factor:
+        """The factor of ``dJ/dw_layer`` with the smallest magnitude (the vanishing culprit)."""
+        return min(self.terms(layer), key=lambda f: abs(f.value))
+
+    def largest(self, layer: int) -> Factor:
+        """The factor of ``dJ/dw_layer`` with the largest magnitude."""
+        return max(self.terms(layer), key=lambda f: abs(f.value))
+
+    def formula(self, layer: int) -> str:
+        """One line, e.g. ``dJ/dw1 = dJ/dy (1) * dy/dz2 (0.105) * ... = 0.0123``."""
+        parts = " * ".join(f"{f.name} ({f.value:.4g})" for f in self.terms(layer))
+        return f"dJ/dw{layer} = {parts} = {self.grad_w[layer - 1]:.4g}"
+
+    def to_dict(self, all_terms: bool = False) -> dict:
+        """Plain data. The factors of ``dJ/dw1`` are listed in full (every other layer's are a
+        tail of them); ``all_terms=True`` lists each layer's (quadratic in depth)."""
+        layers = []
+        for k in range(1, self.depth + 1):
+            terms = self.terms(k)
+            row = {"layer": k, "weight": self.weights[k - 1], "bias": self.biases[k - 1],
+                   "grad_w": self.grad_w[k - 1], "grad_b": self.grad_b[k - 1],
+                   "smallest_factor": vars(min(terms, key=lambda f: abs(f.value))).copy()}
+            if all_terms:
+                row["factors"] = [vars(f).copy() for f in terms]
+            layers.append(row)
+        return {"x": self.x, "activation": self.activation, "dJ_dy": self.dJ_dy,
+                "dy_dx": self.dy_dx, "z": list(self.z), "a": list(self.a), "local": list(self.local),
+                "dJ_dw1_factors": [vars(f).copy() for f in self.terms(1)], "layers": layers}
+
+
+def _forward(act: Activation, w: np.ndarray, b: np.ndarray, x: np.ndarray):
+    """Pre-activations, outputs, local derivatives and slopes for every depth, shape [L, n]."""
+    L, n = len(w), x.size
+    z, a, d, s = (np.empty((L, n)) for _ in range(4))
+    prev, slope = x, np.ones(n)
+    # inf and inf*0 are the honest answer past overflow: keep them, without RuntimeWarnings.
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        for l in range(L):
+            z[l] = w[l] * prev + b[l]
+            a[l] = act(z[l])
+            d[l] = act.grad(z[l])
+            slope = slope * (w[l] * d[l])
+            s[l] = slope
+            prev = a[l]
+    return z, a, d, s
+
+
+def _first_nonfinite(arr: np.ndarray) -> int | None:
+    bad = ~np.isfinite(arr).all(axis=1)
+    return int(np.argmax(bad)) + 1 if bad.any() else None
+
+
+@dataclass(frozen=True, eq=False)
+class ChainResult:
+    """A scalar chain evaluated on a grid of inputs (every array row is one depth).
+
+    Attributes:
+        x: the inputs, shape ``[n]``.
+        activation: name of ``phi``.
+        weights, biases: ``w_l`` and ``b_l``, shape ``[L]``.
+        preacts: ``z_l(x)``, shape ``[L, n]``.
+        outputs: ``y_l(x) = a_l(x)``, the output of the first ``l`` layers, shape ``[L, n]``.
+        local: ``phi'(z_l(x))``, shape ``[L, n]``.
+        slopes: ``dy_l/dx``, shape ``[L, n]``.
+        max_slope: ``max_x |dy_l/dx|`` per depth, shape ``[L]`` (``inf`` if it overflowed;
+            ``nan`` only if every slope at that depth is ``nan``).
+        argmax_x: the input where that maximum is reached, shape ``[L]``.
+        output_overflow_depth: first depth with a non-finite output, or None.
+        slope_overflow_depth: first depth with a non-finite slope, or None.
+    """
+
+    x: np.ndarray
+    activation: str
+    weights: np.ndarray
+    biases: np.ndarray
+    preacts: np.ndarray
+    outputs: np.ndarray
+    local: np.ndarray
+    slopes: np.ndarray
+    max_slope: np.ndarray
+    argmax_x: np.ndarray
+    output_overflow_depth: int | None
+    slope_overflow_depth: int | None
+    act: Activation = field(repr=False)
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+    def param_grads(self, dJ_dy: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """``dJ/dw_k`` and ``dJ/db_k`` of the full depth-L chain at every x, each ``[L, n]``.
+
+        Backpropagation: ``delta = dJ/dy``; for ``k = L..1``: ``dJ/db_k = delta * phi'(z_k)``,
+        ``dJ/dw_k = dJ/db_k * a_{k-1}``, then ``delta *= phi'(z_k) * w_k``.
+        """
+        g = check_real(dJ_dy, "dJ_dy", "ChainResult.param_grads")
+        L = self.depth
+        dw, db = np.empty_like(self.local), np.empty_like(self.local)
+        delta = np.full(self.x.shape, g)
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            for k in range(L - 1, -1, -1):
+                db[k] = delta * self.local[k]
+                dw[k] = db[k] * (self.outputs[k - 1] if k > 0 else self.x)
+                delta = delta * (self.local[k] * self.weights[k])
+        return dw, db
+
+    def factors(self, at: float = 0.0, dJ_dy: float = 1.0) -> ChainFactors:
+        """The chain rule at input ``at``, every factor of every ``dJ/dw_k`` exposed."""
+        x0 = check_real(at, "at", "ChainResult.factors")
+        one = scalar_chain(self.act, self.weights, bias=self.biases, x=[x0])
+        dw, db = one.param_grads(dJ_dy)
+        return ChainFactors(
+            x=x0, activation=self.activation, weights=_as_float_tuple(self.weights),
+            biases=_as_float_tuple(self.biases), z=_as_float_tuple(one.preacts),
+            a=(x0,) + _as_float_tuple(one.outputs), local=_as_float_tuple(one.local),
+            dJ_dy=float(dJ_dy), grad_w=_as_float_tuple(dw), grad_b=_as_float_tuple(db),
+            dy_dx=float(one.slopes[-1, 0]))
+
+    def summary(self) -> list[dict]:
+        """One row per depth: max |slope|, where, and the output range."""
+        with np.errstate(invalid="ignore"):
+            return [{"depth": l + 1, "max_abs_slope": float(self.max_slope[l]),
+                     "at_x": float(self.argmax_x[l]),
+                     "output_min": float(np.min(self.outputs[l])),
+                     "output_max": float(np.max(self.outputs[l]))} for l in range(self.depth)]
+
+    def to_dict(self, arrays: bool = True) -> dict:
+        d = {"activation": self.activation, "depth": self.depth,
+             "weights": self.weights.tolist(), "biases": self.biases.tolist(),
+             "x_min": float(self.x.min()), "x_max": float(self.x.max()), "points": self.x.size,
+             "output_overflow_depth": self.output_overflow_depth,
+             "slope_overflow_depth": self.slope_overflow_depth, "per_depth": self.summary()}
+        if arrays:
+            d.update(x=self.x.tolist(), outputs=self.outputs.tolist(), slopes=self.slopes.tolist())
+        return d
+
+
+def _per_layer(value, name: str, depth: int | None) -> np.ndarray | None:
+    """A scalar (returned as None) or a length-``depth`` sequence of finite reals."""
+    if np.ndim(value) == 0:
+        check_real(value, name, "scalar_chain")
+        return None
+    seq = list(np.asarray(value, dtype=object).ravel())
+    for i, v in enumerate(seq):
+        check_real(v, f"{name}[{i}]", "scalar_chain")
+    if depth is not None and len(seq) != depth:
+        raise ParameterError(name, "scalar_chain", f"a number or a list of length depth={depth}",
+                             value, f"pass {depth} values, or leave depth out to use len({name}).")
+    if not seq:
+        raise ParameterError(name, "scalar_chain", "a non-empty list", value, "pass one value per layer.")
+    return np.array(seq, dtype=float)
+
+
+def scalar_chain(activation: str | Activation | Callable = "tanh",
+                 weight: float | Sequence[float] = 8.0, depth: int | None = None,
+                 bias: float | Sequence[float] = 0.0, *, x=None,
+                 x_range: tuple[float, float] = (-1.0, 1.0), points: int = 1001,
+                 derivative: Callable | None = None) -> ChainResult:
+    """Evaluate ``y_l(x) = phi(w_l * y_{l-1}(x) + b_l)``, ``y_0 = x``, for l = 1..depth.
+
+    Args:
+        activation: a name from :func:`~gradhealth.theory.activations.activation_names`, an
+            :class:`Activation`, or a callable ``phi`` (then give ``derivative=phi'``).
+        weight: one ``w`` shared by all layers, or a list ``[w_1, ..., w_L]``.
+        depth: number of layers ``L``; may be left out when ``weight`` or ``bias`` is a list.
+        bias: one ``b`` shared by all layers, or a list ``[b_1, ..., b_L]``.
+        x: inputs (any shape, flattened); default ``points`` evenly spaced over ``x_range``.
+        x_range: ``(low, high)`` with ``low < high``, used when ``x`` is None.
+        points: grid size (>= 2), used when ``x`` is None.
+        derivative: ``phi'`` for a callable ``activation``.
+
+    Returns:
+        :class:`ChainResult`; ``ChainResult.factors(at)`` gives the chain-rule breakdown.
+
+    Example (the classic picture: nested tanh with w = 8)::
+
+        >>> r = scalar_chain("tanh", weight=8, depth=3)
+        >>> [round(float(m)) for m in r.max_slope]   # 8, 64, 512: each layer multiplies by 8
+        [8, 64, 512]
+    """
+    owner = "scalar_chain"
+    act = get_activation(activation, derivative, owner=owner)
+    if depth is not None:
+        depth = check_int(depth, "depth", owner, min_value=1)
+    w_list = _per_layer(weight, "weight", depth)
+    b_list = _per_layer(bias, "bias", depth if depth is not None else
+                        (len(w_list) if w_list is not None else None))
+    if depth is None:
+        given = w_list if w_list is not None else b_list
+        if given is None:
+            raise ParameterError("depth", owner, "an integer >= 1 when weight and bias are numbers",
+                                 None, "pass depth=3 (or lists of per-layer weights).")
+        depth = len(given)
+    w = w_list if w_list is not None else np.full(depth, float(weight))
+    b = b_list if b_list is not None else np.full(depth, float(bias))
+
+    if x is None:
+        if len(x_range) != 2:
+            raise ParameterError("x_range", owner, "a pair (low, high)", x_range, "pass e.g. (-1, 1).")
+        lo = check_real(x_range[0], "x_range[0]", owner)
+        hi = check_real(x_range[1], "x_range[1]", owner)
+        if not lo < hi:
+            raise ParameterError("x_range", owner, "(low, high) with low < high", tuple(x_range),
+                                 f"pass x_range=({min(lo, hi)}, {max(lo, hi) if lo != hi else lo + 1}).")
+        xs = np.linspace(lo, hi, check_int(points, "points", owner, min_value=2))
+    else:
+        xs = np.asarray(x, dtype=float).ravel()
+        if xs.size == 0 or not np.isfinite(xs).all():
+            raise ParameterError("x", owner, "a non-empty array of finite numbers",
+                                 f"array of size {xs.size}", "drop NaN/inf inputs.")
+
+    z, a, d, s = _forward(act, w, b, xs)
+    abs_s = np.abs(s)
+    masked = np.where(np.isnan(abs_s), -np.inf, abs_s)
+    idx = np.argmax(masked, axis=1)
+    rows = np.arange(depth)
+    max_slope = np.where(np.isnan(abs_s).all(axis=1), np.nan, masked[rows, idx])
+    return ChainResult(x=xs, activation=act.name, weights=w, biases=b, preacts=z, outputs=a,
+                       local=d, slopes=s, max_slope=max_slope, argmax_x=xs[idx],
+                       output_overflow_depth=_first_nonfinite(a),
+                       slope_overflow_depth=_first_nonfinite(s), act=act)
+
+
+def bumps(x, scale: float = 5.0, steep: float = 40.0, shift: float = 5.0):
+    """The 3-hidden-unit tanh network with several steep slopes, and its exact derivative.
+
+    ``y = tanh(s*tanh(k*x - c) - s*tanh(k*x) + s*tanh(k*x + c))`` with ``s, k, c = 5, 40, 5``
+    (one input, one output, a hidden layer of 3 tanh units). Its hidden sum swings between
+    ``-s`` and ``+s`` three times, so ``y`` has three transitions with ``|dy/dx|`` near
+    ``s * k = 200``: a bounded function whose slopes are anything but.
+
+    Returns:
+        ``(y, dy_dx)``, arrays shaped like ``x``.
+    """
+    x = np.asarray(x, dtype=float)
+    t1, t2, t3 = np.tanh(steep * x - shift), np.tanh(steep * x), np.tanh(steep * x + shift)
+    u = scale * (t1 - t2 + t3)
+    du = scale * steep * ((1 - t1 ** 2) - (1 - t2 ** 2) + (1 - t3 ** 2))
+    y = np.tanh(u)
+    return y, (1 - y ** 2) * du
+
+
+# sup |phi'| over the real line, where it is known in closed form.
+_SUP_DERIVATIVE = {"linear": 1.0, "relu": 1.0, "tanh": 1.0, "sigmoid": 0.25, "hard_tanh": 1.0,
+                   "softplus": 1.0, "erf": 2.0 / math.sqrt(math.pi)}
+
+
+def slope_bound(activation, weight: float, depth: int) -> float:
+    """Upper bound on ``|dy/dx|`` (and on ``|dy/da_0|``) of any scalar chain, any biases, any x.
+
+    ``|dy/dx| = prod |w| * |phi'(z_l)| <= (|w| * sup|phi'|)**L``. For tanh that is
+    ``|w|**L``, for sigmoid ``(|w|/4)**L``. ``sup|phi'|`` is exact for linear, relu, tanh,
+    sigmoid, hard_tanh, softplus and erf, and is estimated on a fine grid over [-30, 30] for
+    any other activation.
+    """
+    act = get_activation(activation, owner="slope_bound")
+    w = check_real(weight, "weight", "slope_bound")
+    L = check_int(depth, "depth", "slope_bound", min_value=1)
+    if act.name in _SUP_DERIVATIVE:
+        sup = _SUP_DERIVATIVE[act.name]
+    elif act.name in ("leaky_relu", "elu"):
+        sup = max(1.0, abs(act.params.get("alpha", 1.0)))
+    else:
+        with np.errstate(all="ignore"):
+            sup = float(np.nanmax(np.abs(act.grad(np.linspace(-30, 30, 600001)))))
+    with np.errstate(over="ignore"):
+        return float(np.float64(abs(w) * sup) ** L)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Linear chains: w**L and the floating-point limits
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FloatLimits:
+    """The range of a floating-point format.
+
+    Attributes:
+        name: ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"``.
+        max: largest finite value.
+        tiny: smallest positive normal value (below it, precision is lost: subnormals).
+        smallest_subnormal: smallest positive value; half of it rounds to 0.
+        precision_bits: significand bits including the implicit one (11, 8, 24, 53).
+    """
+
+    name: str
+    max: float
+    tiny: float
+    smallest_subnormal: float
+    precision_bits: int
+
+    @property
+    def log2_overflow(self) -> float:
+        """log2 of the smallest value that rounds to inf: ``max + ulp(max)/2 = (2 - 2**-p) * 2**emax``
+        (a tie, and ties round to the even neighbour, which is inf)."""
+        emax = math.frexp(self.max)[1] - 1
+        return emax + 1 + math.log1p(-(2.0 ** -self.precision_bits) / 2) / math.log(2)
+
+
+def _limits(name: str, dt) -> FloatLimits:
+    fi = np.finfo(dt)
+    return FloatLimits(name, float(fi.max), float(fi.tiny), float(fi.smallest_subnormal), fi.nmant + 1)
+
+
+#: Float formats. bfloat16 has float32's exponent range with 8 significand bits; its numbers
+#: are written out here because NumPy has no bfloat16 (they match ``torch.finfo``).
+FLOAT_LIMITS: dict[str, FloatLimits] = {
+    "float16": _limits("float16", np.float16),
+    "bfloat16": FloatLimits("bfloat16", (2 - 2.0 ** -7) * 2.0 ** 127, 2.0 ** -126, 2.0 ** -133, 8),
+    "float32": _limits("float32", np.float32),
+    "float64": _limits("float64", np.float64),
+}
+
+
+def _round_to(value: float, dtype: str) -> float:
+    """``value`` rounded (to nearest, ties to even) to ``dtype``, as a Python float."""
+    with np.errstate(over="ignore"):
+        if dtype != "bfloat16":
+            return float(np.array(value, dtype=dtype))
+        # bfloat16 = the top 16 bits of a float32; round the low 16 bits to nearest even.
+        bits = np.array([value], dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return float(bits.astype(np.uint32).view(np.float32)[0])
+
+
+@dataclass(frozen=True, eq=False)
+class PowerTable:
+    """``w**l`` for ``l = 1..depth`` in float64.
+
+    Attributes:
+        weight: ``w``.
+        depth: ``L``.
+        values: ``w**l`` (``inf`` / ``0`` where float64 overflows / underflows).
+        log10_abs: ``l * log10|w|``, finite even where ``values`` is not.
+    """
+
+    weight: float
+    depth: int
+    values: np.ndarray
+    log10_abs: np.ndarray
+
+    def to_markdown(self, rows: Sequence[int] | None = None) -> str:
+        """A Markdown table of ``l``, ``w**l`` and ``log10|w**l|`` (all rows, or those given)."""
+        ls = range(1, self.depth + 1) if rows is None else rows
+        lines = [f"| l | {self.weight:g}**l | log10 |", "|---:|---:|---:|"]
+        lines += [f"| {l} | {self.values[l - 1]:.6g} | {self.log10_abs[l - 1]:.3f} |" for l in ls]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"weight": self.weight, "depth": self.depth, "values": self.values.tolist(),
+                "log10_abs": self.log10_abs.tolist()}
+
+
+def power_table(weight: float, depth: int) -> PowerTable:
+    """``w**l`` for ``l = 1..depth``, the forward (and backward) gain of a linear chain.
+
+    Examples: ``0.6**3 = 0.216``, ``0.6**15 = 4.70e-4``, ``1.6**15 = 1152.9``,
+    ``2.34**20 = 2.43e7``.
+    """
+    w = check_real(weight, "weight", "power_table")
+    L = check_int(depth, "depth", "power_table", min_value=1, max_value=10_000_000)
+    ls = np.arange(1, L + 1)
+    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+        values = np.power(w, ls.astype(float))
+        log10 = ls * math.log10(abs(w)) if w != 0 else np.full(L, -np.inf)
+    return PowerTable(w, L, values, np.asarray(log10, dtype=float))
+
+
+@dataclass(frozen=True)
+class PowerLimits:
+    """At which depth ``|w|**L`` leaves the range of a float format.
+
+    Depths are for the exact value ``|w_d|**L`` rounded once to the format, where ``w_d`` is
+    ``w`` as the format stores it (``0.6`` is ``0.60009765625`` in float16). None means never.
+
+    Attributes:
+        dtype: format name.
+        weight: ``w`` as given; ``stored_weight``: ``w_d``.
+        subnormal_depth: first L with ``|w_d|**L < tiny``: precision starts to drop.
+        zero_depth: first L with ``|w_d|**L <= smallest_subnormal / 2``: rounds to 0.
+        overflow_depth: first L with ``|w_d|**L >= max + ulp(max)/2``: rounds to inf.
+        repeated_reaches_zero: whether multiplying by ``w_d`` one step at a time (each product
+            rounded, as a network does) ever gives 0. For ``1/2 < |w_d| < 1`` it does not: at
+            the smallest subnormal ``s``, ``s * |w_d|`` rounds back to ``s``, so the product
+            stalls at a few ``s`` instead of reaching zero (unless the hardware flushes
+            subnormals to zero).
+    """
+
+    dtype: str
+    weight: float
+    stored_weight: float
+    subnormal_depth: int | None
+    zero_depth: int | None
+    overflow_depth: int | None
+    repeated_reaches_zero: bool
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def power_limits(weight: float, dtype: str = "float32") -> PowerLimits:
+    """Depths at which ``w**L`` becomes subnormal, rounds to zero or overflows in ``dtype``.
+
+    Computed with logarithms: ``L * log2|w_d|`` against the log2 of each threshold (see
+    :class:`PowerLimits` for the exact thresholds, round-to-nearest-even).
+    """
+    owner = "power_limits"
+    w = check_real(weight, "weight", owner)
+    if dtype not in FLOAT_LIMITS:
+        raise ParameterError("dtype", owner, "one of " + ", ".join(FLOAT_LIMITS), dtype,
+                             "pass dtype='float32' (or another listed format).")
+    lim = FLOAT_LIMITS[dtype]
+    wd = abs(_round_to(w, dtype))
+    sub = zero = over = None
+    if wd == 0:
+        sub = zero = 1
+    elif math.isinf(wd):
+        over = 1
+    elif wd > 1:
+        over = max(1, math.ceil(lim.log2_overflow / math.log2(wd)))
+    elif wd < 1:
+        lw = math.log2(wd)
+        sub = math.floor(math.log2(lim.tiny) / lw) + 1
+        zero = max(1, math.ceil((math.log2(lim.smallest_subnormal) - 1) / lw))
+    return PowerLimits(dtype, w, _round_to(w, dtype), sub, zero, over,
+                       repeated_reaches_zero=bool(wd <= 0.5))
+
+
+def crossing_depth(weight: float, threshold: float) -> int | None:
+    """Smallest depth L with ``|w|**L`` at or past ``threshold`` (None if it never gets there).
+
+    For ``threshold >= 1`` that means ``|w|**L >= threshold`` (growth); for ``threshold < 1``,
+    ``|w|**L <= threshold`` (decay). E.g. ``crossing_depth(0.6, 1e-3) == 14`` and
+    ``crossing_depth(1.6, 1e3) == 15``.
+    """
+    w = abs(check_real(weight, "weight", "crossing_depth"))
+    t = check_real(threshold, "threshold", "crossing_depth", low=0.0, low_inclusive=False)
+    grow = t >= 1
+    if w == 0:
+        return None if grow else 1
+    if (grow and w <= 1 and not (w == 1 and t == 1)) or (not grow and w >= 1):
+        return None
+
+    def crossed(L: int) -> bool:
+        with np.errstate(over="ignore", under="ignore"):
+            v = float(np.float64(w) ** L)
+        return v >= t if grow else v <= t
+
+    # the log ratio can land a hair off an integer; settle the neighbours with actual powers
+    L = max(1, math.ceil(math.log(t) / math.log(w))) if w != 1 else 1
+    while L > 1 and crossed(L - 1):
+        L -= 1
+    while not crossed(L):
+        L += 1
+    return L
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Deep linear matrix networks
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class DeepLinearResult:
+    """Norms through a deep linear network ``h_l = W_l h_{l-1}``, measured and predicted.
+
+    The input ``x`` and the top gradient ``g = dJ/dh_L`` (i.e. ``J = g . h_L``) are random unit
+    vectors, so every predicted norm starts at 1. Backprop: ``dJ/dh_{l-1} = W_l^T dJ/dh_l`` and
+    ``dJ/dW_l = (dJ/dh_l) h_{l-1}^T``.
+
+    Predictions:
+
+    * ``W = a*I``: ``||h_l|| = a**l``, ``||dJ/dh_l|| = a**(L-l)``, ``||dJ/dW_l|| = a**(L-1)``
+      for every layer (exact).
+    * Gaussian ``W_ij ~ N(0, sigma_w**2/n)``: ``E||h_l||^2 = sigma_w**(2l)`` exactly, at any
+      width, because ``||W h||^2 / ||h||^2 ~ (sigma_w**2/n) * chi2_n`` whatever ``h`` is,
+      independently from layer to layer. ``predicted_*`` holds the root mean square
+      ``sqrt(E||.||^2)``. At finite width ``ln||h_l||`` is a sum of ``l`` independent
+      ``0.5*ln(sigma_w**2 chi2_n/n)`` terms: mean ``l*(ln sigma_w + (psi(n/2) - ln(n/2))/2)``
+      (about ``-l/(2n)`` below ``l ln sigma_w``), standard deviation
+      ``0.5*sqrt(l*psi1(n/2))`` (about ``sqrt(l/(2n))``): near log-normal, with a median below
+      the mean and a spread that grows like ``sqrt(depth/width)``.
+
+    Attributes:
+        init, depth, width, scale, sigma_w, trials, seed: the setup.
+        act_norm: ``||h_l||``, shape ``[trials, L+1]`` (column 0 is the input).
+        grad_norm: ``||dJ/dh_l||`` (the backprop signal), shape ``[trials, L+1]``.
+        weight_grad_norm: ``||dJ/dW_l||_F`` for l = 1..L, shape ``[trials, L]``.
+        predicted_act_norm, predicted_grad_norm: shape ``[L+1]``; predicted_weight_grad_norm ``[L]``.
+        act_log_mean, act_log_std: predicted mean and std of ``ln||h_l||``, shape ``[L+1]``.
+        grad_log_mean, grad_log_std: the same for ``ln||dJ/dh_l||``.
+    """
+
+    init: str
+    depth: int
+    width: int
+    scale: float
+    sigma_w: float
+    trials: int
+    seed: int
+    act_norm: np.ndarray
+    grad_norm: np.ndarray
+    weight_grad_norm: np.ndarray
+    predicted_act_norm: np.ndarray
+    predicted_grad_norm: np.ndarray
+    predicted_weight_grad_norm: np.ndarray
+    act_log_mean: np.ndarray
+    act_log_std: np.ndarray
+    grad_log_mean: np.ndarray
+    grad_log_std: np.ndarray
+
+    @property
+    def overflow_layer(self) -> int | None:
+        """First layer whose activation norm is inf or nan in any trial (None if all finite).
+
+        Past overflow a matrix product turns ``inf * 0`` into ``nan``, as a real network does.
+        """
+        bad = ~np.isfinite(self.act_norm).all(axis=0)
+        return int(np.argmax(bad)) if bad.any() else None
+
+    def to_dict(self) -> dict:
+        d = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items()}
+        d["overflow_layer"] = self.overflow_layer
+        return d
+
+
+def _norm(v: np.ndarray) -> np.ndarray:
+    """Euclidean norm over the last axis that does not overflow before the entries do."""
+    m = np.max(np.abs(v), axis=-1)
+    with np.errstate(all="ignore"):
+        r = m * np.sqrt(np.sum((v / np.where(m > 0, m, 1.0)[..., None]) ** 2, axis=-1))
+    return np.where(np.isinf(m), np.inf, r)
+
+
+def deep_linear(depth: int = 30, width: int = 32, *, init: str = "identity", scale: float = 1.5,
+                sigma_w: float = 1.0, trials: int = 1, seed: int = 0) -> DeepLinearResult:
+    """Run a deep linear network forward and backward with explicit matrix products.
+
+    Args:
+        depth: number of layers ``L``.
+        width: units per layer ``n``.
+        init: ``"identity"`` (``W_l = scale * I``) or ``"gaussian"`` (entries
+            ``N(0, sigma_w**2 / width)``, fresh per layer and per trial).
+        scale: ``a`` in ``W = a*I`` (1.5 explodes, 0.5 vanishes).
+        sigma_w: weight scale of the Gaussian init (1 is critical for a linear net).
+        trials: independent networks (and inputs) to sample.
+        seed: seed of ``numpy.random.default_rng``.
+
+    Returns:
+        :class:`DeepLinearResult` with measured and predicted norms.
+    """
+    owner = "deep_linear"
+    L = check_int(depth, "depth", owner, min_value=1)
+    n = check_int(width, "width", owner, min_value=1)
+    T = check_int(trials, "trials", owner, min_value=1)
+    if init not in ("identity", "gaussian"):
+        raise ParameterError("init", owner, "'identity' or 'gaussian'", init, "pass init='identity'.")
+    a = check_real(scale, "scale", owner)
+    sw = check_real(sigma_w, "sigma_w", owner, low=0.0)
+    rng = np.random.default_rng(seed)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    x, g = unit(rng.standard_normal((T, n))), unit(rng.standard_normal((T, n)))
+    if init == "identity":
+        Ws = [a * np.eye(n)] * L           # one matrix, shared by every layer and trial
+    else:
+        Ws = [rng.standard_normal((T, n, n)) * (sw / math.sqrt(n)) for _ in range(L)]
+    hs, deltas = [x], [g]
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        for W in Ws:                       # forward: h_l = W_l h_{l-1}
+            hs.append(np.einsum("...ij,...j->...i", W, hs[-1]))
+        for W in reversed(Ws):             # backward: dJ/dh_{l-1} = W_l^T dJ/dh_l
+            deltas.append(np.einsum("...ji,...j->...i", W, deltas[-1]))
+        deltas.reverse()
+        act = np.stack([_norm(h) for h in hs], axis=1)
+        grad = np.stack([_norm(d) for d in deltas], axis=1)
+        wgrad = grad[:, 1:] * act[:, :-1]  # ||u v^T||_F = ||u|| ||v||
+
+    ls = np.arange(L + 1, dtype=float)
+    up, down = ls, L - ls
+    if init == "identity":
+        gain, log_step, log_sd = abs(a), (math.log(abs(a)) if a else -np.inf), 0.0
+    else:
+        gain = sw
+        log_step = math.log(sw) + 0.5 * (special.digamma(n / 2) - math.log(n / 2)) if sw else -np.inf
+        log_sd = 0.5 * math.sqrt(special.polygamma(1, n / 2))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        pa, pg = np.power(gain, up), np.power(gain, down)
+        pw = np.full(L, np.power(gain, L - 1.0))
+        am, gm = up * log_step, down * log_step
+        asd, gsd = log_sd * np.sqrt(up), log_sd * np.sqrt(down)
+    return DeepLinearResult(init, L, n, a, sw, T, seed, act, grad, wgrad, pa, pg, pw, am, asd, gm, gsd)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. "Even a weight of 0.7 would explode after enough inputs": checked
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class WeightClaim:
+    """Scalar chains vs matrices for one weight value, per depth l = 1..depth.
+
+    Attributes:
+        weight, depth, width, seed: the setup.
+        tanh_max_slope: measured ``max_x |dy_l/dx|`` of the scalar tanh chain (b = 0, the worst
+            case: z stays 0 at x = 0), over x in [-3, 3].
+        tanh_bound: ``|w|**l``, which no tanh chain can exceed (``|tanh'| <= 1``).
+        sigmoid_max_slope: the same for the sigmoid chain with ``b = -w/2`` (the worst case:
+            at the fixed point 1/2, every ``z`` is 0 where ``sigmoid'`` peaks at 1/4).
+        sigmoid_bound: ``(|w|/4)**l``.
+        matrix_spectral_radius: of the ``width x width`` matrix with every entry ``w``:
+            ``|w| * width`` (eigenvector: all ones).
+        matrix_gain: ``||W**l u||`` for the unit all-ones vector ``u``: ``(|w| width)**l``.
+        gaussian_spectral_radius: of one seeded matrix with entries ``N(0, w**2)``, about
+            ``|w| sqrt(width)`` (circular law).
+        gaussian_gain: ``||W**l u||`` for that matrix (same W at every step, as in an RNN).
+        min_width_all, min_width_gaussian: smallest widths at which the matrix gain exceeds 1
+            (``|w| n > 1``; ``|w| sqrt(n) > 1``); None for ``w = 0``.
+    """
+
+    weight: float
+    depth: int
+    width: int
+    seed: int
+    tanh_max_slope: np.ndarray
+    tanh_bound: np.ndarray
+    sigmoid_max_slope: np.ndarray
+    sigmoid_bound: np.ndarray
+    matrix_spectral_radius: float
+    matrix_gain: np.ndarray
+    gaussian_spectral_radius: float
+    gaussian_gain: np.ndarray
+    min_width_all: int | None
+    min_width_gaussian: int | None
+
+    def verdict(self) -> str:
+        """The claim checked, in one paragraph with the numbers."""
+        w, L, n = self.weight, self.depth, self.width
+        return (f"Scalar chain, w = {w:g}, depth {L}: max |dy/dx| is {self.tanh_max_slope[-1]:.3g} "
+                f"for tanh (bound {w:g}^{L} = {self.tanh_bound[-1]:.3g}) and "
+                f"{self.sigmoid_max_slope[-1]:.3g} for sigmoid (bound ({w:g}/4)^{L} = "
+                f"{self.sigmoid_bound[-1]:.3g}): it can only vanish. A width-{n} matrix with every "
+                f"entry {w:g} has spectral radius {self.matrix_spectral_radius:.3g}, so its gain "
+                f"after {L} steps is {self.matrix_gain[-1]:.3g}; with N(0, {w:g}^2) entries the "
+                f"radius is {self.gaussian_spectral_radius:.3g} and the gain "
+                f"{self.gaussian_gain[-1]:.3g}. Explosion needs width: all-{w:g} entries explode "
+                f"from width {self.min_width_all}, random ones typically from width "
+                f"{self.min_width_gaussian}.")
+
+    def to_dict(self) -> dict:
+        d = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items()}
+        d["verdict"] = self.verdict()
+        return d
+
+
+def weight_claim(weight: float = 0.7, depth: int = 50, width: int = 8, *, seed: int = 0) -> WeightClaim:
+    """Check "a weight of ``weight`` explodes after enough layers/inputs" on chains and matrices.
+
+    A scalar tanh or sigmoid chain has ``|dy/dx| = prod |w tanh'(z_l)| <= |w|**L`` (resp.
+    ``(|w|/4)**L``) for any biases and inputs: with ``|w| < 1`` it vanishes. The same holds for
+    a scalar RNN ``h_t = tanh(w h_{t-1} + u x_t)``: ``dh_T/dh_0`` is the same product. A
+    matrix whose entries are about ``w`` multiplies by its spectral radius instead, which
+    grows with the width.
+    """
+    owner = "weight_claim"
+    w = check_real(weight, "weight", owner)
+    L = check_int(depth, "depth", owner, min_value=1)
+    n = check_int(width, "width", owner, min_value=1)
+    xs = np.linspace(-3, 3, 601)
+    tanh_c = scalar_chain("tanh", w, L, 0.0, x=xs)
+    sig_c = scalar_chain("sigmoid", w, L, -w / 2, x=xs)
+    ls = np.arange(1, L + 1, dtype=float)
+    u = np.full(n, 1 / math.sqrt(n))
+    G = np.random.default_rng(seed).standard_normal((n, n)) * abs(w)
+
+    def gains(M):
+        out, v = np.empty(L), u
+        with np.errstate(over="ignore", invalid="ignore"):
+            for l in range(L):
+                v = M @ v
+                out[l] = np.linalg.norm(v)
+        return out
+
+    with np.errstate(over="ignore", under="ignore"):
+        tb, sb = np.power(abs(w), ls), np.power(abs(w) / 4, ls)
+    return WeightClaim(
+        w, L, n, seed, tanh_c.max_slope, tb, sig_c.max_slope, sb,
+        matrix_spectral_radius=float(np.max(np.abs(np.linalg.eigvals(np.full((n, n), w))))),
+        matrix_gain=gains(np.full((n, n), w)),
+        gaussian_spectral_radius=float(np.max(np.abs(np.linalg.eigvals(G)))),
+        gaussian_gain=gains(G),
+        min_width_all=math.floor(1 / abs(w)) + 1 if w else None,
+        min_width_gaussian=math.floor(1 / w ** 2) + 1 if w else None)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The numbers the usual explanations quote
+# --------------------------------------------------------------------------------------------
+
+def textbook_numbers() -> list[dict]:
+    """The quoted examples, recomputed: ``expr``, exact ``value``, the ``quoted`` figure."""
+    sig5 = float(special.expit(5.0) * (1 - special.expit(5.0)))
+    return [
+        {"expr": "0.6**3", "value": 0.6 ** 3, "quoted": "0.21",
+         "note": "0.216: the quoted 0.21 is truncated, not rounded"},
+        {"expr": "0.6**15", "value": 0.6 ** 15, "quoted": "0.00047", "note": "vanishing"},
+        {"expr": "1.6**15", "value": 1.6 ** 15, "quoted": "1152.92", "note": "exploding"},
+        {"expr": "2.34**20", "value": 2.34 ** 20, "quoted": "(a huge value)",
+         "note": "output of a 20-layer one-neuron ReLU net, w = 2.34, x = 1"},
+        {"expr": "2.34**19", "value": 2.34 ** 19, "quoted": "-",
+         "note": "dy/dw1 of that net at x = 1"},
+        {"expr": "sigmoid'(5)", "value": sig5, "quoted": "0.0066",
+         "note": "one saturated sigmoid factor in a backprop chain"},
+        {"expr": "8**3", "value": 8.0 ** 3, "quoted": "-",
+         "note": "max slope of the depth-3 relu/tanh chain with w = 8"},
+    ]
