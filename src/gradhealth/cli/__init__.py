@@ -23,6 +23,8 @@ EXIT_OK, EXIT_PATHOLOGY, EXIT_USAGE = 0, 1, 2
 COMMANDS = {
     "demo": "demo",
     "env": "env",
+    "chain": "chain",
+    "power": "power",
     "run": "run",
     "events": "events",
     "summary": "summary",
@@ -69,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `gradhealth power --json | head`: the reader left; not an error of ours or the user's.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return int(code or 0)
 
 
