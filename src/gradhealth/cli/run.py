@@ -101,6 +101,8 @@ def _resolve(args) -> tuple[str, str, list[str]]:
             raise _Usage("-m needs a module name, and takes the place of the script: "
                          "gradhealth run [options] -m module [args ...]")
         name, *module_args = args.module
+        saved_path = sys.path[:]
+        sys.path.insert(0, os.getcwd())  # as `python -m`: the current directory comes first
         try:
             spec = importlib.util.find_spec(name)
             if spec is not None and spec.submodule_search_locations is not None:
@@ -112,6 +114,8 @@ def _resolve(args) -> tuple[str, str, list[str]]:
             spec = None
             if not isinstance(exc, ModuleNotFoundError):
                 raise _Usage(f"module {name!r} cannot be found ({exc}).") from None
+        finally:
+            sys.path[:] = saved_path
         if spec is None:
             raise _Usage(f"no module named {name!r}. Fix: check the name and that it is "
                          "importable from the current directory (python -c 'import "
@@ -234,17 +238,21 @@ class WatchSession:
         s.watchers             # [(run_dir, model_name, watcher), ...]
     """
 
-    def __init__(self, run_dir, watch_kwargs: dict | None = None, status=None, stream=None):
+    def __init__(self, run_dir, watch_kwargs: dict | None = None, status=None, stream=None,
+                 meta: dict | None = None):
         self.run_dir = Path(run_dir)
+        self.meta = dict(meta or {})         # recorded in each run store
         self.watch_kwargs = dict(watch_kwargs or {})
         self.status = status                 # a StatusLine or None
-        self.stream = stream if stream is not None else sys.stderr
+        self.stream = stream                 # None: sys.stderr at the time of printing
         self.watchers: list[tuple[Path, str, object]] = []
         self.errors: list[str] = []
         self._by_opt: dict[int, object] = {}  # id(optimizer) -> watcher or None
         self._opt_refs: list = []             # keep ids valid: weakrefs to seen optimizers
-        self._losses: list = []               # scalar losses since the last optimizer step
+        self._losses: list = []               # losses not yet given to a watcher
+        self._acc: tuple | None = None        # (step, summed loss, watcher) with one watcher
         self._scaled: tuple | None = None     # (scaled tensor, unscaled loss) of GradScaler.scale
+        self._scaler = None                   # the GradScaler seen, if any
         self._local = threading.local()
         self._undo: list = []
         self._last_status = 0.0
@@ -295,12 +303,25 @@ class WatchSession:
 
     # -- loss capture
     def _record(self, t) -> None:
+        """Called at each ``backward()``, before it runs: keep the scalar loss, unscaled."""
         try:
             if self._scaled is not None and t is self._scaled[0]:
                 t = self._scaled[1]
-            if getattr(t, "numel", None) and t.numel() == 1 and t.is_floating_point():
-                self._losses.append(t.detach().reshape(()))
             self.n_backward += 1
+            if not (getattr(t, "numel", None) and t.numel() == 1 and t.is_floating_point()):
+                return
+            loss = t.detach().reshape(())
+            if len(self.watchers) == 1:
+                # One watcher (the usual case): its step counter says which step this backward
+                # belongs to, also when the guard skips a step (no optimizer hook fires then).
+                w = self.watchers[0][2]
+                if self._acc is None or self._acc[0] != w.step or self._acc[2] is not w:
+                    self._acc = (w.step, loss, w)
+                else:  # gradient accumulation: the applied gradient is that of the sum
+                    self._acc = (w.step, self._acc[1] + loss, w)
+                w.observe(self._acc[1])
+            else:
+                self._losses.append(loss)
         except Exception:  # never break the script's backward
             pass
 
@@ -347,6 +368,7 @@ class WatchSession:
 
             if isinstance(outputs, torch.Tensor):
                 session._scaled = (out, outputs)
+                session._scaler = self
             return out
 
         scale.__wrapped__ = orig
@@ -372,17 +394,28 @@ class WatchSession:
     def _attach(self, optimizer) -> None:
         from ..watch import watch
 
+        wanted = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        for _, name, w in self.watchers:
+            if any(id(p) in wanted for p in w.model.parameters()):
+                w.add_optimizer(optimizer)  # a second optimizer of an already watched model
+                self._by_opt[id(optimizer)] = w
+                self._say(f"watching {type(optimizer).__name__} too, for {name}")
+                return
         model, name = find_models(optimizer)
         if model is None:
             self._error(f"{type(optimizer).__name__} is not watched: {name}.")
             return
         k = len(self.watchers)
         run_dir = self.run_dir if k == 0 else self.run_dir / f"optimizer{k}"
-        watcher = watch(model, optimizer, run_dir=str(run_dir), **self.watch_kwargs)
+        kwargs = dict(self.watch_kwargs)
+        if self._scaler is not None and "scaler" not in kwargs:
+            kwargs["scaler"] = self._scaler  # seen at scaler.scale(loss): skipped steps recorded
+        meta = {**self.meta, "model_name": name, "optimizer": type(optimizer).__name__}
+        watcher = watch(model, optimizer, run_dir=str(run_dir), meta=meta, **kwargs)
         self._by_opt[id(optimizer)] = watcher
         self.watchers.append((run_dir, name, watcher))
-        self._say(f"watching {name} ({type(model).__name__}) with {type(optimizer).__name__}"
-                  f" -> {run_dir}")
+        self._say(f"watching {name} ({type(model).__name__}, {len(watcher.layers)} layers) "
+                  f"with {type(optimizer).__name__} -> {run_dir}")
 
     def _on_step_post(self, optimizer, args, kwargs) -> None:
         w = self._by_opt.get(id(optimizer))
@@ -422,7 +455,8 @@ class WatchSession:
     # -- messages
     def _say(self, msg: str) -> None:
         try:
-            print(f"gradhealth: {msg}", file=self.stream, flush=True)
+            # sys.stderr looked up now: the live display redirects it while the script runs.
+            print(f"gradhealth: {msg}", file=self.stream or sys.stderr, flush=True)
         except Exception:  # pragma: no cover
             pass
 
@@ -433,76 +467,58 @@ class WatchSession:
 
 
 def _latest(watcher) -> dict:
-    """The newest step's numbers from a watcher: step, loss, global grad norm (floats)."""
-    import math
-
-    out: dict = {}
-    for attr in ("last_step", "latest", "last"):
-        d = getattr(watcher, attr, None)
-        if callable(d):
-            d = d()
-        if isinstance(d, dict):
-            out.update(d)
-            break
-    step = getattr(watcher, "step", None)
-    if isinstance(step, int) and "step" not in out:
-        out["step"] = step
-    for k in ("loss", "global_grad_norm"):
-        v = out.get(k)
-        if v is not None:
-            try:
-                out[k] = float(v)
-            except (TypeError, ValueError):
-                out[k] = math.nan
-    return out
+    """The newest logged step's numbers (``watcher.history[-1]``): step, loss, global norm."""
+    hist = getattr(watcher, "history", None)
+    if not hist:
+        return {}
+    st = hist[-1]
+    return {"step": st.step, "loss": st.loss, "global_grad_norm": st.global_grad_norm}
 
 
 # ---------------------------------------------------------------------------- running the script
 
-def _exec(kind: str, target: str, script_args: list[str], stream) -> int:
-    """Run the script with ``__main__`` semantics; return its exit code."""
+def _exec(kind: str, target: str, script_args: list[str]) -> tuple[int, object]:
+    """Run the script with ``__main__`` semantics.
+
+    Returns ``(exit code, what to print)``: ``None``, a message (``sys.exit("text")``,
+    interruption) or the exception whose traceback to print -- printed by the caller once
+    the live display is gone.
+    """
     import runpy
 
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     try:
+        sys.argv = [target, *script_args]
         if kind == "path":
-            sys.argv = [target, *script_args]
-            sys.path.insert(0, str(Path(target).resolve().parent if Path(target).is_file()
-                                   else Path(target).resolve()))
+            p = Path(target).resolve()
+            sys.path.insert(0, str(p.parent if p.is_file() else p))  # as `python script.py`
             runpy.run_path(target, run_name="__main__")
         else:
-            sys.argv = [target, *script_args]
-            sys.path.insert(0, os.getcwd())
+            sys.path.insert(0, os.getcwd())                         # as `python -m module`
             runpy.run_module(target, run_name="__main__", alter_sys=True)
-        return 0
+        return 0, None
     except SystemExit as exc:
-        return _exit_code(exc.code, stream)
+        code = exc.code
+        if code is None:
+            return 0, None
+        if isinstance(code, int):  # bool included
+            return int(code), None
+        return 1, str(code)
     except KeyboardInterrupt:
-        print("interrupted", file=stream)
-        return 130
+        return 130, "interrupted"
     except BaseException as exc:  # the script's own error: show it as Python would
-        _print_traceback(exc, stream)
-        return 1
+        return 1, exc
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
 
 
-def _exit_code(code, stream) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, bool):
-        return int(code)
-    if isinstance(code, int):
-        return code
-    print(code, file=stream)
-    return 1
-
-
 def _print_traceback(exc: BaseException, stream) -> None:
     """Print the traceback without the frames of runpy and of this module."""
+    import runpy
+
+    ours = {__file__, runpy.__file__, "<frozen runpy>"}
     tb = exc.__traceback__
-    ours = (os.path.dirname(__import__("runpy").__file__), __file__)
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(ours):
+    while tb is not None and tb.tb_frame.f_code.co_filename in ours:
         tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb, file=stream)
 
@@ -512,11 +528,10 @@ def _print_traceback(exc: BaseException, stream) -> None:
 def run(args) -> int:
     from . import EXIT_OK, EXIT_PATHOLOGY, EXIT_USAGE
 
-    err = sys.stderr
     try:
         kind, target, script_args = _resolve(args)
     except _Usage as exc:
-        print(f"gradhealth run: error: {exc}", file=err)
+        print(f"gradhealth run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(target)
     watch_kwargs = {}
@@ -532,7 +547,10 @@ def run(args) -> int:
     con = Console(stderr=True, highlight=False)
     live_on = args.live and con.is_terminal
     status = StatusLine(f"gradhealth {Path(target).name}") if live_on else None
-    session = WatchSession(run_dir, watch_kwargs, status=status, stream=err)
+    meta = {"command": "gradhealth run " + " ".join(
+                ([f"-m {target}"] if kind == "module" else [target]) + script_args),
+            "cwd": os.getcwd()}
+    session = WatchSession(run_dir, watch_kwargs, status=status, meta=meta)
     session.open()
     try:
         if live_on:
@@ -540,11 +558,15 @@ def run(args) -> int:
 
             with Live(status, console=con, refresh_per_second=4, transient=True,
                       redirect_stdout=True, redirect_stderr=True):
-                code = _exec(kind, target, script_args, err)
+                code, said = _exec(kind, target, script_args)
         else:
-            code = _exec(kind, target, script_args, err)
+            code, said = _exec(kind, target, script_args)
     finally:
         session.close()
+    if isinstance(said, BaseException):
+        _print_traceback(said, sys.stderr)
+    elif said is not None:
+        print(said, file=sys.stderr)
     pathological = _report(session, con)
     if code != 0:
         return code

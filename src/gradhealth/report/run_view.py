@@ -155,20 +155,28 @@ def _text(s: Any, style: str = ""):
 
 
 def events_table(events: Iterable[Event], title: str | None = None, max_rows: int | None = None):
-    """A rich Table of events: step, since, severity, kind, layer, message, remedy."""
+    """A rich Table of events: step (and since), severity, kind, layer, message, remedy.
+
+    The table takes the console's full width and gives most of it to the message and the
+    remedy, so that it stays readable in an 80-column terminal.
+    """
     from rich.table import Table
 
     evs = list(events)
-    table = Table(title=title, show_lines=False, header_style="bold", expand=False)
-    for col, kw in (("step", {"justify": "right"}), ("since", {"justify": "right"}),
-                    ("severity", {}), ("kind", {}), ("layer", {"overflow": "fold"}),
-                    ("message", {"overflow": "fold", "ratio": 3}),
-                    ("remedy", {"overflow": "fold", "ratio": 2})):
-        table.add_column(col, **kw)
+    table = Table(title=title, header_style="bold", expand=True, show_lines=True)
+    table.add_column("step", justify="right", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("layer", overflow="fold", ratio=1)
+    table.add_column("message", overflow="fold", ratio=4)
+    table.add_column("remedy", overflow="fold", ratio=2)
     shown = evs if max_rows is None or len(evs) <= max_rows else evs[:max_rows]
     for e in shown:
-        table.add_row(_text(e.step), _text(e.since), _text(e.severity, _SEVERITY_STYLE.get(e.severity, "")),
-                      _text(e.kind), _text(e.layer if e.layer is not None else "(model)"),
+        step = _text(e.step)
+        if e.since is not None and e.since != e.step:
+            step.append(f"\nsince {e.since}", style="dim")
+        table.add_row(step, _text(e.severity, _SEVERITY_STYLE.get(e.severity, "")), _text(e.kind),
+                      _text(e.layer if e.layer is not None else "(model)"),
                       _text(e.message), _text(e.remedy or ""))
     if len(shown) < len(evs):
         table.caption = f"{len(evs) - len(shown)} more event(s) not shown"
