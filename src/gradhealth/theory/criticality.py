@@ -64,7 +64,15 @@ def _critical(kern: Kernel, sb2, rho: float, *, bisect: int = 32,
     best_q = np.full(sb2.shape, np.nan)
     sign = (h[None, :] - sb2[:, None]) > 0                      # (P, T)
     cells = sign[:, 1:] != sign[:, :-1]                          # a root inside cell j
-    cells[:, 0] |= (h[0] == sb2)                                 # or exactly at q = 0
+    # The root q = 0 itself (sigma_b2 = 0 and phi(0) = 0: tanh, hard_tanh, selu, ...): there
+    # h is flat to rounding (hard_tanh: q - V/D is exponentially small below q ~ 0.05).
+    at0 = np.flatnonzero(np.abs(h[0] - sb2) <= 1e-14)
+    if at0.size:
+        with np.errstate(all="ignore"):
+            w0 = rho / float(kern.D(0.0))
+        w0 = np.full(at0.size, w0)
+        ok0, q0 = _check_reached(kern, w0, sb2[at0], rho)
+        best_w[at0[ok0]], best_q[at0[ok0]] = w0[ok0], q0[ok0]
     for _ in range(max_roots):
         has = cells.any(axis=1)
         if not has.any():
@@ -82,14 +90,26 @@ def _critical(kern: Kernel, sb2, rho: float, *, bisect: int = 32,
             left = above == up                                   # root left of mid
             lo, hi = np.where(left, lo, mid), np.where(left, mid, hi)
         q = _secant_polish(kern, 0.5 * (lo + hi), b, t[j], t[j + 1])
-        q = np.where((j == 0) & (h[0] == b), 0.0, q)
         with np.errstate(all="ignore"):
             w = rho / kern.D(q)
-        reached = _solve_q(kern, w / rho, b)
-        valid = np.isfinite(w) & (np.abs(reached - q) <= 1e-6 * q + 1e-9)
+        valid, reached = _check_reached(kern, w, b, rho)
         better = valid & (w < best_w[p])
-        best_w[p[better]], best_q[p[better]] = w[better], q[better]
+        best_w[p[better]], best_q[p[better]] = w[better], reached[better]
     return np.where(np.isfinite(best_w), best_w, np.nan), best_q
+
+
+def _check_reached(kern: Kernel, w, b, rho):
+    """``(valid, q)``: is ``chi_1 = 1`` at the fixed point the length map actually reaches?
+
+    A root of ``q - V/D = sigma_b2`` can be a fixed point nobody reaches (gelu at
+    ``sigma_b2 = 0``: ``q = 0`` is unstable); and where the length map is flat to rounding
+    (hard_tanh near ``q = 0``) the reached ``q`` differs from the root but ``chi_1`` does not.
+    """
+    with np.errstate(all="ignore"):
+        q = _solve_q(kern, w / rho, b)
+        d = kern.D(np.where(np.isfinite(q), q, 1e30))
+        valid = np.isfinite(w) & np.isfinite(q) & (np.abs(w / rho * d - 1.0) <= 1e-8)
+    return valid, q
 
 
 def _secant_polish(kern: Kernel, q, b, lo, hi, steps: int = 4) -> np.ndarray:

@@ -43,7 +43,7 @@ Example:
     >>> from gradhealth.theory.meanfield import analyze
     >>> r = analyze("tanh", 2.0, 0.05)
     >>> r.phase, round(r.chi_1, 3)
-    ('chaotic', 1.052)
+    ('chaotic', 1.048)
 """
 
 from __future__ import annotations
