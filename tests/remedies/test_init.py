@@ -264,3 +264,22 @@ def test_bad_input_names_parameter_value_and_fix():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         he_(m)  # a cleanly matched model warns about nothing
+
+
+# --- replace_activation_ -------------------------------------------------------------------------
+def test_replace_activation_swaps_modules_and_rejects_functional_ones():
+    from gradhealth.remedies import replace_activation_
+
+    m = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Sequential(nn.Linear(8, 8), nn.Sigmoid()),
+                      nn.Linear(8, 2))
+    out = replace_activation_(m, "sigmoid", "leaky_relu(0.1)")
+    assert out == {"1": "Sigmoid -> LeakyReLU", "2.1": "Sigmoid -> LeakyReLU"}
+    assert isinstance(m[2][1], nn.LeakyReLU) and m[2][1].negative_slope == 0.1
+    s = he_(m)
+    assert {c.layer: c.activation for c in s.changed}["2.0"] == "leaky_relu(0.1)"
+    with pytest.raises(ParameterError, match="(?s)'old' parameter of replace_activation_.*leaky_relu"):
+        replace_activation_(m, "sigmoid", "relu")
+    with pytest.raises(ParameterError, match="(?s)'old'.*none"):
+        replace_activation_(Functional(), "relu", "gelu")
+    with pytest.raises(ParameterError, match="'new' parameter"):
+        replace_activation_(m, "leaky_relu", "nonsense")

@@ -41,10 +41,11 @@ EVIDENCES = {
 
 
 def _gradhealth_calls(code: str) -> list[str]:
-    """The gradhealth calls a prescription's code makes (after a leading '#' comment's 'then:')."""
+    """The gradhealth calls a prescription's code makes (after a leading '#' comment's 'then:';
+    several calls are separated by '; ')."""
     if code.startswith("#"):
-        return [code.split("then:", 1)[1].strip()] if "then:" in code else []
-    return [code] if code.startswith("gradhealth.") else []
+        code = code.split("then:", 1)[1].strip() if "then:" in code else ""
+    return [c.strip() for c in code.split("; ") if c.strip().startswith("gradhealth.")]
 
 
 def _resolve(node):
@@ -120,8 +121,6 @@ def test_reasons_carry_the_numbers():
     assert "1.9" in p.reason and "sigma_w2 = 1" in p.reason and "now 4" in p.reason
     relu = prescribe("vanishing", {"activation": "relu", "growth_per_layer": 0.5, "depth": 10})[0]
     assert relu.code.startswith("gradhealth.remedies.he_(model") and "x9.77e-04 over 10 layers" in relu.reason
-    rnn = prescribe("exploding", {"is_recurrent": True, "spectral_radius": 3.0, "depth": 100})[0]
-    assert rnn.code == "gradhealth.remedies.orthogonal_(model, gain=1.0)" and "3^100" in rnn.reason
     lin = prescribe("exploding", {"activation": "linear", "growth_per_layer": 1.5, "depth": 20})[0]
     assert lin.code == "gradhealth.remedies.orthogonal_(model, gain=1.0)"
     spike = prescribe("grad_spike", {"grad_norm": 40.0, "median": 2.0, "mad": 0.3})[0]
@@ -158,3 +157,35 @@ def test_critical_fallback_without_bias_variance():
     assert critical_sigma_w2_or_none("relu", 0.0) == pytest.approx(2.0, rel=1e-3)
     assert critical_sigma_w2_or_none(None) is None
     assert math.isfinite(critical_sigma_w2_or_none("linear", 0.0))
+
+
+def test_sigmoid_prescription_swaps_to_relu_and_runs():
+    out = prescribe("vanishing", {"activation": "sigmoid", "growth_per_layer": 0.14, "depth": 10})
+    assert out[0].code == ("gradhealth.remedies.replace_activation_(model, 'sigmoid', 'relu'); "
+                           "gradhealth.remedies.he_(model)")
+    assert any(p.code.startswith("gradhealth.remedies.critical_(model, activation='sigmoid'") for p in out)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 2))
+    exec(out[0].code, {"gradhealth": gradhealth, "model": model})  # noqa: S102
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    # saturated at the critical point already: do not prescribe critical_ again
+    sat = prescribe("saturated", {"activation": "sigmoid", "fraction": 0.6, "sigma_w2": 104.0})
+    assert sat[0].code.startswith("gradhealth.remedies.replace_activation_")
+    assert not any("critical_" in p.code for p in sat)
+
+
+def test_recurrent_prescriptions_rank_the_critical_orthogonal_init_first():
+    out = prescribe("exploding", {"is_recurrent": True, "spectral_radius": 3.0, "growth_per_layer": 1.3,
+                                  "depth": 100, "activation": "tanh"})
+    assert out[0].code == "gradhealth.remedies.critical_(model, distribution='orthogonal')"
+    assert "x1.3 per time step" in out[0].reason and "spectral radius 3" in out[0].reason
+    assert out[1].code == "gradhealth.remedies.orthogonal_(model, gain=1.0)"
+    assert not any("residual" in p.action for p in out)  # 100 steps is not a deep plain stack
+    van = prescribe("vanishing", {"is_recurrent": True, "growth_per_step": 0.9, "depth": 100})
+    assert "x0.9 per time step" in van[0].reason
+
+
+def test_tiny_bias_variance_is_snapped_to_zero():
+    p = prescribe("vanishing", {"activation": "tanh", "sigma_b2": 0.0049})[0]
+    assert p.code == "gradhealth.remedies.critical_(model, activation='tanh', sigma_b2=0.0)"
+    p = prescribe("vanishing", {"activation": "tanh", "sigma_b2": 0.05123})[0]
+    assert p.code == "gradhealth.remedies.critical_(model, activation='tanh', sigma_b2=0.051)"

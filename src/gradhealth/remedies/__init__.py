@@ -3,6 +3,7 @@
 * initialisers (in place, matched per layer to the activation that follows, returning an
   :class:`InitSummary`): :func:`he_`, :func:`xavier_`, :func:`lecun_`, :func:`orthogonal_`,
   :func:`critical_`, :func:`gaussian_`, :func:`lsuv_`, :func:`zero_init_residual_`;
+* :func:`replace_activation_` (e.g. sigmoid -> relu, then :func:`he_`);
 * clipping (in place, fused, sync-free, returning the pre-clip norms):
   :func:`clip_by_value_`, :func:`clip_grad_norm_`, :func:`clip_by_layer_norm_`, :func:`agc_`,
   :class:`AutoClip`;
@@ -10,6 +11,7 @@
 * :func:`prescribe`: from a diagnosis to ranked remedies naming the calls above.
 """
 
+from .arch import replace_activation_
 from .clip import AutoClip, agc_, clip_by_layer_norm_, clip_by_value_, clip_grad_norm_
 from .guards import StepGuard, nonfinite_grads, skip_nonfinite
 from .init import (InitSummary, critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, xavier_,
@@ -18,7 +20,7 @@ from .prescribe import prescribe
 
 __all__ = [
     "he_", "xavier_", "lecun_", "orthogonal_", "critical_", "gaussian_", "lsuv_", "zero_init_residual_",
-    "InitSummary",
+    "InitSummary", "replace_activation_",
     "clip_by_value_", "clip_grad_norm_", "clip_by_layer_norm_", "agc_", "AutoClip",
     "skip_nonfinite", "StepGuard", "nonfinite_grads",
     "prescribe",

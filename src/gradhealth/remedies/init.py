@@ -493,8 +493,8 @@ def _draw_(w: torch.Tensor, std: float, distribution: str) -> None:
 
 def _apply(owner: str, targets: list[_Target], unmatched: list, weight_fn: Callable,
            bias_fn: Callable | None = None, describe: Callable | None = None) -> InitSummary:
-    """Run ``weight_fn(block, target)`` on every gate block of every weight; zero (or
-    ``bias_fn``) the biases; build the summary."""
+    """Run ``weight_fn(block, target, param_name)`` on every gate block of every weight; zero
+    (or ``bias_fn(bias, target, param_name)``) the biases; build the summary."""
     summary = InitSummary(owner, unmatched=list(unmatched))
     with torch.no_grad():
         for t in targets:
@@ -506,7 +506,7 @@ def _apply(owner: str, targets: list[_Target], unmatched: list, weight_fn: Calla
             names, details = [], []
             for pname, w, gates in ws:
                 for block in w.chunk(gates, dim=0):
-                    d = weight_fn(block, t)
+                    d = weight_fn(block, t, pname)
                 if d not in details:
                     details.append(d)
                 names.append(pname)
@@ -516,7 +516,7 @@ def _apply(owner: str, targets: list[_Target], unmatched: list, weight_fn: Calla
                 if bias_fn is None:
                     b.zero_()
                 else:
-                    bias_fn(b, t)
+                    bias_fn(b, t, pname)
                 names.append(pname)
             if isinstance(t.module, nn.RNNBase) and hasattr(t.module, "flatten_parameters"):
                 t.module.flatten_parameters()
@@ -565,7 +565,7 @@ def he_(model: nn.Module, *, activation: Any = None, mode: str = "fan_in", distr
     targets, unmatched = _plan(model, owner, activation=activation, layers=layers, overrides=overrides,
                                default_activation=default_activation)
 
-    def weight(w, t):
+    def weight(w, t, pname):
         fan = _fans(w)[0 if mode == "fan_in" else 1]
         g = activation_gain(t.act)
         _draw_(w, g / math.sqrt(fan), distribution)
@@ -596,7 +596,7 @@ def xavier_(model: nn.Module, *, activation: Any = None, distribution: str = "un
     targets, unmatched = _plan(model, owner, activation=activation, layers=layers, overrides=overrides,
                                default_activation=default_activation)
 
-    def weight(w, t):
+    def weight(w, t, pname):
         fi, fo = _fans(w)
         g = activation_gain(t.act)
         _draw_(w, g * math.sqrt(2.0 / (fi + fo)), distribution)
@@ -622,7 +622,7 @@ def lecun_(model: nn.Module, *, distribution: str = "normal",
     check_choice(distribution, "distribution", owner, ["normal", "uniform", "truncated_normal"])
     targets, unmatched = _plan(model, owner, layers=layers, needs_activation=False)
 
-    def weight(w, t):
+    def weight(w, t, pname):
         _draw_(w, 1.0 / math.sqrt(_fans(w)[0]), distribution)
         return f"{distribution} var 1/fan_in"
 
@@ -659,7 +659,7 @@ def orthogonal_(model: nn.Module, *, gain: float | None = None, activation: Any 
         targets, unmatched = _plan(model, owner, activation=activation, layers=layers,
                                    overrides=overrides, default_activation=default_activation)
 
-    def weight(w, t):
+    def weight(w, t, pname):
         g = gain_value if gain_value is not None else activation_gain(t.act)
         nn.init.orthogonal_(w, gain=g)
         return f"orthogonal, gain {g:.4g}"
@@ -667,8 +667,8 @@ def orthogonal_(model: nn.Module, *, gain: float | None = None, activation: Any 
     return _apply(owner, targets, unmatched, weight)
 
 
-def critical_(model: nn.Module, *, activation: Any = None, sigma_b2: float = 0.0,
-              layers: str | Sequence[str] | None = None, overrides: Mapping[str, str] | None = None,
+def critical_(model: nn.Module, *, activation: Any = None, sigma_b2: float = 0.0, sigma_u2: float = 0.1,
+              distribution: str = "normal", layers: str | Sequence[str] | None = None, overrides: Mapping[str, str] | None = None,
               default_activation: str | None = None) -> InitSummary:
     """Initialise at the edge of chaos: ``W ~ N(0, sigma_w2* / fan_in)``, ``b ~ N(0, sigma_b2)``
     with ``sigma_w2*`` the critical weight variance of the layer's activation at ``sigma_b2``
@@ -680,10 +680,24 @@ def critical_(model: nn.Module, *, activation: Any = None, sigma_b2: float = 0.0
     :func:`gradhealth.theory.criticality.critical_sigma_w2` (for relu it is 2 -- He init;
     for tanh at sigma_b2 = 0 it is 1).
 
+    Recurrent layers (time is depth): the pre-activation at each step is
+    ``W_hh h + W_ih x_t + b``, so the input term acts as an extra bias of variance
+    ``sigma_u2`` (``W_ih ~ N(0, sigma_u2 / fan_in)``, for inputs of unit variance). The
+    recurrent matrix gets the critical variance at ``sigma_b2 + sigma_u2`` (tanh: 1.99 at
+    the default 0.1), and the two bias vectors ``sigma_b2 / 2`` each. A recurrent matrix
+    with spectral radius 3 (gradients x1e11 over 100 steps) becomes one whose backward
+    signal stays within a factor of a few over 100 steps. LSTM/GRU gate blocks are treated
+    with the cell's tanh point (a heuristic: the mean-field theory of gated cells differs).
+
     Args:
         model: the model (or a single layer).
         activation: one activation for every layer (default: detected per layer).
         sigma_b2: bias variance (>= 0); the critical sigma_w2 grows with it.
+        sigma_u2: input-drive variance of recurrent layers (>= 0; unused without them).
+        distribution: ``"normal"`` (the mean-field setting) or ``"orthogonal"``: ``W = g Q``
+            with the same per-unit variance (``g^2 = sigma_w2* max(1, rows / cols)``) but every
+            singular value equal -- dynamical isometry at the critical point (Pennington et
+            al. 2017). For recurrent layers it is the better-conditioned choice.
     """ + _COMMON_ARGS + """
 
     Returns:
@@ -694,32 +708,57 @@ def critical_(model: nn.Module, *, activation: Any = None, sigma_b2: float = 0.0
     """
     owner = "critical_"
     sb2 = check_real(sigma_b2, "sigma_b2", owner, low=0.0, fix="pass sigma_b2=0.0 or a small positive value.")
+    su2 = check_real(sigma_u2, "sigma_u2", owner, low=0.0, fix="pass sigma_u2=0.1 (the default) or another value >= 0.")
+    check_choice(distribution, "distribution", owner, ["normal", "orthogonal"])
     targets, unmatched = _plan(model, owner, activation=activation, layers=layers, overrides=overrides,
                                default_activation=default_activation)
     from .prescribe import critical_sigma_w2_or_none
 
-    cache: dict[str, float] = {}
-    for t in targets:
-        key = str(t.act)
-        if key in cache:
-            continue
+    def critical(t: _Target, b2: float) -> float:
         if t.act.name == "leaky_relu":
-            cache[key] = 2.0 / (1.0 + t.act.alpha ** 2)  # chi_1 = sigma_w2 (1 + a^2) / 2
-            continue
-        v = critical_sigma_w2_or_none(t.act.name, sb2)
+            return 2.0 / (1.0 + t.act.alpha ** 2)  # chi_1 = sigma_w2 (1 + a^2) / 2, any sigma_b2
+        v = critical_sigma_w2_or_none(t.act.name, b2)
         if v is None:
             raise ParameterError("activation", owner, "an activation with a critical point at this sigma_b2",
-                                 f"{key} (layer {t.name}, sigma_b2={sb2:g})",
+                                 f"{t.act} (layer {t.name}, sigma_b2={b2:g})",
                                  "use he_/xavier_ for this activation, or a different sigma_b2.")
-        cache[key] = v
+        return v
 
-    def weight(w, t):
-        s2 = cache[str(t.act)]
-        w.normal_(0.0, math.sqrt(s2 / _fans(w)[0]))
-        return f"normal var {s2:.4g}/fan_in (critical), sigma_b2 {sb2:g}"
+    cache: dict[tuple[str, float], float] = {}
+    for t in targets:  # resolve every critical point before changing anything
+        rec = isinstance(t.module, nn.RNNBase)
+        for b2 in ((sb2 + su2,) if rec else (sb2,)):
+            cache.setdefault((str(t.act), b2), critical(t, b2))
 
-    def bias(b, t):
-        b.normal_(0.0, math.sqrt(sb2)) if sb2 > 0 else b.zero_()
+    def draw(w, s2: float) -> None:
+        if distribution == "normal":
+            w.normal_(0.0, math.sqrt(s2 / _fans(w)[0]))
+        else:
+            rows = w.shape[0]
+            cols = w.numel() // max(rows, 1)
+            nn.init.orthogonal_(w, gain=math.sqrt(s2 * max(1.0, rows / cols)))
+
+    how = "normal" if distribution == "normal" else "orthogonal,"
+
+    def weight(w, t, pname):
+        if pname.startswith("weight_ih"):
+            draw(w, su2)
+            return f"W_ih {how} var {su2:g}/fan_in"
+        if pname.startswith("weight_hr"):  # LSTM projection: a linear layer
+            draw(w, 1.0)
+            return f"W_hr {how} var 1/fan_in"
+        if pname.startswith("weight_hh"):
+            s2 = cache[(str(t.act), sb2 + su2)]
+            draw(w, s2)
+            return f"W_hh {how} var {s2:.4g}/fan_in (critical at sigma_b2 + sigma_u2 = {sb2 + su2:g})"
+        s2 = cache[(str(t.act), sb2)]
+        draw(w, s2)
+        return f"{how} var {s2:.4g}/fan_in (critical), sigma_b2 {sb2:g}"
+
+    def bias(b, t, pname):
+        # An RNN adds two bias vectors (b_ih + b_hh): each gets half the variance.
+        var = sb2 / 2 if isinstance(t.module, nn.RNNBase) else sb2
+        b.normal_(0.0, math.sqrt(var)) if var > 0 else b.zero_()
 
     return _apply(owner, targets, unmatched, weight, bias)
 
@@ -747,11 +786,11 @@ def gaussian_(model: nn.Module, sigma_w2: float, sigma_b2: float = 0.0, *,
     sb2 = check_real(sigma_b2, "sigma_b2", owner, low=0.0, fix="pass sigma_b2=0.0 or larger.")
     targets, unmatched = _plan(model, owner, layers=layers, needs_activation=False)
 
-    def weight(w, t):
+    def weight(w, t, pname):
         w.normal_(0.0, math.sqrt(sw2 / _fans(w)[0]))
         return f"normal var {sw2:.4g}/fan_in, sigma_b2 {sb2:g}"
 
-    def bias(b, t):
+    def bias(b, t, pname):
         b.normal_(0.0, math.sqrt(sb2)) if sb2 > 0 else b.zero_()
 
     return _apply(owner, targets, unmatched, weight, bias)

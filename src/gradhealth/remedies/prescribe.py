@@ -18,7 +18,8 @@ specific, never an error):
 ================== ================================================================
 key                meaning
 ================== ================================================================
-growth_per_layer   factor by which the backward gradient norm changes per layer
+growth_per_layer   factor by which the backward gradient norm changes per layer (per time
+                   step for a recurrent net; ``growth_per_step`` is read as an alias)
 chi_1_estimate     mean-field chi_1 (mean squared singular value of a layer Jacobian)
 activation         activation name (``'tanh'``, ``'relu'``, ...)
 sigma_w2, sigma_b2 current weight / bias variance (weights as ``sigma_w2 / fan_in``)
@@ -118,6 +119,16 @@ def _num(ev: Mapping, key: str) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _sigma_b2(ev: Mapping) -> float:
+    """The bias variance to prescribe: the measured one, rounded to 2 significant digits;
+    0 below 0.01 (torch's default bias init has variance 1 / (3 fan_in), an accident of the
+    default rather than a choice worth keeping)."""
+    v = _num(ev, "sigma_b2")
+    if v is None or v < 0.01:
+        return 0.0
+    return float(f"{v:.2g}")
+
+
 def _flag(ev: Mapping, key: str) -> bool | None:
     v = ev.get(key)
     if v is None:
@@ -207,10 +218,10 @@ def _clip_threshold(ev: Mapping) -> tuple[float, str]:
 def _init_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str, layer: str | None) -> None:
     """Re-initialisation remedies for a feed-forward net whose signal grows or shrinks."""
     growth, chi = _num(ev, "growth_per_layer"), _num(ev, "chi_1_estimate")
-    sw2, sb2 = _num(ev, "sigma_w2"), _num(ev, "sigma_b2")
+    sw2 = _num(ev, "sigma_w2")
     depth = _num(ev, "depth")
     gsc = _num(ev, "gsc")
-    sb2_arg = sb2 if sb2 is not None else 0.0
+    sb2_arg = _sigma_b2(ev)
     facts = []
     if chi is not None:
         phase = "chaotic" if chi > 1 else "ordered"
@@ -227,6 +238,12 @@ def _init_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str, la
     base = "; ".join(facts) + where if facts else f"the backward signal is {direction}{where}"
     crit, sb2_arg = _critical_point(act, sb2_arg)
     act_kw = f"activation={act!r}" if act else None
+    if act == "sigmoid" and direction == "vanishing":
+        b.add("switch the hidden activations to ReLU and re-initialise with He init",
+              f"{_R}replace_activation_(model, 'sigmoid', 'relu'); {_R}he_(model)",
+              f"{base}: sigmoid'(x) <= 0.25, so every sigmoid layer shrinks the gradient unless "
+              "|W| is large enough to saturate it; an active ReLU passes the gradient unchanged "
+              "and He init keeps it at chi_1 = 1")
     if act in _RELU_FAMILY:
         now = f" (now sigma_w2 = {_g(sw2)})" if sw2 is not None else ""
         b.add("re-initialise with He (Kaiming) init",
@@ -238,7 +255,9 @@ def _init_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str, la
         b.add("re-initialise at the edge of chaos",
               f"{_R}critical_(model, {act_kw}, sigma_b2={sb2_arg!r})",
               f"{base}: critical_ sets sigma_w2 = {_g(crit)}{now} at sigma_b2 = {_g(sb2_arg)}, "
-              "where chi_1 = 1 and gradients neither vanish nor explode")
+              "where chi_1 = 1 and gradients neither vanish nor explode"
+              + ("; for sigmoid that point lies deep in saturation (most units near 0 or 1)"
+                 if act == "sigmoid" else ""))
     elif act is not None and act != "linear":
         b.add("re-initialise with Xavier (Glorot) init matched to the activation",
               f"{_R}xavier_(model, {act_kw})",
@@ -254,11 +273,6 @@ def _init_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str, la
               f"{_R}he_(model)",
               f"{base}: he_ matches each layer's gain to the activation that follows it "
               "(the activation was not in the evidence)")
-    if act == "sigmoid":
-        b.add("switch the hidden activations to ReLU and re-initialise",
-              "# replace nn.Sigmoid() by nn.ReLU() in hidden layers, then: gradhealth.remedies.he_(model)",
-              f"{base}: sigmoid'(x) <= 0.25, so each layer multiplies the gradient by at most "
-              "0.25 * |W|; ReLU passes 1 where active")
     b.add("rescale each layer to unit output variance on a batch (LSUV)",
           f"{_R}lsuv_(model, inputs)",
           f"{base}: LSUV (Mishkin & Matas 2016) measures the variance on your data instead of "
@@ -279,23 +293,40 @@ def _arch_remedies(b: _Builder, ev: Mapping, direction: str) -> None:
               f"no normalisation{d}: pre-activation scale is left to the initialisation alone")
 
 
-def _rnn_remedies(b: _Builder, ev: Mapping, direction: str) -> None:
+def _rnn_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str) -> None:
     rho = _num(ev, "spectral_radius")
+    growth = _num(ev, "growth_per_layer")
+    if growth is None:
+        growth = _num(ev, "growth_per_step")
     depth = _num(ev, "depth")
+    steps = f" over {int(depth)} steps" if depth is not None and depth >= 1 else ""
+    facts = []
+    if growth is not None:
+        s = f"gradient x{_g(growth)} per time step"
+        if depth is not None and depth >= 1 and growth > 0:
+            s += f", x{_g(growth ** depth)}{steps}"
+        facts.append(s)
     if rho is not None:
-        s = f"recurrent spectral radius {_g(rho)}"
-        if depth is not None and depth >= 1:
-            s += f": over {int(depth)} steps the gradient scales up to {_g(rho)}^{int(depth)} = {_g(rho ** depth)}"
-    else:
-        s = f"gradients {direction} through time"
+        facts.append(f"recurrent spectral radius {_g(rho)}")
+    s = "; ".join(facts) if facts else f"gradients {direction} through time"
+    sb2 = _sigma_b2(ev)
+    a = act or "tanh"
+    crit = critical_sigma_w2_or_none(a, sb2 + 0.1)
+    if crit is not None:
+        b.add("re-initialise at the edge of chaos through time (orthogonal, critical gain)",
+              f"{_R}critical_(model, distribution='orthogonal')",
+              f"{s}: critical_ makes the recurrent matrix orthogonal with gain^2 = {_g(crit)} (the "
+              f"{a} critical point when the inputs add variance 0.1 per step), so the backward "
+              "signal per step stays near 1 even where the units are not in their linear range")
     b.add("re-initialise recurrent weights orthogonally (spectral radius 1)",
           f"{_R}orthogonal_(model, gain=1.0)",
-          f"{s}; an orthogonal recurrent matrix has every eigenvalue on the unit circle")
+          f"{s}; every eigenvalue of an orthogonal matrix lies on the unit circle (saturating "
+          "units still shrink the signal over long sequences)")
     if direction == "explode":
         b.add("clip the global gradient norm", f"{_R}clip_grad_norm_(model.parameters(), max_norm=1.0)",
               f"{s}; clipping bounds each step (Pascanu et al. 2013) while the cause is fixed")
     b.add("use a gated cell (LSTM/GRU)",
-          "# nn.RNN(...) -> nn.LSTM(...) or nn.GRU(...), then: gradhealth.remedies.orthogonal_(model, gain=1.0)",
+          f"# nn.RNN(...) -> nn.LSTM(...) or nn.GRU(...), then: {_R}orthogonal_(model, gain=1.0)",
           f"{s}; gates give the cell state an additive path through time")
 
 
@@ -338,15 +369,16 @@ def prescribe(kind: str, evidence: Mapping | None = None, *, activation: Any = N
         direction = "vanish" if kind == "vanishing" else "explode"
         rho = _num(ev, "spectral_radius")
         if recurrent or rho is not None:
-            _rnn_remedies(b, ev, direction)
-        if not recurrent:
+            _rnn_remedies(b, ev, act, direction)
+        else:
             _init_remedies(b, ev, act, "vanishing" if kind == "vanishing" else "exploding", layer)
         if kind == "exploding":
             t, why = _clip_threshold(ev)
             b.add("clip the global gradient norm",
                   f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
                   f"bounds the step while the cause is fixed: {why}")
-        _arch_remedies(b, ev, direction)
+        if not recurrent:
+            _arch_remedies(b, ev, direction)
         return b.done()
 
     if kind in ("nonfinite", "guard"):
@@ -395,14 +427,19 @@ def prescribe(kind: str, evidence: Mapping | None = None, *, activation: Any = N
 
     if kind == "saturated":
         frac = _num(ev, "fraction")
-        sw2, sb2 = _num(ev, "sigma_w2"), _num(ev, "sigma_b2")
-        sb2_arg = sb2 if sb2 is not None else 0.0
+        sw2 = _num(ev, "sigma_w2")
         f = f"{_g(100 * frac)}% of units" if frac is not None else "many units"
         where = f" in {layer}" if layer else ""
         a = act or "tanh"
-        crit, sb2_arg = _critical_point(a, sb2_arg)
+        crit, sb2_arg = _critical_point(a, _sigma_b2(ev))
         now = f" (now sigma_w2 = {_g(sw2)})" if sw2 is not None else ""
-        if crit is not None:
+        at_crit = crit is not None and sw2 is not None and abs(sw2 / crit - 1) < 0.25
+        if a == "sigmoid":
+            b.add("switch the activations to ReLU and re-initialise with He init",
+                  f"{_R}replace_activation_(model, 'sigmoid', 'relu'); {_R}he_(model)",
+                  f"{f}{where} sit in the flat tails of sigmoid{now}; ReLU has no upper tail, and "
+                  "He init keeps its backward signal at chi_1 = 1")
+        if crit is not None and not at_crit:
             b.add("re-initialise at the edge of chaos",
                   f"{_R}critical_(model, activation={a!r}, sigma_b2={sb2_arg!r})",
                   f"{f}{where} sit in the flat tails of {a}, where its derivative is ~0; "
