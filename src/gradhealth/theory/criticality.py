@@ -225,7 +225,9 @@ class PhaseDiagram:
     def plot(self, ax=None, color: str = "chi_1", *, inits: bool = True, colorbar: bool = True):
         """Draw the diagram on ``ax`` (a new figure if None); returns the axes.
 
-        ``color="chi_1"`` shows ``log2(chi_1)`` on a diverging map (white = critical);
+        ``color="chi_1"`` shows ``log2(chi_1)`` on a diverging map (white = critical; the range
+        is symmetric, set by the largest ``chi_1``, so deep blue means "at least that much
+        vanishing");
         ``color="xi_c"`` shows ``log10(xi_c)``. The critical line is drawn in black and, with
         ``inits``, LeCun/Xavier (``sigma_w2 = 1``) and He (``sigma_w2 = 2``) are marked at
         ``sigma_b2 = 0`` and ``0.05`` where those lie inside the grid.
@@ -240,8 +242,10 @@ class PhaseDiagram:
         with np.errstate(all="ignore"):
             if color == "chi_1":
                 z = np.log2(self.chi_1)
-                lim = float(np.nanmax(np.abs(z[np.isfinite(z)]))) if np.isfinite(z).any() else 1.0
-                lim = max(min(lim, 3.0), 1e-3)
+                # symmetric range set by the exploding side, so the region around the critical
+                # line is not washed out by chi_1 -> 0 at tiny sigma_w2
+                pos = z[np.isfinite(z) & (z > 0)]
+                lim = float(np.clip(pos.max() if pos.size else 1.0, 0.25, 3.0))
                 mesh = ax.pcolormesh(x, y, np.clip(z, -lim, lim), shading="auto", cmap="RdBu_r",
                                      norm=TwoSlopeNorm(0.0, -lim, lim))
                 label = r"$\log_2 \chi_1$  (blue: vanishing, red: exploding)"
