@@ -28,6 +28,8 @@ COMMANDS = {
     "run": "run",
     "events": "events",
     "summary": "summary",
+    "meanfield": "meanfield",
+    "phase": "phase",
 }
 
 
