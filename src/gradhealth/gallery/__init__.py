@@ -16,7 +16,7 @@ from pathlib import Path
 __all__ = ["Figure", "SECTIONS", "build", "GalleryResult"]
 
 #: Section modules, in the order a newcomer should read them.
-SECTIONS: list[str] = ["chains", "watch"]
+SECTIONS: list[str] = ["chains", "meanfield", "watch"]
 
 
 @dataclass(frozen=True)
