@@ -253,3 +253,79 @@ def test_status_line_renders_user_names_literally():
     text = con.export_text()
     assert "step 12" in text and "loss nan" in text and "grad norm 3.5" in text
     assert "2 alarm(s)" in text and "nonfinite in enc.[bold]x[/bold] at step 11" in text
+
+
+# ---------------------------------------------------------------- more shapes of training scripts
+
+ACCUMULATE = """
+import json, sys
+import torch, torch.nn as nn
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+sums = []
+for step in range(6):
+    total = 0.0
+    for micro in range(3):                      # gradient accumulation: 3 backward per step
+        loss = model(torch.randn(16, 4)).pow(2).mean() / 3
+        loss.backward()
+        total += loss.item()
+    opt.step()
+    opt.zero_grad()
+    sums.append(total)
+json.dump(sums, open(sys.argv[1], "w"))
+"""
+
+TWO_MODELS = """
+import torch, torch.nn as nn
+
+torch.manual_seed(0)
+gen = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 4))
+disc = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
+opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
+head_opt = torch.optim.SGD(disc[2].parameters(), lr=1e-3)   # a second optimizer of disc
+for step in range(5):
+    d_loss = disc(gen(torch.randn(8, 4)).detach()).mean() - disc(torch.randn(8, 4)).mean()
+    opt_d.zero_grad(); d_loss.backward(); opt_d.step(); head_opt.step()
+    g_loss = -disc(gen(torch.randn(8, 4))).mean()
+    opt_g.zero_grad(); g_loss.backward(); opt_g.step()
+"""
+
+
+def test_gradient_accumulation_records_the_summed_loss(script, tmp_path, capsys):
+    sums_file = tmp_path / "sums.json"
+    code = main(["run", "--run-dir", str(tmp_path / "run"), str(script("acc.py", ACCUMULATE)),
+                 str(sums_file)])
+    assert code == 0, capsys.readouterr().err
+    expected = json.loads(sums_file.read_text())
+    got = [s["loss"] for s in load_run(tmp_path / "run").steps]
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_two_models_and_a_second_optimizer(script, tmp_path, capsys):
+    code = main(["run", "--run-dir", str(tmp_path / "run"), str(script("gan.py", TWO_MODELS))])
+    err = capsys.readouterr().err
+    assert code in (0, 1), err
+    assert "watching disc" in err and "watching gen" in err and "SGD too, for disc" in err
+    first = load_run(tmp_path / "run")
+    second = load_run(tmp_path / "run" / "optimizer1")
+    assert {first.meta["model_name"], second.meta["model_name"]} == {"disc", "gen"}
+    assert len(first.steps) == 5 and len(second.steps) == 5
+    # each loss went to its own model's watcher, the first step's included
+    assert all(s["loss"] is not None for s in first.steps + second.steps)
+    assert all(s["loss"] < 0 for s in first.steps if first.meta["model_name"] == "disc")
+
+
+def test_script_that_never_steps(script, tmp_path, capsys):
+    p = script("nostep.py", "import torch\nprint('no training here')\n")
+    assert main(["run", "--run-dir", str(tmp_path / "run"), str(p)]) == 0
+    assert "nothing was watched" in capsys.readouterr().err
+
+
+def test_keyboard_interrupt_exits_130(script, tmp_path, capsys):
+    p = script("ctrlc.py", HEALTHY + "\nraise KeyboardInterrupt\n")
+    assert main(["run", "--run-dir", str(tmp_path / "run"), str(p)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert load_run(tmp_path / "run").finished  # what was watched is still closed cleanly

@@ -249,7 +249,8 @@ class WatchSession:
         self.errors: list[str] = []
         self._by_opt: dict[int, object] = {}  # id(optimizer) -> watcher or None
         self._opt_refs: list = []             # keep ids valid: weakrefs to seen optimizers
-        self._losses: list = []               # losses not yet given to a watcher
+        # Losses since the last optimizer step: (loss, {id(watcher): its step at backward}).
+        self._losses: list = []
         self._acc: tuple | None = None        # (step, summed loss, watcher) with one watcher
         self._scaled: tuple | None = None     # (scaled tensor, unscaled loss) of GradScaler.scale
         self._scaler = None                   # the GradScaler seen, if any
@@ -295,13 +296,18 @@ class WatchSession:
             except Exception:  # pragma: no cover - undoing must finish
                 pass
         for _, _, w in self.watchers:
-            self._flush_losses(w)
             try:
                 w.remove()
             except Exception as exc:
                 self._error(f"detaching a watcher failed: {type(exc).__name__}: {exc}")
 
     # -- loss capture
+    #
+    # Which watcher a loss belongs to: with one watcher, that one, at the step its counter
+    # shows (so a step the guard skipped -- no optimizer hook fires then -- still gets its
+    # NaN loss). With several (a GAN), the losses back-propagated since the last optimizer
+    # step go to the watcher of the optimizer that steps next; a step skipped there loses
+    # its loss. A watcher created at its optimizer's first step gets the losses of that step.
     def _record(self, t) -> None:
         """Called at each ``backward()``, before it runs: keep the scalar loss, unscaled."""
         try:
@@ -311,19 +317,26 @@ class WatchSession:
             if not (getattr(t, "numel", None) and t.numel() == 1 and t.is_floating_point()):
                 return
             loss = t.detach().reshape(())
+            self._losses.append((loss, {id(w): w.step for _, _, w in self.watchers}))
             if len(self.watchers) == 1:
-                # One watcher (the usual case): its step counter says which step this backward
-                # belongs to, also when the guard skips a step (no optimizer hook fires then).
                 w = self.watchers[0][2]
                 if self._acc is None or self._acc[0] != w.step or self._acc[2] is not w:
                     self._acc = (w.step, loss, w)
                 else:  # gradient accumulation: the applied gradient is that of the sum
                     self._acc = (w.step, self._acc[1] + loss, w)
                 w.observe(self._acc[1])
-            else:
-                self._losses.append(loss)
         except Exception:  # never break the script's backward
             pass
+
+    def _give_losses(self, watcher) -> None:
+        """Hand the losses since the last optimizer step to ``watcher`` (several watchers)."""
+        mine = [loss for loss, tag in self._losses if tag.get(id(watcher), watcher.step) == watcher.step]
+        if not mine:
+            return
+        try:
+            watcher.observe(mine[0] if len(mine) == 1 else sum(mine[1:], mine[0]))
+        except Exception as exc:
+            self._error(f"recording the loss failed: {type(exc).__name__}: {exc}")
 
     def _wrap_tensor_backward(self, orig):
         session = self
@@ -414,30 +427,20 @@ class WatchSession:
         watcher = watch(model, optimizer, run_dir=str(run_dir), meta=meta, **kwargs)
         self._by_opt[id(optimizer)] = watcher
         self.watchers.append((run_dir, name, watcher))
+        self._give_losses(watcher)  # this first step's backward ran before the watcher existed
         self._say(f"watching {name} ({type(model).__name__}, {len(watcher.layers)} layers) "
                   f"with {type(optimizer).__name__} -> {run_dir}")
 
     def _on_step_post(self, optimizer, args, kwargs) -> None:
         w = self._by_opt.get(id(optimizer))
-        if w is None:
-            self._losses.clear()
-            return
-        self._flush_losses(w)
-        if self.status is not None:
+        if w is not None and len(self.watchers) > 1:
+            self._give_losses(w)
+        self._losses.clear()
+        if w is not None and self.status is not None:
             now = time.monotonic()
             if now - self._last_status >= 0.2:
                 self._last_status = now
                 self._update_status(w)
-
-    def _flush_losses(self, watcher) -> None:
-        losses, self._losses = self._losses, []
-        if not losses:
-            return
-        try:
-            loss = losses[0] if len(losses) == 1 else sum(losses[1:], losses[0])
-            watcher.observe(loss)
-        except Exception as exc:
-            self._error(f"recording the loss failed: {type(exc).__name__}: {exc}")
 
     def _update_status(self, watcher) -> None:
         from ..report.run_view import is_pathology
