@@ -329,3 +329,13 @@ def test_keyboard_interrupt_exits_130(script, tmp_path, capsys):
     assert main(["run", "--run-dir", str(tmp_path / "run"), str(p)]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert load_run(tmp_path / "run").finished  # what was watched is still closed cleanly
+
+
+def test_on_nonfinite_raise_stops_the_script_with_the_diagnosis(script, tmp_path, capsys):
+    code = main(["run", "--on-nonfinite", "raise", "--run-dir", str(tmp_path / "run"),
+                 str(script("nan.py", NAN_AT_7))])
+    err = capsys.readouterr().err
+    assert code == 1  # the script's error (not a usage error: exit 2), shown with its traceback
+    assert "NonFiniteError" in err and "Traceback" in err
+    assert "first problem: nonfinite in fc2 at step 7" in " ".join(err.split())
+    assert len(load_run(tmp_path / "run").steps) == 8

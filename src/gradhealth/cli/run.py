@@ -59,7 +59,7 @@ def add_arguments(parser) -> None:
                         help="where to keep the run store (default: runs/<script>-<date>-<time>)")
     parser.add_argument("--on-nonfinite", choices=_GUARDS, metavar="ACTION",
                         help="what to do with a step whose loss or gradients are NaN/Inf: "
-                             + ", ".join(_GUARDS) + " (default: the watcher's)")
+                             + ", ".join(_GUARDS) + " (default: warn)")
     parser.add_argument("--every", type=_positive_int, metavar="N",
                         help="log per-layer statistics every N steps (default: every step)")
     parser.add_argument("--no-fail-on-pathology", dest="fail_on_pathology",

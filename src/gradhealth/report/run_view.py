@@ -75,12 +75,13 @@ def summarize(run: "Run", events: Sequence[Event] | None = None, worst: int = 5)
     """
     evs = list(run.events if events is None else events)
     bad = [e for e in evs if is_pathology(e)]
-    # First = earliest step at which something went wrong (``since`` when known), ties broken
-    # by severity then by the order of arrival (detectors run shallow to deep).
+    # First = earliest step at which something went wrong (``since`` when known); at the same
+    # step a finding beats a guard action (the guard reacts to a finding), then severity, then
+    # the order of arrival (detectors run shallow to deep).
     def first_key(ie):
         i, e = ie
         s = e.since if e.since is not None else e.step
-        return (math.inf if s is None else s, -SEVERITY_RANK.get(e.severity, 1), i)
+        return (math.inf if s is None else s, e.kind == "guard", -SEVERITY_RANK.get(e.severity, 1), i)
 
     first = min(enumerate(bad), key=first_key)[1] if bad else None
     per_layer: dict[str, dict] = {}
@@ -277,9 +278,12 @@ class StatusLine:
 
         t = Text()
         t.append(f"{self.label} ", style="bold cyan")
+        elapsed = f"{time.monotonic() - self.started:.0f}s"
+        if self.step is None:
+            t.append(f"running, no optimizer step watched yet  {elapsed}", style="dim")
+            return t
         t.append(f"step {format_value(self.step)}  loss {format_value(self.loss)}  "
-                 f"grad norm {format_value(self.grad_norm)}  "
-                 f"{time.monotonic() - self.started:.0f}s")
+                 f"grad norm {format_value(self.grad_norm)}  {elapsed}")
         if self.alarm is not None:
             e = self.alarm
             t.append(f"  ⚠ {self.n_alarms} alarm(s), newest: ", style="yellow")
