@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._checks import check_choice, check_int, check_real
+from .._checks import check_choice, check_real
 from ..errors import ParameterError
 from .meanfield import CRITICAL_TOL, Q0, Kernel, _analyze_arrays, _solve_q, kernel_for
 
@@ -303,11 +303,3 @@ def phase_diagram(activation, sigma_w2, sigma_b2, *, dropout_keep: float = 1.0) 
     return PhaseDiagram(activation=kern.name, sigma_w2=w, sigma_b2=b, q_star=r["q_star"],
                         chi_1=r["chi_1"], c_star=r["c_star"], chi_c=r["chi_c"], xi_q=r["xi_q"],
                         xi_c=r["xi_c"], critical=crit, dropout_keep=rho)
-
-
-def grid(n: int, sigma_w2_max: float = 4.0, sigma_b2_max: float = 0.3,
-         owner: str = "grid") -> tuple[np.ndarray, np.ndarray]:
-    """The default axes: ``n`` points of ``sigma_w2`` in ``[0.05, max]`` and ``sigma_b2`` in
-    ``[0, max]``."""
-    n = check_int(n, "n", owner, min_value=2, max_value=2000)
-    return np.linspace(0.05, sigma_w2_max, n), np.linspace(0.0, sigma_b2_max, n)

@@ -26,10 +26,10 @@ segmented Gauss-Legendre quadrature otherwise (see :mod:`gradhealth.theory._quad
 Degenerate cases, said rather than hidden:
 
 * ``q* = inf``: the length map has no fixed point (relu with ``sigma_w2 > 2 rho``, or
-  ``sigma_w2 = 2 rho`` with ``sigma_b2 > 0``; linear with ``sigma_w2 >= rho``; gelu/swish/softplus
-  beyond their critical point): pre-activations grow without bound. ``chi_1`` is its limit,
-  ``chi_q`` and ``xi_q`` are ``nan`` (nothing to converge to), and ``c*``/``chi_c`` come from the
-  ``q -> inf`` limit of the correlation map (for activations that grow linearly, without dropout:
+  ``sigma_w2 = 2 rho`` with ``sigma_b2 > 0``; linear with ``sigma_w2 >= rho``; gelu, swish and
+  softplus once ``sigma_w2 / rho`` exceeds about 2): pre-activations grow without bound.
+  ``chi_1`` is its limit, ``chi_q`` and ``xi_q`` are ``nan`` (nothing to converge to), and
+  ``c*``/``chi_c`` come from the ``q -> inf`` limit of the correlation map (for activations that grow linearly, without dropout:
   ``c* = 1``, ``chi_c = 1``, ``xi_c = inf``: correlations approach 1 only polynomially).
 * every ``q`` a fixed point (relu at ``sigma_w2 = 2 rho``, linear at ``sigma_w2 = rho``, both
   with ``sigma_b2 = 0``: lengths are preserved exactly): ``q*`` is reported as the starting
