@@ -248,7 +248,7 @@ class WatchSession:
         self.watchers: list[tuple[Path, str, object]] = []
         self.errors: list[str] = []
         self._by_opt: dict[int, object] = {}  # id(optimizer) -> watcher or None
-        self._opt_refs: list = []             # keep ids valid: weakrefs to seen optimizers
+        self._seen: list = []                 # the optimizers themselves: their ids stay theirs
         # Losses since the last optimizer step: (loss, {id(watcher): its step at backward}).
         self._losses: list = []
         self._acc: tuple | None = None        # (step, summed loss, watcher) with one watcher
@@ -300,6 +300,9 @@ class WatchSession:
                 w.remove()
             except Exception as exc:
                 self._error(f"detaching a watcher failed: {type(exc).__name__}: {exc}")
+        self._seen.clear()
+        self._losses.clear()
+        self._acc = self._scaled = self._scaler = None
 
     # -- loss capture
     #
@@ -393,12 +396,7 @@ class WatchSession:
         if key in self._by_opt:
             return
         self._by_opt[key] = None
-        try:
-            import weakref
-
-            self._opt_refs.append(weakref.ref(optimizer))
-        except TypeError:  # pragma: no cover
-            self._opt_refs.append(optimizer)
+        self._seen.append(optimizer)
         try:
             self._attach(optimizer)
         except Exception as exc:  # training continues unwatched for this optimizer
