@@ -8,7 +8,8 @@
   :func:`clip_by_value_`, :func:`clip_grad_norm_`, :func:`clip_by_layer_norm_`, :func:`agc_`,
   :class:`AutoClip`;
 * guards: :func:`skip_nonfinite` (skip a step whose gradients are NaN/Inf);
-* :func:`prescribe`: from a diagnosis to ranked remedies naming the calls above.
+* :func:`prescribe`: from a diagnosis to ranked remedies naming the calls above;
+  :func:`apply_prescription` applies one that changes the model.
 """
 
 from .arch import replace_activation_
@@ -16,12 +17,12 @@ from .clip import AutoClip, agc_, clip_by_layer_norm_, clip_by_value_, clip_grad
 from .guards import StepGuard, nonfinite_grads, skip_nonfinite
 from .init import (InitSummary, critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, xavier_,
                    zero_init_residual_)
-from .prescribe import prescribe
+from .prescribe import apply_prescription, prescribe
 
 __all__ = [
     "he_", "xavier_", "lecun_", "orthogonal_", "critical_", "gaussian_", "lsuv_", "zero_init_residual_",
     "InitSummary", "replace_activation_",
     "clip_by_value_", "clip_grad_norm_", "clip_by_layer_norm_", "agc_", "AutoClip",
     "skip_nonfinite", "StepGuard", "nonfinite_grads",
-    "prescribe",
+    "prescribe", "apply_prescription",
 ]

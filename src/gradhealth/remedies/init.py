@@ -170,9 +170,25 @@ class InitSummary:
 
     def __str__(self) -> str:
         rows = [("layer", "module", "activation", "source", "scheme", "std before -> after")]
+        # Consecutive layers treated alike share one row ("2 .. 76 (38 layers)").
+        groups: list[list[LayerInit]] = []
         for c in self.changed:
-            rows.append((c.layer, c.module, c.activation or "-", c.source, c.scheme,
-                         f"{c.std_before:.4g} -> {c.std_after:.4g}"))
+            key = (c.module, c.activation, c.source, c.scheme)
+            if groups and (groups[-1][0].module, groups[-1][0].activation, groups[-1][0].source,
+                           groups[-1][0].scheme) == key:
+                groups[-1].append(c)
+            else:
+                groups.append([c])
+        for grp in groups:
+            c = grp[0]
+            if len(grp) == 1:
+                name, std = c.layer, f"{c.std_before:.4g} -> {c.std_after:.4g}"
+            else:
+                b = [g.std_before for g in grp]
+                a = [g.std_after for g in grp]
+                name = f"{c.layer} .. {grp[-1].layer} ({len(grp)} layers)"
+                std = f"{min(b):.3g}..{max(b):.3g} -> {min(a):.3g}..{max(a):.3g}"
+            rows.append((name, c.module, c.activation or "-", c.source, c.scheme, std))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [f"{self.function}: {len(self.changed)} layer(s) re-initialised"]
         lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]

@@ -1,0 +1,163 @@
+"""``gradhealth cure``: probe, apply the top prescription to a copy, probe again, compare."""
+
+from __future__ import annotations
+
+HELP = "apply the top prescription to a copy of a model and show the before/after probe"
+DESCRIPTION = """Probe a model, apply its top prescription(s) that change the model itself
+(re-initialisation, activation swap) to a copy, probe the copy, and print both side by side.
+
+TARGET is FILE.py:FACTORY or package.module:FACTORY, as for `gradhealth probe`: FACTORY()
+returns a model or a (model, inputs) pair. Training-time remedies (clipping, skipping
+non-finite steps, learning-rate changes) and architecture changes are listed, not applied.
+
+Examples:
+  gradhealth cure examples/cure_tanh.py:make_model
+  gradhealth cure mypkg.models:build --input-shape 32,784 --save cured.pt
+  gradhealth cure mypkg.models:build --input-shape 32,784 --top 2 --json
+
+--save FILE writes the cured copy's state_dict (torch.save); load it into the same
+architecture with model.load_state_dict(torch.load(FILE)).
+
+Exit code: 0 the cured copy is healthy (or the model already was), 1 a pathology remains,
+2 usage error.
+"""
+
+_OWNER = "gradhealth cure"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("target", metavar="PATH_OR_MODULE:FACTORY",
+                        help="FILE.py:FACTORY or package.module:FACTORY")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--input-shape", metavar="SHAPE",
+                     help="random N(0,1) float inputs of this shape, e.g. 32,784")
+    src.add_argument("--inputs", metavar="FILE.pt", help="inputs saved with torch.save")
+    parser.add_argument("--loss", choices=("surrogate", "mse", "ce"), default="surrogate",
+                        help="loss the probe differentiates (default: surrogate)")
+    parser.add_argument("--top", type=int, default=1, metavar="N",
+                        help="apply the first N applicable prescriptions, in rank order (default 1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for the inputs, the probe and the re-initialisation")
+    parser.add_argument("--save", metavar="FILE", help="write the cured copy's state_dict here")
+    parser.add_argument("--json", action="store_true", help="print before/after as JSON")
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if x != x or x in (float("inf"), float("-inf")):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.2e}"
+    return f"{x:.3g}"
+
+
+def comparison_rows(before, after) -> list[tuple[str, str, str, str, str, str]]:
+    """(layer, type, gain before, gain after, verdict before, verdict after) per layer, then
+    one row per recurrent time series (gain = growth per time step)."""
+    rows = []
+    after_layers = {lr.name: lr for lr in after.layers}
+    for lb in before.layers:
+        la = after_layers.get(lb.name)
+        rows.append((lb.name, lb.type, _fmt(lb.gain), _fmt(la.gain if la else None), lb.verdict,
+                     la.verdict if la else "-"))
+    after_ts = {(t.layer, t.kind): t for t in after.recurrent}
+    for tb in before.recurrent:
+        ta = after_ts.get((tb.layer, tb.kind))
+        rows.append((f"{tb.layer} (per time step)", tb.kind, _fmt(tb.growth_per_step),
+                     _fmt(ta.growth_per_step if ta else None), tb.verdict, ta.verdict if ta else "-"))
+    return rows
+
+
+def run(args) -> int:
+    import copy
+
+    import torch
+
+    from ..errors import ParameterError
+    from ..probe import probe
+    from ..remedies.prescribe import applies_to_model, apply_prescription
+    from ._common import console, print_json
+    from .probe import _load_inputs, _parse_shape, load_factory
+
+    if args.top < 1:
+        raise ParameterError("top", _OWNER, "an integer >= 1", args.top, "pass --top 1 (the default).")
+    model, inputs = load_factory(args.target)
+    target = None
+    if args.input_shape:
+        inputs = torch.randn(_parse_shape(args.input_shape), generator=torch.Generator().manual_seed(args.seed))
+    elif args.inputs:
+        inputs, target = _load_inputs(args.inputs)
+    if inputs is None:
+        raise ParameterError("input-shape", _OWNER, "given (or --inputs) when the factory returns only a model",
+                             None, "pass e.g. --input-shape 32,784, or return (model, inputs) from the factory.")
+
+    def run_probe(m):
+        return probe(m, inputs, target=target, loss_fn=args.loss, seed=args.seed, jacobian=False)
+
+    before = run_probe(model)
+    chosen = [p for p in before.prescriptions if applies_to_model(p)][: args.top]
+    others = [p for p in before.prescriptions if p not in chosen]
+    cured = copy.deepcopy(model)
+    summaries = []
+    torch.manual_seed(args.seed)
+    for p in chosen:
+        summaries.extend(apply_prescription(p, cured, inputs))
+    after = run_probe(cured) if chosen else before
+
+    if args.save:
+        if not chosen:
+            raise ParameterError("save", _OWNER, "used when a prescription was applied", args.save,
+                                 f"the model is {before.verdict} and no prescription changes it; nothing to save.")
+        try:
+            torch.save(cured.state_dict(), args.save)
+        except OSError as exc:
+            raise ParameterError("save", _OWNER, "a writable file path", args.save,
+                                 f"{exc.strerror or exc}") from None
+
+    if args.json:
+        print_json({"before": before.to_dict(), "after": after.to_dict(),
+                    "applied": [p.to_dict() for p in chosen],
+                    "changes": [s.to_dict() if hasattr(s, "to_dict") else s for s in summaries],
+                    "not_applied": [p.to_dict() for p in others], "saved": args.save})
+        return 0 if after.healthy else 1
+
+    from rich.table import Table
+
+    out = console()
+    if before.healthy:
+        out.print(f"verdict: healthy -- nothing to cure ({len(before.layers)} layers probed).")
+        return 0
+    if not chosen:
+        out.print(f"verdict: {before.verdict}. None of the prescriptions changes the model itself; "
+                  "apply them in your training loop or code:")
+        for p in before.prescriptions:
+            out.print(f"  {p.rank}. {p.code}\n     {p.reason}", markup=False, highlight=False)
+        return 1
+    out.print(f"verdict before: {before.verdict}    after: {after.verdict}")
+    for p in chosen:
+        out.print(f"applied (rank {p.rank}): {p.code}", markup=False, highlight=False)
+        out.print(f"  why: {p.reason}", markup=False, highlight=False)
+    table = Table(title="backward gain per layer (1 at the output), before -> after", title_justify="left")
+    for col in ("layer", "type", "gain before", "gain after", "verdict before", "verdict after"):
+        table.add_column(col, justify="right" if col.startswith("gain") else "left")
+    for row in comparison_rows(before, after):
+        table.add_row(*row)
+    out.print(table)
+    for s in summaries:
+        if hasattr(s, "unmatched") and s.unmatched:
+            for name, why in s.unmatched:
+                out.print(f"not changed: {name}: {why}", markup=False, highlight=False)
+        if isinstance(s, dict):  # replace_activation_
+            out.print("architecture changed: " + ", ".join(f"{k}: {v}" for k, v in s.items())
+                      + " (a saved state_dict needs the same change in your model code)",
+                      markup=False, highlight=False)
+    if others:
+        out.print("other prescriptions (training loop, code, or instead of the applied one):")
+        for p in others[:4]:
+            out.print(f"  {p.rank}. {p.code}", markup=False, highlight=False)
+    if args.save:
+        out.print(f"saved the cured state_dict to {args.save}")
+    return 0 if after.healthy else 1
