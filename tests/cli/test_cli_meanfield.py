@@ -90,6 +90,7 @@ def test_phase_json_and_xi_c_colour(tmp_path, capsys):
                  "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert out.exists() and d["critical_line"]["sigma_w2"] == [2.0, 2.0, 2.0, 2.0]
+    assert d["note"] == ""
     he = [r for r in d["inits"] if r["init"] == "He"]
     assert all(r["phase"] == "critical" and r["xi_c"] == "inf" for r in he)
     assert math.isclose(d["inits"][0]["chi_1"], 0.5)

@@ -83,6 +83,14 @@ def test_phase_diagram_agrees_with_analyze(name):
     np.testing.assert_allclose(pd.critical, critical_line(name, b), rtol=1e-12)
 
 
+def test_phase_diagram_says_when_its_correlations_are_approximate():
+    w, b = np.linspace(0.05, 4.0, 30), np.linspace(0.0, 0.3, 20)
+    assert phase_diagram("tanh", w, b).note == ""
+    assert phase_diagram("relu", w, b).note == ""
+    note = phase_diagram("hard_tanh", w, b).note
+    assert "approximate" in note and "analyze() is exact" in note
+
+
 def test_phase_diagram_with_dropout_agrees_with_analyze():
     w, b = np.array([0.5, 1.5, 3.0]), np.array([0.0, 0.1])
     pd = phase_diagram("tanh", w, b, dropout_keep=0.8)

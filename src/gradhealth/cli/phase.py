@@ -106,7 +106,8 @@ def run(args) -> int:
                           "xi_c": r.xi_c, "phase": r.phase})
     if args.json:
         print_json({"out": str(out), "activation": pd.activation, "grid": n, "seconds": seconds,
-                    "critical_line": {"sigma_b2": probe_b, "sigma_w2": crit}, "inits": inits})
+                    "critical_line": {"sigma_b2": probe_b, "sigma_w2": crit}, "inits": inits,
+                    "note": pd.note})
         return 0
     con = console()
     con.print(f"wrote {out}: {pd.activation}, {n}x{n} grid (sigma_w2 {w[0]:.3g}..{wmax:g}, "
@@ -117,4 +118,6 @@ def run(args) -> int:
     for row in inits:
         con.print(f"  {row['init']:<13} sigma_w2={row['sigma_w2']:g} sigma_b2={row['sigma_b2']:<5g}"
                   f" chi_1={row['chi_1']:.4g}  xi_c={row['xi_c']:.4g}  {row['phase']}")
+    if pd.note:
+        con.print(f"note: {pd.note}", markup=False)
     return 0

@@ -37,6 +37,9 @@ from .meanfield import CRITICAL_TOL, Q0, Kernel, _analyze_arrays, _solve_q, kern
 __all__ = ["critical_sigma_w2", "critical_line", "phase_diagram", "PhaseDiagram",
            "INIT_POINTS"]
 
+#: Above this share of ``E[phi^2]`` left out of the Mehler series, a PhaseDiagram says its
+#: correlation numbers are approximate (tanh on the default grid: 4e-11).
+_TAIL_NOTE = 1e-9
 #: Named initialisations as ``sigma_w2`` (weight variance times fan-in).
 INIT_POINTS = {"LeCun / Xavier (fan_in = fan_out)": 1.0, "He (Kaiming)": 2.0}
 
@@ -195,6 +198,9 @@ class PhaseDiagram:
             :class:`~gradhealth.theory.meanfield.MeanFieldResult`.
         critical: critical ``sigma_w2`` at each ``sigma_b2`` (``nan``: no transition).
         dropout_keep: keep probability.
+        note: empty, or a sentence saying which numbers are approximate (activations with
+            kinks, whose Mehler series converges slowly: ``c_star``/``chi_c``/``xi_c`` in the
+            chaotic region; :func:`~gradhealth.theory.meanfield.analyze` is exact there).
     """
 
     activation: str
@@ -208,6 +214,7 @@ class PhaseDiagram:
     xi_c: np.ndarray = field(repr=False)
     critical: np.ndarray = field(repr=False)
     dropout_keep: float = 1.0
+    note: str = ""
 
     @property
     def phase(self) -> np.ndarray:
@@ -220,7 +227,7 @@ class PhaseDiagram:
         """Plain lists, for JSON (through :func:`gradhealth.events.jsonable`)."""
         return {k: getattr(self, k) for k in ("activation", "dropout_keep", "sigma_w2", "sigma_b2",
                                               "q_star", "chi_1", "c_star", "chi_c", "xi_q",
-                                              "xi_c", "critical")}
+                                              "xi_c", "critical", "note")}
 
     def plot(self, ax=None, color: str = "chi_1", *, inits: bool = True, colorbar: bool = True):
         """Draw the diagram on ``ax`` (a new figure if None); returns the axes.
@@ -300,6 +307,12 @@ def phase_diagram(activation, sigma_w2, sigma_b2, *, dropout_keep: float = 1.0) 
     W, B = np.meshgrid(w, b)
     r = _analyze_arrays(kern, W, B, rho, fast=True)
     crit, _ = _critical(kern, b, rho)
+    tail = float(np.max(r["mehler_tail"]))
+    note = ""
+    if tail > _TAIL_NOTE:
+        note = (f"{kern.name}: c*, chi_c and xi_c in the chaotic region are approximate (the "
+                f"Mehler series misses up to {tail:.1e} of E[phi^2] and converges slowly for "
+                f"activations with kinks; chi_c within about 1e-2); analyze() is exact.")
     return PhaseDiagram(activation=kern.name, sigma_w2=w, sigma_b2=b, q_star=r["q_star"],
                         chi_1=r["chi_1"], c_star=r["c_star"], chi_c=r["chi_c"], xi_q=r["xi_q"],
-                        xi_c=r["xi_c"], critical=crit, dropout_keep=rho)
+                        xi_c=r["xi_c"], critical=crit, dropout_keep=rho, note=note)

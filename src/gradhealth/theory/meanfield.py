@@ -177,19 +177,26 @@ class Kernel:
         rows = np.arange(lo, hi) + 1                               # indices into t
         missing = [r for r in rows if r not in self._mehler_rows]
         if missing:
+            tm = t[missing]
             with np.errstate(all="ignore"):
-                a = quad.hermite_coefficients(self.act.fn, t[missing], MEHLER_DEGREE)
-            for r, row in zip(missing, a * a):
+                a2 = quad.hermite_coefficients(self.act.fn, tm, MEHLER_DEGREE) ** 2
+            kk = np.arange(a2.shape[1], dtype=float)
+            # what the truncated series misses of C(q, 1) = V and dC/dc(q, 1) = q D, per row
+            r1 = self.table()[1][missing] - a2.sum(axis=1)
+            r2 = tm * self.table_D()[missing] - (a2 * kk).sum(axis=1)
+            for r, row in zip(missing, np.concatenate([a2, r1[:, None], r2[:, None]], axis=1)):
                 self._mehler_rows[r] = row
-        a2 = CubicSpline(lt[lo:hi], np.stack([self._mehler_rows[r] for r in rows]), axis=0)(x)
-        v, _, d = self.interp(q)
+        cols = CubicSpline(lt[lo:hi], np.stack([self._mehler_rows[r] for r in rows]), axis=0)(x)
+        a2, r1, r2 = cols[:, :-2], cols[:, -2], cols[:, -1]
         k = np.arange(a2.shape[1], dtype=float)
-        # drop orders that are negligible everywhere (cheaper series); the tail absorbs them
+        v = a2.sum(axis=1) + r1
+        d = ((a2 * k).sum(axis=1) + r2) / q
+        # drop orders that are negligible everywhere (cheaper series); the residuals take them
         big = np.flatnonzero(np.max(np.abs(a2), axis=0) > 1e-18 * max(float(np.max(v)), 1e-300))
         kmax = int(big[-1]) + 1 if big.size else 1
-        a2, k = a2[:, :kmax], k[:kmax]
-        r1 = v - a2.sum(axis=1)                    # missing C(q, 1)
-        r2 = q * d - (a2 * k).sum(axis=1)          # missing dC/dc(q, 1)
+        r1 = r1 + a2[:, kmax:].sum(axis=1)
+        r2 = r2 + (a2[:, kmax:] * k[kmax:]).sum(axis=1)
+        a2 = a2[:, :kmax]
         beta = r2 - kmax * r1
         alpha = r1 - beta
         return np.concatenate([a2, alpha[:, None], beta[:, None]], axis=1), v, d
@@ -590,6 +597,7 @@ def _analyze_arrays(kern: Kernel, sw2, sb2, rho, *, fast: bool = False):
     at_one = (rho == 1.0) & (slope1 <= 1.0 + CRITICAL_TOL)
     c = np.ones(q.size)
     chic = slope1.copy()
+    tail = np.zeros(q.size)          # Mehler truncation (fast path), relative to V(q*)
     # q* = inf: the limiting map rho C / V does not depend on sigma_w2, so solve it once
     ri = np.flatnonzero(~at_one & inf)
     if ri.size:
@@ -600,8 +608,10 @@ def _analyze_arrays(kern: Kernel, sw2, sb2, rho, *, fast: bool = False):
         fdf = (_mehler_funcs(kern, q[rf], sw2[rf], rho) if fast
                else _c_map_funcs(kern, q[rf], sw2[rf], rho))
         c[rf], chic[rf] = _solve_c(fdf, rf.size)
+        if fast:
+            tail[rf] = fdf.tail
     out = dict(q_star=q, chi_1=chi1, c_star=c, chi_c=chic, xi_q=_depth(chiq), xi_c=_depth(chic),
-               chi_q=chiq)
+               chi_q=chiq, mehler_tail=tail)
     return {k: v.reshape(shape) for k, v in out.items()}
 
 
@@ -711,6 +721,8 @@ def _mehler_funcs(kern: Kernel, q, sw2, rho):
     q = np.maximum(np.asarray(q, dtype=float), _Q_TABLE[1])
     sw2 = np.broadcast_to(np.asarray(sw2, dtype=float), q.shape)
     coef, vq, _ = kern.mehler(q)
+    # the share of C(q, 1) = V(q) the truncated series misses: how approximate it is
+    tail = np.abs(coef[:, -2] + coef[:, -1]) / np.maximum(np.abs(vq), 1e-300)
     last = {"sel": None, "coef": None}
 
     def fdf(c, sel):
@@ -729,6 +741,7 @@ def _mehler_funcs(kern: Kernel, q, sw2, rho):
         w, qq = sw2[sel], q[sel]
         return 1.0 + w * (p - vq[sel] / rho) / qq, w * dp / qq
 
+    fdf.tail = tail
     return fdf
 
 
