@@ -198,6 +198,18 @@ def test_fixed_points_and_slopes_are_consistent(name, sw2, sb2, rho):
     assert r.phase == expected
 
 
+def test_correlation_map_at_degenerate_fixed_points():
+    # relu, q* = inf: the limiting map is the normalised arc-cosine kernel, with f(1) = 1
+    c = np.array([0.0, 0.5, 1.0])
+    k1 = (np.sqrt(1 - c * c) + (np.pi - np.arccos(c)) * c) / np.pi
+    np.testing.assert_allclose(correlation_map("relu", c, 3.0, 0.1), k1, rtol=1e-12)
+    # tanh, q* = 0 (ordered, no bias): the sigma_b2 -> 0+ limit, where sigma_b2 / q* -> 1 - sigma_w2
+    # and tanh is linear: f(c) = 1 - sigma_w2 + sigma_w2 c; continuous with a tiny bias
+    np.testing.assert_allclose(correlation_map("tanh", c, 0.5, 0.0), 0.5 + 0.5 * c, atol=1e-12)
+    np.testing.assert_allclose(correlation_map("tanh", c, 0.5, 1e-9), 0.5 + 0.5 * c, atol=1e-8)
+    assert correlation_map("tanh", 0.3, 0.5, 0.0).shape == ()
+
+
 def test_dropout_makes_c_star_less_than_one_and_xi_c_finite():
     for sw2 in (0.8, 1.76, 3.0):
         r = analyze("tanh", sw2, 0.05, dropout_keep=0.9)

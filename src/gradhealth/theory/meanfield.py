@@ -691,8 +691,10 @@ def correlation_map(activation, c, sigma_w2: float, sigma_b2: float, *, q=None,
     if q is None:
         q = float(_solve_q(kern, sw2 / rho, sb2))
         if not math.isfinite(q) or q == 0.0:
-            f, _ = _c_map_funcs(kern, q, sw2, rho)
-            return f(np.asarray(c, dtype=float))
+            # the limits q* -> inf / q* -> 0+ of the map at the fixed point (see _c_map_funcs)
+            c = np.asarray(c, dtype=float)
+            fdf = _c_map_funcs(kern, np.full(c.size, q), np.full(c.size, sw2), rho)
+            return fdf(c.ravel(), np.arange(c.size))[0].reshape(c.shape)
     q = check_real(q, "q", "correlation_map", low=0.0, low_inclusive=False)
     c = np.asarray(c, dtype=float)
     q_next = sw2 / rho * kern.V(q) + sb2
