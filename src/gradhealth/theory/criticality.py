@@ -237,7 +237,8 @@ class PhaseDiagram:
         vanishing");
         ``color="xi_c"`` shows ``log10(xi_c)``. The critical line is drawn in black and, with
         ``inits``, LeCun/Xavier (``sigma_w2 = 1``) and He (``sigma_w2 = 2``) are marked at
-        ``sigma_b2 = 0`` and ``0.05`` where those lie inside the grid.
+        ``sigma_b2 = 0`` and ``0.05`` where those lie inside the grid. Where ``q* = inf`` (no
+        fixed point: lengths grow without bound) the diagram is hatched.
         """
         check_choice(color, "color", "PhaseDiagram.plot", ("chi_1", "xi_c"))
         import matplotlib.pyplot as plt
@@ -262,6 +263,13 @@ class PhaseDiagram:
                 label = r"$\log_{10} \xi_c$ (depth scale, layers)"
         if colorbar:
             ax.figure.colorbar(mesh, ax=ax, label=label)
+        unbounded = np.isinf(self.q_star)
+        if unbounded.any() and x.size > 1 and y.size > 1:
+            # where the length map has no fixed point (relu right of sigma_w2 = 2, ...)
+            ax.contourf(x, y, unbounded.astype(float), levels=[0.5, 1.5], colors="none",
+                        hatches=["//"])
+            ax.plot([], [], ls="none", marker="s", mfc="none", mec="0.3", ms=8,
+                    label="hatched: q* = inf (no fixed point)")
         crit = self.critical
         good = np.isfinite(crit) & (crit >= x.min()) & (crit <= x.max())
         if good.any():
