@@ -176,7 +176,7 @@ def figures() -> list[Figure]:
         Figure("meanfield_phase_relu", "ReLU phase diagram: a vertical line at sigma_w2 = 2",
                "For ReLU `chi_1 = sigma_w2 / 2` whatever the bias, so the critical line is the "
                "vertical line sigma_w2 = 2 and He initialisation sits exactly on it. Right of the "
-               "line the length map has no fixed point at all (q* = inf: activations grow "
+               "line (hatched) the length map has no fixed point at all (q* = inf: activations grow "
                "without bound), and correlations still go to 1, only polynomially: ReLU nets "
                "explode rather than become chaotic.",
                lambda: _draw_phase("relu")),
