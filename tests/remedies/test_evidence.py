@@ -64,7 +64,7 @@ def test_remedy_makes_the_backward_signal_healthy_and_training_better(case):
     after = backward_profile(fixed, x, case.recurrent)
     assert _spread(after) < 10, after
 
-    loss_broken = train(case.build(0), case.task, case.lr, case.steps, every=case.steps)[-1]
-    loss_fixed = train(fixed, case.task, case.lr, case.steps, every=case.steps)[-1]
+    loss_broken = train(case.build(0), case.task, case.optimizer, case.lr, case.steps, every=case.steps)[-1]
+    loss_fixed = train(fixed, case.task, case.optimizer, case.lr, case.steps, every=case.steps)[-1]
     assert math.isfinite(loss_fixed)
     assert loss_fixed < 0.5 * loss_broken, (loss_fixed, loss_broken)

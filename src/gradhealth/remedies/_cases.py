@@ -110,8 +110,9 @@ class Case:
         remedy: the prescribed code, as a user would type it (``model`` is the model).
         apply: applies ``remedy`` in place.
         task: ``"digits"`` (10-class cross-entropy) or ``"delay"`` (MSE, 100-step sequences).
-        lr, steps: the short training run (SGD with momentum 0.9, batch 128 on digits; Adam,
-            batch 32 on the delay task), chosen so that the *repaired* model trains.
+        optimizer, lr, steps: the short training run (``"sgd"``: momentum 0.9; ``"adam"``;
+            batch 128 on digits, 32 on the delay task), chosen so that the *repaired* model
+            trains reliably across seeds.
         recurrent: the backward signal is measured through time instead of over layers.
     """
 
@@ -121,6 +122,7 @@ class Case:
     remedy: str
     apply: Callable[[nn.Module], object]
     task: str
+    optimizer: str
     lr: float
     steps: int
     recurrent: bool = False
@@ -129,16 +131,16 @@ class Case:
 CASES: tuple[Case, ...] = (
     Case("tanh_chaotic", "deep tanh MLP (40 layers) with sigma_w2 = 4", _tanh_chaotic,
          "gradhealth.remedies.critical_(model, activation='tanh', sigma_b2=0.0)",
-         lambda m: critical_(m, activation="tanh", sigma_b2=0.0), "digits", 0.02, 60),
+         lambda m: critical_(m, activation="tanh", sigma_b2=0.0), "digits", "adam", 1e-3, 60),
     Case("sigmoid_default", "deep sigmoid MLP (10 layers), default init", _sigmoid_default,
          "gradhealth.remedies.replace_activation_(model, 'sigmoid', 'relu'); gradhealth.remedies.he_(model)",
-         lambda m: (replace_activation_(m, "sigmoid", "relu"), he_(m)), "digits", 0.05, 100),
+         lambda m: (replace_activation_(m, "sigmoid", "relu"), he_(m)), "digits", "sgd", 0.05, 100),
     Case("linear_1p5", "deep linear net (20 layers), W = 1.5 I", _linear_identity,
          "gradhealth.remedies.orthogonal_(model, gain=1.0)",
-         lambda m: orthogonal_(m, gain=1.0), "digits", 0.01, 100),
+         lambda m: orthogonal_(m, gain=1.0), "digits", "sgd", 0.01, 100),
     Case("rnn_radius3", "vanilla tanh RNN, recurrent spectral radius 3, 100 steps", _rnn_radius,
          "gradhealth.remedies.critical_(model, distribution='orthogonal')",
-         lambda m: critical_(m, distribution="orthogonal"), "delay", 0.01, 60, recurrent=True),
+         lambda m: critical_(m, distribution="orthogonal"), "delay", "adam", 0.01, 60, recurrent=True),
 )
 
 
@@ -176,22 +178,23 @@ def backward_profile(model: nn.Module, x: torch.Tensor, recurrent: bool = False)
     return [float(o.grad.norm()) for o in outs]
 
 
-def train(model: nn.Module, task: str, lr: float, steps: int, seed: int = 0,
+def train(model: nn.Module, task: str, optimizer: str, lr: float, steps: int, seed: int = 0,
           every: int = 10) -> list[float]:
     """A short training run; returns the full-data loss before it and every ``every`` steps
     (a non-finite loss is reported as ``inf``)."""
     g = torch.Generator().manual_seed(seed)
     if task == "digits":
         x, y = digits()
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         loss_fn, bs = F.cross_entropy, 128
     else:
         x, y = delay_task(256)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
         bs = 32
 
         def loss_fn(out, tgt):
             return ((out - tgt)[:, 3:] ** 2).mean()
+
+    opt = (torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.Adam(model.parameters(), lr=lr))
 
     def full() -> float:
         with torch.no_grad():

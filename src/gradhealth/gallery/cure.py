@@ -1,0 +1,132 @@
+"""Gallery section: the four canonical broken networks, cured in one line each.
+
+For every case of :data:`gradhealth.remedies._cases.CASES` the figure shows the backward
+signal per layer (or per time step) before and after the prescribed remedy, measured with
+plain autograd hooks, and a short training run of both versions. Everything is computed when
+the figure is drawn (a few seconds on one core).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from . import Figure
+
+TITLE = "Cure: one line per diagnosis, and the proof that it works"
+INTRO = ("Each pair below is the same network, broken and cured by the rank-1 prescription the "
+         "probe gives for it (`gradhealth.remedies.*`, applied in place). Left: the size of the "
+         "backward signal `||dL/dh||` at each layer (or time step), relative to the last one; a "
+         "flat line is healthy. Right: the loss of a short training run on scikit-learn's digits "
+         "(or a 100-step sequence task for the RNN), same data, same optimiser, same seed. Reproduce "
+         "any of them with `gradhealth cure FILE.py:FACTORY`.")
+
+
+@functools.lru_cache(maxsize=None)
+def measure(slug: str) -> dict:
+    """Profiles and loss curves of one case, broken and cured (cached for draw and table)."""
+    import torch
+
+    from ..remedies._cases import CASES, backward_profile, delay_task, digits, train
+
+    case = next(c for c in CASES if c.slug == slug)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = delay_task(64)[0] if case.recurrent else digits()[0][:256]
+        out = {"case": case}
+        for label in ("broken", "cured"):
+            model = case.build(0)
+            if label == "cured":
+                torch.manual_seed(0)
+                case.apply(model)
+            prof = backward_profile(model, x, case.recurrent)
+            out[label] = {"profile": [p / prof[-1] for p in prof],
+                          "spread": max(prof) / min(prof),
+                          "curve": train(model, case.task, case.optimizer, case.lr, case.steps, every=10)}
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "inf (diverged)" if x > 0 else str(x)
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.2e}"
+    return f"{x:.3g}"
+
+
+def draw_case(slug: str):
+    import matplotlib.pyplot as plt
+
+    m = measure(slug)
+    case = m["case"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for label, color in (("broken", "#d62728"), ("cured", "#2ca02c")):
+        prof = m[label]["profile"]
+        a.semilogy(range(len(prof)), prof, color=color, lw=1.8,
+                   label=f"{label}: spread x{_fmt(m[label]['spread'])}")
+        curve = m[label]["curve"]
+        steps = [0] + [min(10 * i, case.steps) for i in range(1, len(curve))]
+        finite = [v if math.isfinite(v) else float("nan") for v in curve]
+        b.plot(steps, finite, color=color, lw=1.8, marker="o", ms=3,
+               label=f"{label}: final {_fmt(curve[-1])}")
+        if not math.isfinite(curve[-1]):
+            first_bad = next(i for i, v in enumerate(curve) if not math.isfinite(v))
+            b.axvline(steps[first_bad], color=color, ls=":", lw=1)
+            b.text(steps[first_bad], b.get_ylim()[1] if b.has_data() else 1, " diverged", color=color,
+                   va="top", fontsize=8)
+    a.axhline(1.0, color="0.6", lw=0.8)
+    a.set(xlabel="time step" if case.recurrent else "layer (input -> output)",
+          ylabel="||dL/dh|| / value at the end", title=case.title)
+    a.grid(alpha=0.3, which="both")
+    a.legend(fontsize=8)
+    b.set(xlabel="training step", ylabel="loss (full data)",
+          title=f"training: {'delay task' if case.task == 'delay' else 'digits'}, "
+                f"{'Adam' if case.optimizer == 'adam' else 'SGD'} lr {case.lr:g}")
+    b.grid(alpha=0.3)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def table_case(slug: str) -> str:
+    m = measure(slug)
+    case = m["case"]
+    br, cu = m["broken"], m["cured"]
+    return "\n".join([
+        f"Remedy: `{case.remedy}`", "",
+        "| | broken | cured |", "|---|---|---|",
+        f"| backward signal spread (max/min over {'steps' if case.recurrent else 'layers'}) "
+        f"| {_fmt(br['spread'])} | {_fmt(cu['spread'])} |",
+        f"| loss before training | {_fmt(br['curve'][0])} | {_fmt(cu['curve'][0])} |",
+        f"| loss after {case.steps} steps | {_fmt(br['curve'][-1])} | {_fmt(cu['curve'][-1])} |",
+    ])
+
+
+_CAPTIONS = {
+    "tanh_chaotic": ("With sigma_w2 = 4 a tanh layer multiplies the backward signal by about 1.17 "
+                     "(chi_1 = 1.36, the chaotic phase), so over 40 layers the first layer's gradient "
+                     "is hundreds of times the last one's and SGD makes little progress. "
+                     "`critical_` puts sigma_w2 at the edge of chaos (1 for tanh)."),
+    "sigmoid_default": ("sigmoid'(x) is at most 1/4: with PyTorch's default init each layer shrinks "
+                        "the gradient about 7x, and nothing reaches the first layers (the loss stays "
+                        "at chance, ln 10 = 2.30). Swapping to ReLU with He init passes the signal "
+                        "through unchanged."),
+    "linear_1p5": ("A linear chain with W = 1.5 I multiplies the gradient by exactly 1.5 per layer "
+                   "(1.5^19 = 2217 over the chain); SGD diverges at once. An orthogonal W has every "
+                   "singular value 1: the signal is preserved exactly."),
+    "rnn_radius3": ("Time is depth: with recurrent spectral radius 3 the gradient grows about 1.3x "
+                    "per step, 1e11 over 100 steps. `critical_(model, distribution='orthogonal')` "
+                    "sets the recurrent matrix orthogonal at the tanh critical gain, and the signal "
+                    "stays within a small factor over all 100 steps."),
+}
+
+
+def figures() -> list[Figure]:
+    from ..remedies._cases import CASES
+
+    return [Figure(slug=f"cure_{c.slug}", title=c.title, caption=_CAPTIONS[c.slug],
+                   draw=functools.partial(draw_case, c.slug), table=functools.partial(table_case, c.slug))
+            for c in CASES]
