@@ -5,6 +5,8 @@ torch unavailable).
 
 - :mod:`.activations` — the nonlinearities and their exact derivatives.
 - :mod:`.chain` — one-unit-per-layer chains, ``w**L`` tables, deep linear networks.
+- :mod:`.meanfield` — length and correlation maps, ``q*``, ``c*``, ``chi_1``, depth scales.
+- :mod:`.criticality` — the critical ``sigma_w2`` (``chi_1 = 1``), critical lines, phase diagrams.
 """
 
 from .activations import Activation, activation_names, get_activation
@@ -20,6 +22,8 @@ from .chain import (
     slope_bound,
     weight_claim,
 )
+from .criticality import PhaseDiagram, critical_line, critical_sigma_w2, phase_diagram
+from .meanfield import MeanFieldResult, analyze, chi_1
 
 __all__ = [
     "Activation",
@@ -35,4 +39,11 @@ __all__ = [
     "scalar_chain",
     "slope_bound",
     "weight_claim",
+    "MeanFieldResult",
+    "analyze",
+    "chi_1",
+    "PhaseDiagram",
+    "critical_line",
+    "critical_sigma_w2",
+    "phase_diagram",
 ]
