@@ -70,22 +70,22 @@ def draw_case(slug: str):
         curve = m[label]["curve"]
         steps = [0] + [min(10 * i, case.steps) for i in range(1, len(curve))]
         finite = [v if math.isfinite(v) else float("nan") for v in curve]
-        b.plot(steps, finite, color=color, lw=1.8, marker="o", ms=3,
+        b.semilogy(steps, finite, color=color, lw=1.8, marker="o", ms=3,
                label=f"{label}: final {_fmt(curve[-1])}")
         if not math.isfinite(curve[-1]):
             first_bad = next(i for i, v in enumerate(curve) if not math.isfinite(v))
             b.axvline(steps[first_bad], color=color, ls=":", lw=1)
-            b.text(steps[first_bad], b.get_ylim()[1] if b.has_data() else 1, " diverged", color=color,
-                   va="top", fontsize=8)
+            b.text(steps[first_bad], 0.95, " diverged", color=color, va="top", fontsize=8,
+                   transform=b.get_xaxis_transform())
     a.axhline(1.0, color="0.6", lw=0.8)
     a.set(xlabel="time step" if case.recurrent else "layer (input -> output)",
           ylabel="||dL/dh|| / value at the end", title=case.title)
     a.grid(alpha=0.3, which="both")
     a.legend(fontsize=8)
-    b.set(xlabel="training step", ylabel="loss (full data)",
+    b.set(xlabel="training step", ylabel="loss (full data, log scale)",
           title=f"training: {'delay task' if case.task == 'delay' else 'digits'}, "
                 f"{'Adam' if case.optimizer == 'adam' else 'SGD'} lr {case.lr:g}")
-    b.grid(alpha=0.3)
+    b.grid(alpha=0.3, which="both")
     b.legend(fontsize=8)
     fig.tight_layout()
     return fig
