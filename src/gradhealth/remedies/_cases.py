@@ -9,6 +9,7 @@ step) with plain autograd hooks, independently of :mod:`gradhealth.probe`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,11 @@ __all__ = ["Case", "CASES", "digits", "delay_task", "backward_profile", "train",
 
 
 # --- data -----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """``sklearn.datasets.load_digits`` (1797 8x8 images, shipped with scikit-learn), standardised."""
+    """``sklearn.datasets.load_digits`` (1797 8x8 images, shipped with scikit-learn), standardised.
+
+    Cached: treat the tensors as read-only."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)

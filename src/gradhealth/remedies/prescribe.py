@@ -41,6 +41,7 @@ depth              number of weight layers (or time steps for an RNN)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -75,10 +76,16 @@ def critical_sigma_w2_or_none(activation: str | None, sigma_b2: float = 0.0) -> 
     """The critical weight variance for ``activation`` at ``sigma_b2``, or ``None`` if unknown.
 
     Uses :func:`gradhealth.theory.criticality.critical_sigma_w2`; without it, only the
-    closed-form points at ``sigma_b2 = 0`` (tanh/erf/linear: 1, relu: 2) are known.
+    closed-form points are known (relu: 2 and linear: 1 at any sigma_b2; tanh: 1 and erf:
+    pi/4 at sigma_b2 = 0). Cached: the root-finding takes about a second per point.
     """
     if not activation:
         return None
+    return _critical_cached(str(activation), float(sigma_b2))
+
+
+@functools.lru_cache(maxsize=256)
+def _critical_cached(activation: str, sigma_b2: float) -> float | None:
     try:
         from ..theory.criticality import critical_sigma_w2
     except ImportError:
