@@ -42,21 +42,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print before/after as JSON")
 
 
-def _fmt(x) -> str:
-    if x is None:
-        return "-"
-    if x != x or x in (float("inf"), float("-inf")):
-        return str(x)
-    if x == 0:
-        return "0"
-    if abs(x) >= 1e4 or abs(x) < 1e-3:
-        return f"{x:.2e}"
-    return f"{x:.3g}"
+_MAX_ROWS = 40  # above this, the table keeps the first/last layers and every flagged one
 
 
 def comparison_rows(before, after) -> list[tuple[str, str, str, str, str, str]]:
     """(layer, type, gain before, gain after, verdict before, verdict after) per layer, then
     one row per recurrent time series (gain = growth per time step)."""
+    from ..report.probe_view import fmt as _fmt
+
     rows = []
     after_layers = {lr.name: lr for lr in after.layers}
     for lb in before.layers:
@@ -143,8 +136,18 @@ def run(args) -> int:
     table = Table(title="backward gain per layer (1 at the output), before -> after", title_justify="left")
     for col in ("layer", "type", "gain before", "gain after", "verdict before", "verdict after"):
         table.add_column(col, justify="right" if col.startswith("gain") else "left")
-    for row in comparison_rows(before, after):
-        table.add_row(*row)
+    rows = comparison_rows(before, after)
+    keep = range(len(rows))
+    if len(rows) > _MAX_ROWS:
+        keep = [i for i, r in enumerate(rows)
+                if i < 10 or i >= len(rows) - 10 or r[4] != "healthy" and r[4] != r[5]]
+        keep = keep if len(keep) <= 2 * _MAX_ROWS else list(range(10)) + list(range(len(rows) - 10, len(rows)))
+    last = -1
+    for i in keep:
+        if i != last + 1:
+            table.add_row(f"... {i - last - 1} more", "", "", "", "", "")
+        table.add_row(*rows[i])
+        last = i
     out.print(table)
     for s in summaries:
         if hasattr(s, "unmatched") and s.unmatched:

@@ -43,7 +43,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .._checks import check_real
+from .._checks import check_int, check_real
 from ..errors import NonFiniteError, ParameterError
 
 __all__ = ["clip_by_value_", "clip_grad_norm_", "clip_by_layer_norm_", "agc_", "AutoClip"]
@@ -381,8 +381,6 @@ class AutoClip:
         self.percentile = check_real(percentile, "percentile", owner, low=0.0, high=100.0,
                                      low_inclusive=False, fix="pass a percentile in (0, 100], e.g. 10.0.")
         if window is not None:
-            from .._checks import check_int
-
             window = check_int(window, "window", owner, min_value=1)
         self.window = window
         self.norm_type = _check_norm_type(norm_type, owner)
