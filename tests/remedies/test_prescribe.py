@@ -189,3 +189,15 @@ def test_tiny_bias_variance_is_snapped_to_zero():
     assert p.code == "gradhealth.remedies.critical_(model, activation='tanh', sigma_b2=0.0)"
     p = prescribe("vanishing", {"activation": "tanh", "sigma_b2": 0.05123})[0]
     assert p.code == "gradhealth.remedies.critical_(model, activation='tanh', sigma_b2=0.051)"
+
+
+@pytest.mark.parametrize("kind", DIAGNOSES)
+def test_extreme_evidence_never_raises(kind):
+    for ev in ({"growth_per_layer": 1e10, "depth": 1e6, "chi_1_estimate": 1e300},
+               {"growth_per_layer": 1e-300, "depth": 1e6, "is_recurrent": True, "spectral_radius": 1e200},
+               {"median": 1e-300, "mad": 1e300, "grad_norm": 1e308, "lr": 1e-300, "update_ratio": 1e300,
+                "fraction": 2.0, "sigma_w2": -1.0, "sigma_b2": -1.0, "activation": 3}):
+        out = prescribe(kind, ev)
+        assert out
+        for c in (c for p in out for c in _gradhealth_calls(p.code)):
+            _check_binds(c)

@@ -184,6 +184,14 @@ def _g(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def _pow(base: float, exponent: float) -> float:
+    """``base ** exponent`` for a growth over depth; ``inf`` instead of an OverflowError."""
+    try:
+        return base ** exponent
+    except OverflowError:
+        return math.inf
+
+
 def _nice(x: float) -> float:
     """Round a threshold to 2 significant digits (a number a person would type)."""
     if not (x > 0 and math.isfinite(x)):
@@ -237,7 +245,7 @@ def _init_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str, la
     if growth is not None:
         s = f"gradient norm x{_g(growth)} per layer"
         if depth is not None and depth >= 1:
-            total = growth ** depth if growth > 0 else 0.0
+            total = _pow(growth, depth) if growth > 0 else 0.0
             s += f", x{_g(total)} over {int(depth)} layers"
         facts.append(s)
     if gsc is not None:
@@ -312,7 +320,7 @@ def _rnn_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str) -> 
     if growth is not None:
         s = f"gradient x{_g(growth)} per time step"
         if depth is not None and depth >= 1 and growth > 0:
-            s += f", x{_g(growth ** depth)}{steps}"
+            s += f", x{_g(_pow(growth, depth))}{steps}"
         facts.append(s)
     if rho is not None:
         facts.append(f"recurrent spectral radius {_g(rho)}")
@@ -321,8 +329,9 @@ def _rnn_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str) -> 
     a = act or "tanh"
     crit = critical_sigma_w2_or_none(a, sb2 + 0.1)
     if crit is not None:
+        b2 = f", sigma_b2={sb2!r}" if sb2 else ""
         b.add("re-initialise at the edge of chaos through time (orthogonal, critical gain)",
-              f"{_R}critical_(model, distribution='orthogonal')",
+              f"{_R}critical_(model{b2}, distribution='orthogonal')",
               f"{s}: critical_ makes the recurrent matrix orthogonal with gain^2 = {_g(crit)} (the "
               f"{a} critical point when the inputs add variance 0.1 per step), so the backward "
               "signal per step stays near 1 even where the units are not in their linear range")
