@@ -23,6 +23,7 @@ EXIT_OK, EXIT_PATHOLOGY, EXIT_USAGE = 0, 1, 2
 COMMANDS = {
     "demo": "demo",
     "env": "env",
+    "probe": "probe",
     "cure": "cure",
     "chain": "chain",
     "power": "power",

@@ -16,7 +16,7 @@ from pathlib import Path
 __all__ = ["Figure", "SECTIONS", "build", "GalleryResult"]
 
 #: Section modules, in the order a newcomer should read them.
-SECTIONS: list[str] = ["chains", "meanfield", "watch", "cure"]
+SECTIONS: list[str] = ["chains", "meanfield", "probe", "watch", "cure"]
 
 
 @dataclass(frozen=True)
