@@ -30,6 +30,14 @@ def test_tanh_30_layers_sigma_w2_4_is_already_flagged():
     assert r.findings[0].evidence["trend_total"] > 50
 
 
+def test_thresholds_are_the_users_to_move():
+    from gradhealth.probe import Thresholds
+
+    r = probe(mlp(30, 64, nn.Tanh, sigma_w2=4.0), torch.randn(32, 16), jacobian=False,
+              thresholds=Thresholds(ratio=1e4))
+    assert r.verdict == "healthy" and r.settings["thresholds"]["ratio"] == 1e4
+
+
 def test_sigmoid_20_layers_default_init_vanishes_at_the_first_layer():
     r = probe(mlp(20, 64, nn.Sigmoid), torch.randn(32, 16))
     assert r.verdict == "vanishing" and r.worst_layer == "0"

@@ -190,15 +190,15 @@ def _over_time(rows: list[Row], series_vals: list, verdicts: _Verdicts, ctx: Con
         gains = [math.sqrt(x / ctx.w_sq) if x is not None and ctx.w_sq > 0 else None for x in sv["sq"]]
         mode = getattr(rows[sv["slot"]].module, "mode", "")
         items.append((sv["label"], "unrolled", gains, sv["reverse"], sv["rho"], sv["slot"], True,
-                      {"RNN_TANH": "tanh", "RNN_RELU": "relu"}.get(mode), "time step"))
+                      {"RNN_TANH": "tanh", "RNN_RELU": "relu"}.get(mode), "time step", mode))
     for r in rows:
         # an RNN cell in a Python loop, or any module called again and again with same-shaped
         # outputs: its calls are the steps
         if r.calls < 3 or isinstance(r.module, nn.RNNBase) or not r.same_shapes:
             continue
         items.append((r.name, "calls", r.call_gains, False, spectral_radius(r.module), r.i,
-                      isinstance(r.module, nn.RNNCellBase), None, "call"))
-    for label, kind, gains, reverse, rho, slot_i, recurrent, act, what in items:
+                      isinstance(r.module, nn.RNNCellBase), None, "call", r.type))
+    for label, kind, gains, reverse, rho, slot_i, recurrent, act, what, cell in items:
         f, worst, ratio = _series_finding(label, gains, reverse, ctx)
         series.append(TimeSeries(layer=label, kind=kind, gains=tuple(gains), growth_per_step=f.growth,
                                  ratio=ratio, worst_step=worst, spectral_radius=rho, verdict=f.kind))
@@ -207,7 +207,7 @@ def _over_time(rows: list[Row], series_vals: list, verdicts: _Verdicts, ctx: Con
         ev = {"worst_layer": label, "time_step": worst, "depth": len(gains),
               "growth_per_layer": f.growth, "chi_1_estimate": f.growth ** 2 if f.growth else None,
               "gain_ratio": f.worst_ratio, "spectral_radius": rho, "is_recurrent": recurrent,
-              "activation": act, **common}
+              "activation": act, "cell": cell, **common}
         last = 0 if reverse else len(gains) - 1
         findings.append(A.make_event(f.kind, label, f.severity,
                                      A.depth_message(f.kind, f, f"{label} {what} {worst}",

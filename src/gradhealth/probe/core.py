@@ -164,6 +164,23 @@ def probe(model: nn.Module, inputs: Any, target: Any = None,
 
     The model is left exactly as it was: parameters, buffers (BatchNorm running statistics),
     ``.grad``, ``requires_grad``, train/eval mode of every module and the RNG state.
+
+    Estimators (no Jacobian is ever materialised; details in ``docs/probe.md``):
+        Let ``J_l = dy/df_l`` be the Jacobian of the model output ``y`` (the whole batch) with
+        respect to layer ``l``'s output ``f_l``. For Gaussian cotangents ``w ~ N(0, I)`` at the
+        output, ``E||J_l^T w||^2 = ||J_l||_F^2``, and ``J_l^T w`` is one backward pass that
+        yields it for every layer at once (tensor hooks). With ``n_probes`` such passes:
+
+        * backward gain ``g_l = sqrt(mean ||J_l^T w||^2 / mean ||w||^2)``;
+        * gradient scale coefficient (Philipp, Song & Carbonell 2018)
+          ``GSC(out, l) = ||J_l||_qm ||f_l|| / ||y||`` with ``||J_l||_qm^2 = ||J_l||_F^2 / n_l``
+          (``n_l`` entries in ``f_l``), estimated as ``sqrt(mean ||J_l^T w||^2 / n_l) ||f_l|| / ||y||``;
+        * per-layer growth ``g_l / g_{l+1}``; for plain fully connected stacks its square is
+          compared with mean-field ``chi_1`` at ``sigma_w2 = fan_in mean(W^2)``,
+          ``sigma_b2 = mean(b^2)``;
+        * input-output Jacobian: Lanczos on ``J^T J`` (or ``J J^T``) with ``J^T u`` from a
+          backward pass and ``J v`` from the double-backward trick (``J v = d<J^T u, v>/du``);
+          RMS singular value by Hutchinson.
     """
     t_start = time.perf_counter()
     if not isinstance(model, nn.Module):
