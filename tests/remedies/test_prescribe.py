@@ -196,7 +196,11 @@ def test_extreme_evidence_never_raises(kind):
     for ev in ({"growth_per_layer": 1e10, "depth": 1e6, "chi_1_estimate": 1e300},
                {"growth_per_layer": 1e-300, "depth": 1e6, "is_recurrent": True, "spectral_radius": 1e200},
                {"median": 1e-300, "mad": 1e300, "grad_norm": 1e308, "lr": 1e-300, "update_ratio": 1e300,
-                "fraction": 2.0, "sigma_w2": -1.0, "sigma_b2": -1.0, "activation": 3}):
+                "fraction": 2.0, "sigma_w2": -1.0, "sigma_b2": -1.0, "activation": 3},
+               # exact zeros: a layer whose update ratio is 0.0 (it did not move at all)
+               {k: 0.0 for k in ("growth_per_layer", "chi_1_estimate", "sigma_w2", "sigma_b2", "gsc",
+                                 "fraction", "grad_norm", "median", "mad", "loss", "lr",
+                                 "update_ratio", "spectral_radius", "depth")}):
         out = prescribe(kind, ev)
         assert out
         for c in (c for p in out for c in _gradhealth_calls(p.code)):

@@ -514,7 +514,7 @@ def prescribe(kind: str, evidence: Mapping | None = None, *, activation: Any = N
             s = f"update/weight ratio {_g(r)}{where}, far below ~1e-3: the layer barely moves"
             if lr is not None:
                 b.add("raise the learning rate",
-                      f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * min(target / r, 10.0))!r}",
+                      f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * (min(target / r, 10.0) if r > 0 else 10.0))!r}",
                       s + f" (lr = {_g(lr)})")
             b.add("re-initialise with He (Kaiming) init, activation detected per layer", f"{_R}he_(model)",
                   s + "; tiny updates in early layers are how vanishing gradients show up in training")
