@@ -70,7 +70,6 @@ _register("hard_swish", F.hardswish)
 _register("prelu", F.prelu)
 
 _ADD_FUNCS = set([torch.add] + _tensor_methods("add", "add_", "__add__", "__radd__", "__iadd__"))
-_INPLACE_ADD = set(_tensor_methods("add_", "__iadd__"))
 
 #: Upper bound on autograd nodes visited when testing whether an addition is residual.
 _BFS_BUDGET = 1000
@@ -189,6 +188,13 @@ class Recorder:
         self.model = model
         self.names = names
         self.layer_set = {id(m): m for m in layer_modules}
+        self._handles: list = []
+        self._tensor_handles: list = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Remove every hook and forget every record (before running the forward again)."""
+        self.remove()
         self.slots: list[LayerSlot] = []
         self._slot_of: dict[int, LayerSlot] = {}
         self.stack: list[tuple[nn.Module, tuple, dict]] = []
@@ -199,8 +205,6 @@ class Recorder:
         self.layer_out_nodes: dict = {}
         self.extra_leaves: list[torch.Tensor] = []
         self.residuals: list[ResidualRecord] = []
-        self._handles: list = []
-        self._tensor_handles: list = []
         self._spy = _Spy(self)
         self._executing_layers = 0
 
@@ -218,9 +222,6 @@ class Recorder:
                 pass
         self._handles.clear()
         self._tensor_handles.clear()
-
-    def spy(self) -> TorchFunctionMode:
-        return self._spy
 
     def release_graph(self) -> None:
         """Drop every reference to graph tensors (after the backward passes)."""

@@ -439,8 +439,7 @@ def _run(model, args, kwargs, target, loss_fn, rec: Recorder, state, names, sele
         cause = err.__cause__
         if leaves and isinstance(cause, RuntimeError) and "leaf Variable that requires grad" in str(cause):
             # The model writes into its input in place; run it on inputs that need no gradient.
-            rec.remove()
-            rec.__init__(model, selected, names)
+            rec.reset()
             state.restore()
             if mode == "train":
                 model.train()
