@@ -93,7 +93,7 @@ def test_long_tables_elide_healthy_layers():
     r = probe(mlp(45, 128, nn.ReLU, init="he"), torch.randn(8, 16), jacobian=False)
     assert r.verdict == "healthy"
     text = str(r)
-    assert "more layer(s), healthy" in text
+    assert "(29 more, healthy)" in text  # 45 - 8 - 8 elided
     assert text.count(" Linear ") == 16  # the first 8 and the last 8 of 45
 
 
@@ -123,3 +123,24 @@ def test_depth_finding_exponential_trend_vs_single_jump():
     assert depth_finding([1.0, None, 0.5, 1.0], th).kind == "healthy"
     f = depth_finding([0.0] * 5 + [1e-4 ** (1 / 1)] + [1.0], th)
     assert f.kind == "vanishing"
+
+
+def test_narrow_terminal_keeps_names_gains_and_verdicts():
+    from rich.console import Console
+
+    from gradhealth.report.probe_view import layers_table
+
+    torch.manual_seed(0)
+    r = probe(mlp(6, 32, nn.Tanh), torch.randn(8, 16), jacobian=False)
+    for width in (80, 100):
+        t = layers_table(r, width=width)
+        names = [c.header for c in t.columns]
+        assert {"layer", "gain", "verdict"} <= set(names) and "ratio" not in names
+        con = Console(width=width, record=True, file=open("/dev/null", "w"))
+        con.print(t)
+        text = con.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        for lr in r.layers:  # every layer's name is visible, not squeezed away
+            assert f" {lr.name} " in text
+    wide = [c.header for c in layers_table(r, width=200).columns]
+    assert "ratio" in wide and "output" in wide

@@ -72,31 +72,61 @@ def _rows_to_show(result) -> list:
     return out
 
 
-def layers_table(result):
-    """The per-layer table as a :class:`rich.table.Table`."""
+_OPTIONAL_COLUMNS = ("ratio", "output", "grad/w", "growth", "type")  # dropped first when narrow
+
+
+def layers_table(result, width: int | None = None):
+    """The per-layer table as a :class:`rich.table.Table`.
+
+    With ``width`` (the terminal's), the least important columns are dropped until the table
+    fits, so the layer names, gains and verdicts stay readable on an 80-column terminal.
+    """
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title="layers (forward order)", title_justify="left", header_style="bold",
-              show_lines=False, pad_edge=False)
-    for col, just in (("#", "right"), ("layer", "left"), ("type", "left"), ("output", "left"),
-                      ("activation", "left"), ("|dL/dθ|", "right"), ("grad/w", "right"),
-                      ("gain", "right"), ("ratio", "right"), ("growth", "right"), ("GSC", "right"),
-                      ("verdict", "left")):
-        t.add_column(col, justify=just, no_wrap=col not in ("layer",))
+    columns = [("#", "right"), ("layer", "left"), ("type", "left"), ("output", "left"),
+               ("activation", "left"), ("|dL/dθ|", "right"), ("grad/w", "right"),
+               ("gain", "right"), ("ratio", "right"), ("growth", "right"), ("GSC", "right"),
+               ("verdict", "left")]
+    rows: list[list] = []
     for lr in _rows_to_show(result):
         if isinstance(lr, int):
-            t.add_row("", Text(f"... {lr} more layer(s), healthy ...", style="dim"), *[""] * 10)
+            rows.append(["", Text(f"({lr} more, healthy)", style="dim")] + [""] * 10)
             continue
         style = VERDICT_STYLE.get(lr.verdict, "")
         shape = "x".join(str(s) for s in lr.out_shape) if lr.out_shape else "-"
         if lr.calls > 1:
             shape += f" ×{lr.calls}"
         gnorm = fmt(lr.grad_norm) if lr.trainable != "frozen" else "frozen"
-        t.add_row(str(lr.index), Text(lr.name), Text(lr.type), shape, Text(_act_cell(lr)), gnorm,
-                  fmt(lr.grad_to_weight), fmt(lr.gain), fmt(lr.gain_ratio), fmt(lr.growth),
-                  fmt(lr.gsc), Text(lr.verdict, style=style))
+        rows.append([str(lr.index), Text(lr.name), Text(lr.type), shape, Text(_act_cell(lr)), gnorm,
+                     fmt(lr.grad_to_weight), fmt(lr.gain), fmt(lr.gain_ratio), fmt(lr.growth),
+                     fmt(lr.gsc), Text(lr.verdict, style=style)])
+    keep = list(range(len(columns)))
+    if width is not None:
+        widths = [max([len(name)] + [len(str(r[i])) for r in rows]) + 3 for i, (name, _) in enumerate(columns)]
+        widths[1] = min(widths[1], 27)  # long names fold
+        for drop in _OPTIONAL_COLUMNS:
+            if sum(widths[i] for i in keep) <= width:
+                break
+            keep.remove(next(i for i, (n, _) in enumerate(columns) if n == drop))
+    t = Table(title="layers (forward order)", title_justify="left", header_style="bold",
+              show_lines=False, pad_edge=False)
+    for i in keep:
+        col, just = columns[i]
+        t.add_column(col, justify=just, no_wrap=col != "layer", overflow="fold" if col == "layer" else "ellipsis")
+    for r in rows:
+        t.add_row(*[r[i] for i in keep])
     return t
+
+
+class _LayersTable:
+    """Renders :func:`layers_table` at the width rich gives it."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def __rich_console__(self, console, options):
+        yield layers_table(self.result, width=options.max_width)
 
 
 def _extras(result) -> list[str]:
@@ -145,7 +175,7 @@ def render(result: ProbeResult):
     parts: list = [head, Text(result.summary), Text(
         f"loss: {result.loss.get('kind', '?')} ({result.loss.get('description', '')}) = "
         f"{fmt(result.loss.get('value'))}; mode {result.settings.get('mode')}, batch "
-        f"{result.settings.get('batch')}", style="dim"), layers_table(result)]
+        f"{result.settings.get('batch')}", style="dim"), _LayersTable(result)]
     for line in _extras(result):
         parts.append(Text(line))
     if result.findings:
@@ -160,7 +190,9 @@ def render(result: ProbeResult):
         pt = Table(title="prescriptions (try in this order)", title_justify="left", header_style="bold",
                    pad_edge=False)
         for col in ("#", "change", "code", "why"):
-            pt.add_column(col, no_wrap=col == "#")
+            # the code is meant to be copied: fold it at any character rather than cut it short
+            pt.add_column(col, no_wrap=col == "#", overflow="fold" if col == "code" else "ellipsis",
+                          min_width=30 if col == "code" else None)
         for p in result.prescriptions:
             pt.add_row(str(p.rank), Text(p.action), Text(p.code, style="bold"), Text(p.reason))
         parts.append(pt)
