@@ -34,7 +34,11 @@ def make_model(depth: int = 50, width: int = 64, sigma_w2: float = 4.0, batch: i
             lin.bias.zero_()
         layers += [lin, nn.Tanh()]
         fan_in = width
-    layers.append(nn.Linear(width, 10))
+    head = nn.Linear(width, 10)
+    with torch.no_grad():  # from the seeded generator too, so every run probes the same model
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * (1.0 / width) ** 0.5)
+        head.bias.zero_()
+    layers.append(head)
     model = nn.Sequential(*layers)
     inputs = torch.randn(batch, 64, generator=gen)
     return model, inputs
