@@ -76,7 +76,11 @@ def test_cure_usage_errors(factory, capsys):
     assert main(["cure", f"{factory}:healthy", "--input-shape", "32,16", "--save", "x.pt"]) == 2
     assert "nothing to save" in capsys.readouterr().err
     assert main(["cure", f"{factory}:healthy"]) == 2  # no inputs
+    assert "'input-shape' parameter of gradhealth cure" in capsys.readouterr().err
     assert main(["cure", f"{factory}:nope", "--input-shape", "4,16"]) == 2
+    assert "'target' parameter of gradhealth cure" in capsys.readouterr().err
+    assert main(["cure", f"{factory}:healthy", "--input-shape", "4,,16"]) == 2
+    assert "'input-shape' parameter of gradhealth cure" in capsys.readouterr().err
 
 
 def test_apply_prescription_parses_never_evals():

@@ -26,14 +26,9 @@ _OWNER = "gradhealth cure"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("target", metavar="PATH_OR_MODULE:FACTORY",
-                        help="FILE.py:FACTORY or package.module:FACTORY")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--input-shape", metavar="SHAPE",
-                     help="random N(0,1) float inputs of this shape, e.g. 32,784")
-    src.add_argument("--inputs", metavar="FILE.pt", help="inputs saved with torch.save")
-    parser.add_argument("--loss", choices=("surrogate", "mse", "ce"), default="surrogate",
-                        help="loss the probe differentiates (default: surrogate)")
+    from .probe import add_target_arguments
+
+    add_target_arguments(parser, loss_help="loss the probe differentiates (default: surrogate)")
     parser.add_argument("--top", type=int, default=1, metavar="N",
                         help="apply the first N applicable prescriptions, in rank order (default 1)")
     parser.add_argument("--seed", type=int, default=0,
@@ -73,19 +68,11 @@ def run(args) -> int:
     from ..probe import probe
     from ..remedies.prescribe import applies_to_model, apply_prescription
     from ._common import console, print_json
-    from .probe import _load_inputs, _parse_shape, load_factory
+    from .probe import load_target
 
     if args.top < 1:
         raise ParameterError("top", _OWNER, "an integer >= 1", args.top, "pass --top 1 (the default).")
-    model, inputs = load_factory(args.target)
-    target = None
-    if args.input_shape:
-        inputs = torch.randn(_parse_shape(args.input_shape), generator=torch.Generator().manual_seed(args.seed))
-    elif args.inputs:
-        inputs, target = _load_inputs(args.inputs)
-    if inputs is None:
-        raise ParameterError("input-shape", _OWNER, "given (or --inputs) when the factory returns only a model",
-                             None, "pass e.g. --input-shape 32,784, or return (model, inputs) from the factory.")
+    model, inputs, target = load_target(args, _OWNER)
 
     def run_probe(m):
         return probe(m, inputs, target=target, loss_fn=args.loss, seed=args.seed, jacobian=False)

@@ -33,15 +33,7 @@ _OWNER = "gradhealth probe"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("target", metavar="PATH_OR_MODULE:FACTORY",
-                        help="FILE.py:FACTORY or package.module:FACTORY")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--input-shape", metavar="SHAPE",
-                     help="random N(0,1) float inputs of this shape, e.g. 32,784 or 8,3,32,32")
-    src.add_argument("--inputs", metavar="FILE.pt", help="inputs saved with torch.save")
-    parser.add_argument("--loss", choices=("surrogate", "mse", "ce"), default="surrogate",
-                        help="loss to differentiate (default: surrogate, a fixed random projection "
-                             "of the output; mse/ce use the file's target or a seeded random one)")
+    add_target_arguments(parser)
     parser.add_argument("--mode", choices=("train", "eval", "as_is"), default="train",
                         help="train/eval mode during the probe (default: train)")
     parser.add_argument("--layers", metavar="PATTERN", action="append",
@@ -57,30 +49,61 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plot", metavar="FILE", help="save the gradient-flow plot (PNG/SVG/PDF)")
 
 
-def _parse_shape(text: str) -> tuple[int, ...]:
+def add_target_arguments(parser, loss_help: str | None = None) -> None:
+    """TARGET, --input-shape | --inputs and --loss: shared by ``probe`` and ``cure``."""
+    parser.add_argument("target", metavar="PATH_OR_MODULE:FACTORY",
+                        help="FILE.py:FACTORY or package.module:FACTORY")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--input-shape", metavar="SHAPE",
+                     help="random N(0,1) float inputs of this shape, e.g. 32,784 or 8,3,32,32")
+    src.add_argument("--inputs", metavar="FILE.pt", help="inputs saved with torch.save")
+    parser.add_argument("--loss", choices=("surrogate", "mse", "ce"), default="surrogate",
+                        help=loss_help or "loss to differentiate (default: surrogate, a fixed random "
+                        "projection of the output; mse/ce use the file's target or a seeded random one)")
+
+
+def load_target(args, owner: str = _OWNER):
+    """``(model, inputs, target)`` from parsed TARGET / --input-shape / --inputs arguments."""
+    import torch
+
+    model, inputs = load_factory(args.target, owner)
+    target = None
+    if args.input_shape:
+        gen = torch.Generator().manual_seed(args.seed)
+        inputs = torch.randn(_parse_shape(args.input_shape, owner), generator=gen)
+    elif args.inputs:
+        inputs, target = _load_inputs(args.inputs, owner)
+    if inputs is None:
+        raise ParameterError("input-shape", owner, "given (or --inputs) when the factory returns "
+                             "only a model", None, "pass e.g. --input-shape 32,784, or return "
+                             "(model, inputs) from the factory.")
+    return model, inputs, target
+
+
+def _parse_shape(text: str, owner: str = _OWNER) -> tuple[int, ...]:
     parts = text.strip().replace("x", ",").split(",")
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:  # also an empty part: "12,", "12,,3"
         shape = ()
     if not shape or any(s < 1 for s in shape):
-        raise ParameterError("input-shape", _OWNER, "comma-separated positive integers", text,
+        raise ParameterError("input-shape", owner, "comma-separated positive integers", text,
                              "pass e.g. --input-shape 32,784 (batch first).")
     return shape
 
 
-def _load_module(spec: str):
+def _load_module(spec: str, owner: str = _OWNER):
     path_part, _, _ = spec.rpartition(":")
     looks_like_file = path_part.endswith(".py") or os.sep in path_part or "/" in path_part
     if looks_like_file:
         path = Path(path_part)
         if not path.is_file():
-            raise ParameterError("target", _OWNER, "FILE.py:FACTORY with an existing file",
+            raise ParameterError("target", owner, "FILE.py:FACTORY with an existing file",
                                  spec, f"no file {str(path)!r} (from {os.getcwd()}); check the path.")
         name = f"_gradhealth_probe_target_{abs(hash(str(path.resolve())))}"
         mod_spec = importlib.util.spec_from_file_location(name, path)
         if mod_spec is None or mod_spec.loader is None:
-            raise ParameterError("target", _OWNER, "a Python file", spec, "point at a .py file.")
+            raise ParameterError("target", owner, "a Python file", spec, "point at a .py file.")
         module = importlib.util.module_from_spec(mod_spec)
         sys.path.insert(0, str(path.resolve().parent))
         try:
@@ -95,27 +118,27 @@ def _load_module(spec: str):
     try:
         return importlib.import_module(path_part)
     except ModuleNotFoundError as exc:
-        raise ParameterError("target", _OWNER, "FILE.py:FACTORY or an importable package.module:FACTORY",
+        raise ParameterError("target", owner, "FILE.py:FACTORY or an importable package.module:FACTORY",
                              spec, f"module {exc.name!r} was not found; give a file path "
                              "(e.g. examples/probe_mlp.py:make_model) or install the package.") from None
     except Exception as exc:
         raise ModelError(f"Importing {path_part!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def load_factory(spec: str):
+def load_factory(spec: str, owner: str = _OWNER):
     """``(model, inputs or None)`` from ``FILE.py:FACTORY`` / ``pkg.mod:FACTORY``."""
     import torch.nn as nn
 
     if ":" not in spec or not spec.rpartition(":")[0] or not spec.rpartition(":")[2]:
-        raise ParameterError("target", _OWNER, "of the form PATH_OR_MODULE:FACTORY", spec,
+        raise ParameterError("target", owner, "of the form PATH_OR_MODULE:FACTORY", spec,
                              "pass e.g. examples/probe_mlp.py:make_model")
-    module = _load_module(spec)
+    module = _load_module(spec, owner)
     fname = spec.rpartition(":")[2]
     factory = getattr(module, fname, None)
     if factory is None or not callable(factory):
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                        and getattr(v, "__module__", None) == module.__name__)
-        raise ParameterError("target", _OWNER, "naming a callable factory in the module", spec,
+        raise ParameterError("target", owner, "naming a callable factory in the module", spec,
                              f"{fname!r} is not a callable there; callables defined in it: "
                              + (", ".join(found) or "none"))
     try:
@@ -130,17 +153,17 @@ def load_factory(spec: str):
                      f"it returned {type(made).__name__}.")
 
 
-def _load_inputs(path: str):
+def _load_inputs(path: str, owner: str = _OWNER):
     import torch
 
     p = Path(path)
     if not p.is_file():
-        raise ParameterError("inputs", _OWNER, "an existing file saved with torch.save", path,
+        raise ParameterError("inputs", owner, "an existing file saved with torch.save", path,
                              "check the path.")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ParameterError("inputs", _OWNER, "a file torch.load(weights_only=True) can read "
+        raise ParameterError("inputs", owner, "a file torch.load(weights_only=True) can read "
                              "(tensors, tuples, lists, dicts)", path,
                              f"save plain tensors, e.g. torch.save({{'inputs': x, 'target': y}}, "
                              f"'batch.pt') ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
@@ -155,23 +178,13 @@ def run(args) -> int:
     from ..probe import probe
     from ._common import console, print_json
 
-    model, inputs = load_factory(args.target)
-    target = None
+    model, inputs, target = load_target(args)
     if args.device:
         try:
             model = model.to(args.device)
         except Exception as exc:
             raise ParameterError("device", _OWNER, "a device torch can use", args.device,
                                  f"{type(exc).__name__}: {exc}") from None
-    if args.input_shape:
-        gen = torch.Generator().manual_seed(args.seed)
-        inputs = torch.randn(_parse_shape(args.input_shape), generator=gen)
-    elif args.inputs:
-        inputs, target = _load_inputs(args.inputs)
-    if inputs is None:
-        raise ParameterError("input-shape", _OWNER, "given (or --inputs) when the factory returns "
-                             "only a model", None, "pass e.g. --input-shape 32,784, or return "
-                             "(model, inputs) from the factory.")
     if args.max_params < 0:
         raise ParameterError("max-params", _OWNER, "an integer >= 0", args.max_params,
                              "pass 0 for no limit.")
