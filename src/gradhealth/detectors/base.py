@@ -1,0 +1,270 @@
+"""The statistics a detector sees, the detector shape, and the robust helpers they share.
+
+A detector is a pair of pure functions, in the shape of optax's ``GradientTransformation``::
+
+    state = detector.init()
+    events, state = detector.update(stats, state)
+
+``stats`` is one :class:`StepStats` (host-side NumPy values of one logged step), ``state``
+is whatever the detector needs to remember (a window of past values, which conditions are
+active). ``update`` never mutates its inputs: it returns a new state, so a detector can be
+replayed, forked or tested on a synthetic sequence of statistics without a model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..events import Event
+
+__all__ = [
+    "LayerTable",
+    "StepStats",
+    "Detector",
+    "chain",
+    "run_detectors",
+    "robust_center_scale",
+    "theil_sen_slope",
+    "safe_text",
+    "MAD_TO_SIGMA",
+]
+
+#: ``1.4826 * MAD`` estimates the standard deviation of a Gaussian sample.
+MAD_TO_SIGMA = 1.4826
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe_text(name: Any) -> str:
+    """A layer name made safe to put inside a message: control characters are escaped.
+
+    Layer names come from user models and are data: ``add_module("x\\n[red]", m)`` must not
+    inject a line break or a terminal escape into a warning. Markup escaping (rich, HTML) is
+    the renderer's job; this only keeps a plain-text message on one honest line.
+    """
+    s = str(name)
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), s)
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """The layers of a watched model, in a fixed index order.
+
+    Attributes:
+        names: qualified module names (``""`` is the root module).
+        types: module class names.
+        roles: ``"weight"`` (Linear, Conv, RNN, attention: layers whose output gradient forms
+            the backward signal), ``"recurrent"`` (RNN/LSTM/GRU and their cells, also weight
+            layers), ``"norm"``, ``"embedding"``, ``"activation"`` (parameter-free
+            nonlinearities), ``"other"``.
+        families: for activation layers, ``"relu"`` (dead units are exact zeros),
+            ``"saturating"`` (tanh, sigmoid, hardtanh, ...) or ``"smooth"``; ``""`` otherwise.
+        activations: activation name for activation layers (``"tanh"``), ``""`` otherwise.
+        depth: position of each layer in the forward execution order (0 = first executed),
+            ``-1`` where the layer has not been seen running yet.
+        n_params: parameters owned directly by each layer.
+    """
+
+    names: tuple[str, ...]
+    types: tuple[str, ...]
+    roles: tuple[str, ...]
+    families: tuple[str, ...] = ()
+    activations: tuple[str, ...] = ()
+    depth: tuple[int, ...] = ()
+    n_params: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        n = len(self.names)
+        if not self.families:
+            object.__setattr__(self, "families", ("",) * n)
+        if not self.activations:
+            object.__setattr__(self, "activations", ("",) * n)
+        if not self.depth:
+            object.__setattr__(self, "depth", tuple(range(n)))
+        if not self.n_params:
+            object.__setattr__(self, "n_params", (0,) * n)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def simple(cls, n: int, role: str = "weight", prefix: str = "layers.") -> "LayerTable":
+        """``n`` weight layers named ``layers.0 .. layers.{n-1}`` in depth order (for tests)."""
+        return cls(tuple(f"{prefix}{i}" for i in range(n)), ("Linear",) * n, (role,) * n)
+
+    def forward_order(self, mask: np.ndarray | None = None) -> np.ndarray:
+        """Indices of the layers (optionally only where ``mask``) sorted by forward depth;
+        layers never seen running come last in index order."""
+        idx = np.arange(len(self.names)) if mask is None else np.flatnonzero(mask)
+        d = np.asarray(self.depth, dtype=np.int64)[idx] if len(idx) else np.zeros(0, np.int64)
+        key = np.where(d < 0, np.iinfo(np.int64).max, d)
+        return idx[np.argsort(key, kind="stable")]
+
+    def is_weight(self) -> np.ndarray:
+        return np.array([r in ("weight", "recurrent") for r in self.roles], dtype=bool)
+
+
+def _nan(n: int) -> np.ndarray:
+    return np.full(n, np.nan)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Host-side statistics of one logged step (what every detector receives).
+
+    Per-layer arrays have one entry per layer of :attr:`layers`; NaN means *not measured at
+    this step* (a layer without gradient, a statistic off schedule), except where the
+    matching non-finite count says the value itself was NaN. Use :meth:`empty` to build one.
+
+    Attributes:
+        step: training step (0-based).
+        layers: the :class:`LayerTable`.
+        loss: the observed loss, or None.
+        global_grad_norm: 2-norm of all gradients before clipping (NaN if not measured).
+        global_grad_norm_clipped: the same after the user's clipping (what the optimizer
+            applied); NaN when no clipping was detected.
+        lr: learning rate of the first parameter group, or None.
+        skipped: the optimizer step was not applied (guard, or AMP GradScaler).
+        skip_reason: ``"guard"``, ``"scaler"``, ``"rollback"`` or None.
+        grad_norm: per-layer gradient 2-norm (before clipping).
+        param_norm: per-layer parameter 2-norm (before the step).
+        update_ratio: per-layer ``||W_after - W_before|| / ||W_before||``.
+        nonfinite_grad / nonfinite_param: per-layer counts of NaN/Inf entries (-1: not measured).
+        out_grad_norm: per-layer 2-norm of the gradient w.r.t. the layer's output (the
+            backward signal), summed in quadrature over calls and micro-batches.
+        out_grad_rms: the same divided by ``sqrt(number of output entries)``.
+        act_std, dead_frac, sat_frac: forward statistics of each layer's output.
+        time_grad: for recurrent layers, the gradient norm reaching each time step
+            (index 0 = first time step).
+        loss_nonfinite: the observed loss was NaN/Inf.
+        origin: what forensic replay found for this step (dict with ``module``,
+            ``direction``, ...), or None.
+        full: the costlier statistics (parameter norms, update ratios, output gradients,
+            forward statistics) were scheduled at this step.
+        info: model facts for prescriptions (``activation``, ``has_norm``, ...).
+    """
+
+    step: int
+    layers: LayerTable
+    loss: float | None = None
+    global_grad_norm: float = math.nan
+    global_grad_norm_clipped: float = math.nan
+    lr: float | None = None
+    skipped: bool = False
+    skip_reason: str | None = None
+    grad_norm: np.ndarray = None  # type: ignore[assignment]
+    param_norm: np.ndarray = None  # type: ignore[assignment]
+    update_ratio: np.ndarray = None  # type: ignore[assignment]
+    nonfinite_grad: np.ndarray = None  # type: ignore[assignment]
+    nonfinite_param: np.ndarray = None  # type: ignore[assignment]
+    out_grad_norm: np.ndarray = None  # type: ignore[assignment]
+    out_grad_rms: np.ndarray = None  # type: ignore[assignment]
+    act_std: np.ndarray = None  # type: ignore[assignment]
+    dead_frac: np.ndarray = None  # type: ignore[assignment]
+    sat_frac: np.ndarray = None  # type: ignore[assignment]
+    time_grad: Mapping[str, np.ndarray] = field(default_factory=dict)
+    loss_nonfinite: bool = False
+    origin: Mapping[str, Any] | None = None
+    full: bool = False
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.layers)
+        for name in ("grad_norm", "param_norm", "update_ratio", "out_grad_norm", "out_grad_rms",
+                     "act_std", "dead_frac", "sat_frac"):
+            v = getattr(self, name)
+            object.__setattr__(self, name, _nan(n) if v is None else np.asarray(v, dtype=float))
+        for name in ("nonfinite_grad", "nonfinite_param"):
+            v = getattr(self, name)
+            object.__setattr__(self, name, np.full(n, -1, dtype=np.int64) if v is None
+                               else np.asarray(v, dtype=np.int64))
+        if self.loss is not None and not self.loss_nonfinite and not math.isfinite(self.loss):
+            object.__setattr__(self, "loss_nonfinite", True)
+
+    @classmethod
+    def empty(cls, step: int, layers: LayerTable, **kw) -> "StepStats":
+        """Statistics with nothing measured, plus whatever ``kw`` sets."""
+        return cls(step=step, layers=layers, **kw)
+
+    def replace(self, **kw) -> "StepStats":
+        return replace(self, **kw)
+
+
+class Detector(NamedTuple):
+    """A pure detector: ``init() -> state`` and ``update(stats, state) -> (events, state)``."""
+
+    init: Callable[[], Any]
+    update: Callable[[StepStats, Any], tuple[list[Event], Any]]
+    name: str = "detector"
+
+
+def chain(*detectors: Detector, name: str = "chain") -> Detector:
+    """Compose detectors into one; events come out in the order of ``detectors``.
+
+    The composite state is a tuple of the member states (like ``optax.chain``).
+    """
+    dets = tuple(detectors)
+
+    def init():
+        return tuple(d.init() for d in dets)
+
+    def update(stats: StepStats, state):
+        events: list[Event] = []
+        new = []
+        for d, s in zip(dets, state):
+            ev, s2 = d.update(stats, s)
+            events.extend(ev)
+            new.append(s2)
+        return events, tuple(new)
+
+    return Detector(init, update, name)
+
+
+def run_detectors(detector: Detector, stats_seq: Sequence[StepStats]) -> list[Event]:
+    """Feed a sequence of statistics through ``detector`` from its initial state (tests,
+    offline analysis of a stored run)."""
+    state = detector.init()
+    out: list[Event] = []
+    for s in stats_seq:
+        ev, state = detector.update(s, state)
+        out.extend(ev)
+    return out
+
+
+def robust_center_scale(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Median and ``1.4826 * MAD`` of the finite entries of ``values`` (NaN, NaN if none).
+
+    The median absolute deviation is robust to the very spikes a detector looks for: one
+    outlier in a window moves neither statistic (Hampel 1974; Leys et al. 2013).
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    med = float(np.median(v))
+    return med, MAD_TO_SIGMA * float(np.median(np.abs(v - med)))
+
+
+def theil_sen_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Median of the pairwise slopes ``(y_j - y_i) / (x_j - x_i)`` (Theil 1950, Sen 1968).
+
+    A straight-line trend that ignores up to ~29% outlying points: the jump of the output
+    layer's gradient (a different width, the loss's own scale) does not bend the depth trend.
+    """
+    xa = np.asarray(x, dtype=float)
+    ya = np.asarray(y, dtype=float)
+    n = xa.size
+    if n < 2:
+        return math.nan
+    i, j = np.triu_indices(n, k=1)
+    dx = xa[j] - xa[i]
+    ok = dx != 0
+    if not ok.any():
+        return math.nan
+    return float(np.median((ya[j] - ya[i])[ok] / dx[ok]))

@@ -1,0 +1,257 @@
+"""Exploding and vanishing gradients: geometric trends with depth (and with time), and
+layers whose update-to-weight ratio collapses.
+
+The backward signal of a deep network is a product of per-layer Jacobians, so its norm is
+(close to) geometric in depth: ``||dL/dh_l|| ~ g**(L-l)``. On a log scale that is a straight
+line, and its slope is the per-layer gain ``g`` (Schoenholz et al. 2017 call ``g**2`` the
+mean-field ``chi_1``; Philipp et al. 2018 call the end-to-end ratio the gradient scale
+coefficient). The detector fits that line robustly (Theil-Sen: the output layer's gradient,
+which has the loss's own scale and often another width, does not bend it) and raises an
+alarm when the fitted end-to-end ratio passes a threshold.
+
+Parameter-gradient norms alone can hide the trend -- in a deep linear net with ``W = 1.5 I``
+every weight gradient ``delta_l x_{l-1}^T`` has the same norm, because the backward signal
+grows exactly as fast as the forward one -- so the primary signal is the gradient with
+respect to each layer's *output* (``out_grad_rms``), measured on the watcher's detail
+schedule and always at step 0. The parameter-gradient trend is a fallback with a stricter
+threshold, used where output gradients were not measured.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..events import Event
+from .base import Detector, StepStats, safe_text, theil_sen_slope
+
+__all__ = ["exploding_vanishing", "update_ratio", "depth_trend"]
+
+
+def depth_trend(values: np.ndarray, *, min_points: int = 4) -> dict[str, Any] | None:
+    """Robust geometric trend of positive ``values`` ordered from input side to output side.
+
+    Returns None when fewer than ``min_points`` finite positive values remain; else a dict:
+    ``growth_per_layer`` (factor by which the backward signal grows per position when going
+    *backwards*, i.e. towards the input: > 1 explodes, < 1 vanishes), ``gsc`` (that factor
+    over the whole span: input-side value / output-side value on the fitted line),
+    ``ends_ratio`` (median of the first third over median of the last third, unfitted) and
+    ``n`` (points used). The third-medians guard against a single jump masquerading as a trend.
+    """
+    v = np.asarray(values, dtype=float)
+    pos = np.flatnonzero(np.isfinite(v) & (v > 0))
+    if pos.size < min_points:
+        return None
+    x = np.arange(pos.size, dtype=float)
+    y = np.log10(v[pos])
+    b = theil_sen_slope(x, y)
+    if not math.isfinite(b):
+        return None
+    k = max(1, pos.size // 3)
+    ends = float(10 ** (np.median(y[:k]) - np.median(y[-k:])))
+    return {"growth_per_layer": float(10 ** (-b)), "gsc": float(10 ** (-b * (pos.size - 1))),
+            "ends_ratio": ends, "n": int(pos.size), "positions": pos}
+
+
+def _verdict(tr: dict | None, ratio: float, min_growth: float) -> str | None:
+    if tr is None:
+        return None
+    g, gsc, ends = tr["growth_per_layer"], tr["gsc"], tr["ends_ratio"]
+    if gsc >= ratio and g >= min_growth and ends >= math.sqrt(ratio):
+        return "exploding"
+    if gsc <= 1.0 / ratio and g <= 1.0 / min_growth and ends <= 1.0 / math.sqrt(ratio):
+        return "vanishing"
+    return None
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_ratio: float = 100.0,
+                        min_layers: int = 4, min_steps: int = 4, min_growth: float = 1.05,
+                        cooldown: int = 100) -> Detector:
+    """Detector of backward signals that grow or shrink geometrically with depth or time.
+
+    Three signals, each giving its own event on onset (and again after it clears):
+
+    * **depth** -- ``out_grad_rms`` of the weight layers in forward order (the gradient with
+      respect to each layer's output, per entry): alarm when the fitted input-side /
+      output-side ratio is ``>= ratio`` (exploding) or ``<= 1/ratio`` (vanishing), the
+      per-layer factor is beyond ``min_growth`` and the unfitted end thirds agree.
+    * **parameter gradients** -- the same fit on per-entry weight-gradient norms, with the
+      stricter ``param_ratio`` (weight gradients also carry the forward activations, which
+      partly cancel the trend), only at steps without output gradients.
+    * **time** -- for each recurrent layer, the gradient reaching each time step
+      (``time_grad``), time step 0 being the input side: threshold ``time_ratio``.
+
+    Args:
+        ratio, param_ratio, time_ratio: end-to-end thresholds (> 1).
+        min_layers / min_steps: fewest measured layers / time steps for a verdict.
+        min_growth: the per-layer (per-step) factor must exceed this (or its inverse).
+        cooldown: steps during which a condition that cleared and came back is not reported
+            again (trends measured on small batches flicker around the threshold).
+    """
+
+    def init():
+        return {}
+
+    def update(stats: StepStats, state: dict):
+        new_state = dict(state)
+        events: list[Event] = []
+        L = stats.layers
+        weight = L.is_weight()
+        order = L.forward_order(weight)
+        info = dict(stats.info or {})
+
+        def handle(key: str, tr: dict | None, verdict: str | None, idx: np.ndarray | None,
+                   what: str, layer: str | None, extra: dict):
+            measured = tr is not None
+            if not measured:
+                return  # keep the state: nothing was measured here
+            prev = state.get(key)
+            if verdict is None:
+                new_state.pop(key, None)
+                return
+            if prev is not None and prev[0] == verdict:
+                return  # still the same condition: no new event
+            new_state[key] = (verdict, stats.step)
+            last = state.get(("emitted", key, verdict))
+            if last is not None and stats.step - last < cooldown:
+                return  # the same condition flapped back within the cooldown: not news
+            new_state[("emitted", key, verdict)] = stats.step
+            # the two depth signals describe one condition: report it once
+            twin = {"depth": "param_depth", "param_depth": "depth"}.get(key)
+            if twin is not None and state.get(twin, (None,))[0] == verdict:
+                return
+            g = tr["growth_per_layer"]
+            worst = layer
+            ev = dict(info)
+            ev.update({"growth_per_layer": g, "gsc": tr["gsc"], "ends_ratio": tr["ends_ratio"],
+                       "depth": tr["n"], "signal": what, "worst_layer": worst, "lr": stats.lr})
+            ev.update(extra)
+            sev = "error" if (tr["gsc"] >= 1e6 or tr["gsc"] <= 1e-6) else "warning"
+            where = f" in {safe_text(worst)!r}" if (what == "time" and worst) else ""
+            unit = "time step" if what == "time" else "layer"
+            if verdict == "exploding":
+                desc = (f"The backward signal{where} grows {_fmt(g)}x per {unit} going back "
+                        f"({_fmt(tr['gsc'])}x over {tr['n']} {unit}s)")
+            else:
+                desc = (f"The backward signal{where} shrinks {_fmt(1 / g)}x per {unit} going back "
+                        f"(to {_fmt(tr['gsc'])} of its size over {tr['n']} {unit}s)")
+            src = {"out_grad": "gradients w.r.t. layer outputs",
+                   "param_grad": "weight-gradient norms",
+                   "time": "gradients reaching each time step"}[what]
+            events.append(Event(
+                step=stats.step, kind=verdict, layer=worst, severity=sev,
+                message=f"{desc} at step {stats.step} (measured on {src}).",
+                evidence=ev, remedy="", since=stats.step))
+
+        # 1) depth trend of the backward signal
+        vals = stats.out_grad_rms[order] if order.size else np.zeros(0)
+        tr = depth_trend(vals, min_points=min_layers)
+        if tr is not None:
+            first = L.names[order[tr["positions"][0]]]
+            handle("depth", tr, _verdict(tr, ratio, min_growth), order, "out_grad", first,
+                   {"series": [float(x) for x in vals[tr["positions"]]],
+                    "series_layers": [L.names[order[p]] for p in tr["positions"]]})
+        else:
+            # 2) fallback: per-entry weight-gradient norms
+            n_par = np.asarray(L.n_params, dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rms = stats.grad_norm / np.sqrt(np.where(n_par > 0, n_par, np.nan))
+            vals = rms[order] if order.size else np.zeros(0)
+            trp = depth_trend(vals, min_points=min_layers)
+            if trp is not None:
+                first = L.names[order[trp["positions"][0]]]
+                handle("param_depth", trp, _verdict(trp, param_ratio, min_growth), order,
+                       "param_grad", first,
+                       {"series": [float(x) for x in vals[trp["positions"]]]})
+
+        # 3) per-time-step trends of recurrent layers
+        for name, series in (stats.time_grad or {}).items():
+            trt = depth_trend(np.asarray(series, dtype=float), min_points=min_steps)
+            if trt is None:
+                continue
+            extra = {"is_recurrent": True, "time_steps": int(len(series)),
+                     "series": [float(x) for x in np.asarray(series, dtype=float)]}
+            handle(f"time:{name}", trt, _verdict(trt, time_ratio, min_growth), None, "time", name, extra)
+        return events, new_state
+
+    return Detector(init, update, "exploding_vanishing")
+
+
+def update_ratio(*, collapse: float = 1e-3, max_ratio: float = 1.0, patience: int = 2) -> Detector:
+    """Detector of weight layers whose update-to-weight ratio collapses or explodes.
+
+    ``update_ratio = ||W_after - W_before|| / ||W_before||`` (Karpathy's "update:data ratio";
+    healthy SGD/Adam training sits around 1e-4..1e-2). A layer is *collapsed* when its
+    ratio is below ``collapse`` times the median ratio of the weight layers -- it has
+    effectively stopped learning while the others move -- for ``patience`` consecutive
+    measurements. A ratio above ``max_ratio`` (the update is as large as the weights) is
+    reported at once. One event per condition and step, naming the worst layer and listing
+    the others in the evidence.
+
+    Args:
+        collapse: relative threshold (fraction of the median ratio).
+        max_ratio: absolute upper threshold.
+        patience: consecutive measured steps before a collapse is reported.
+    """
+
+    def init():
+        return {"count": {}, "active": frozenset()}
+
+    def update(stats: StepStats, state: dict):
+        L = stats.layers
+        weight = L.is_weight()
+        r = stats.update_ratio
+        ok = weight & np.isfinite(r) & (r >= 0)
+        if ok.sum() < 2 or stats.skipped:
+            return [], state
+        med = float(np.median(r[ok]))
+        counts = dict(state["count"])
+        active = set(state["active"])
+        new_cond: dict[str, list[int]] = {"collapse": [], "explode": []}
+        for i in np.flatnonzero(ok):
+            name = L.names[i]
+            low = med > 0 and r[i] < collapse * med
+            n_prev, first = counts.get(name, (0, stats.step))
+            counts[name] = (n_prev + 1, first if n_prev else stats.step) if low else (0, stats.step)
+            cond = "collapse" if counts[name][0] >= patience else ("explode" if r[i] > max_ratio else None)
+            if cond is None:
+                active = {a for a in active if a[0] != name}
+                continue
+            if (name, cond) in active:
+                continue
+            active = {a for a in active if a[0] != name} | {(name, cond)}
+            new_cond[cond].append(int(i))
+        events: list[Event] = []
+        info = dict(stats.info or {})
+        for cond, idx in new_cond.items():
+            if not idx:
+                continue
+            worst = min(idx, key=lambda j: r[j]) if cond == "collapse" else max(idx, key=lambda j: r[j])
+            name = L.names[worst]
+            names = [L.names[j] for j in L.forward_order(np.isin(np.arange(len(L)), idx))]
+            ev = dict(info)
+            ev.update({"update_ratio": float(r[worst]), "median": med, "worst_layer": name,
+                       "layers": names, "n_layers": len(names), "lr": stats.lr,
+                       "grad_norm": float(stats.grad_norm[worst])})
+            others = f" ({len(names) - 1} more layers likewise)" if len(names) > 1 else ""
+            if cond == "collapse":
+                below = f"{_fmt(med / r[worst])}x" if r[worst] > 0 else "infinitely far"
+                msg = (f"Layer {safe_text(name)!r} has stopped learning: its update/weight ratio "
+                       f"{_fmt(r[worst])} is {below} below the median of the weight layers "
+                       f"({_fmt(med)}) at step {stats.step}{others}.")
+                since = counts[name][1]
+            else:
+                msg = (f"Layer {safe_text(name)!r} moved by {_fmt(r[worst])}x its own norm in one step "
+                       f"at step {stats.step} (update/weight ratio > {max_ratio}){others}.")
+                since = stats.step
+            events.append(Event(step=stats.step, kind="update_ratio", layer=name,
+                                severity="warning", message=msg, evidence=ev, since=since))
+        return events, {"count": counts, "active": frozenset(active)}
+
+    return Detector(init, update, "update_ratio")

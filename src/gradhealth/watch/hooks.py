@@ -1,0 +1,200 @@
+"""What the watcher hooks into, and the small device-side reductions its hooks run.
+
+*Layers* are the modules that own parameters directly (``Linear``, ``Conv2d``, ``LayerNorm``,
+``LSTM``, a custom module with its own ``nn.Parameter``) plus the parameter-free activation
+modules (``ReLU``, ``Tanh``, ...), whose outputs carry the dead-unit and saturation
+statistics. Every hook handle the watcher creates lives in one :class:`HookSet`, so removing
+the watcher removes all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..detectors.base import LayerTable
+
+__all__ = ["HookSet", "LayerMap", "discover_layers", "activation_info", "act_stats", "unit_dim"]
+
+
+class HookSet:
+    """A bag of removable handles (module hooks, tensor hooks, optimizer hooks)."""
+
+    def __init__(self):
+        self._handles: list[Any] = []
+
+    def add(self, handle) -> None:
+        self._handles.append(handle)
+
+    def remove(self) -> None:
+        while self._handles:
+            h = self._handles.pop()
+            try:
+                h.remove()
+            except Exception:  # a handle whose owner is gone is already removed
+                pass
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+
+# ---------------------------------------------------------------------------------------------
+# activation modules: (name, family)
+
+def activation_info(mod: nn.Module) -> tuple[str, str] | None:
+    """``(activation name, family)`` for a known activation module, else None."""
+    table = [
+        (nn.ReLU6, "relu6", "relu"), (nn.ReLU, "relu", "relu"),
+        (nn.LeakyReLU, "leaky_relu", "smooth"), (nn.PReLU, "prelu", "smooth"),
+        (nn.ELU, "elu", "smooth"), (nn.SELU, "selu", "smooth"), (nn.CELU, "celu", "smooth"),
+        (nn.GELU, "gelu", "smooth"), (nn.SiLU, "swish", "smooth"), (nn.Mish, "mish", "smooth"),
+        (nn.Softplus, "softplus", "smooth"), (nn.Tanh, "tanh", "saturating"),
+        (nn.Sigmoid, "sigmoid", "saturating"), (nn.Hardtanh, "hardtanh", "saturating"),
+        (nn.Hardsigmoid, "hardsigmoid", "saturating"), (nn.Softsign, "softsign", "saturating"),
+    ]
+    for cls, name, fam in table:
+        if isinstance(mod, cls):
+            return name, fam
+    return None
+
+
+_WEIGHT = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.MultiheadAttention)
+_RECURRENT = (nn.RNNBase, nn.RNNCellBase)
+_NORM = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_EMBED = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _role(mod: nn.Module, direct: list[nn.Parameter]) -> str:
+    if isinstance(mod, _RECURRENT):
+        return "recurrent"
+    if isinstance(mod, _WEIGHT):
+        return "weight"
+    if isinstance(mod, _NORM) or type(mod).__name__.endswith("Norm"):
+        return "norm"
+    if isinstance(mod, _EMBED):
+        return "embedding"
+    if activation_info(mod) is not None:
+        return "activation"
+    # a custom layer that owns a matrix is a weight layer (e.g. a hand-written Linear)
+    if any(p.dim() >= 2 for p in direct):
+        return "weight"
+    return "other"
+
+
+@dataclass
+class LayerMap:
+    """The watcher's view of a model: layers, their modules, and which parameter is whose."""
+
+    table: LayerTable
+    modules: list[nn.Module]
+    index_of_module: dict[int, int]
+    params: list[nn.Parameter]                   # every parameter of the model, deduplicated
+    param_layer: dict[int, int]                  # id(param) -> layer index
+    param_pos: dict[int, int]                    # id(param) -> position in params
+    param_names: list[str]
+    n_modules: int = 0
+    conv: list[bool] = field(default_factory=list)
+
+    def rows(self) -> list[dict]:
+        t = self.table
+        return [{"index": i, "name": t.names[i], "type": t.types[i], "n_params": t.n_params[i]}
+                for i in range(len(t))]
+
+
+def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> LayerMap:
+    """Build the :class:`LayerMap` of ``model``.
+
+    With ``previous`` (the model changed structure), layers that still exist keep their index
+    and forward depth, new layers get new indices at the end, and layers that disappeared
+    keep their row (they are simply no longer measured).
+    """
+    names: list[str] = []
+    types: list[str] = []
+    roles: list[str] = []
+    fams: list[str] = []
+    acts: list[str] = []
+    nparams: list[int] = []
+    depth: list[int] = []
+    modules: list[nn.Module] = []
+    conv: list[bool] = []
+    index_of_module: dict[int, int] = {}
+    if previous is not None:
+        t = previous.table
+        names, types, roles = list(t.names), list(t.types), list(t.roles)
+        fams, acts, nparams, depth = list(t.families), list(t.activations), list(t.n_params), list(t.depth)
+        modules = list(previous.modules)
+        conv = list(previous.conv)
+        index_of_module = dict(previous.index_of_module)
+    n_modules = 0
+    for name, mod in model.named_modules(remove_duplicate=True):
+        n_modules += 1
+        direct = list(mod.parameters(recurse=False))
+        ai = activation_info(mod)
+        if not direct and ai is None:
+            continue
+        if id(mod) in index_of_module and modules[index_of_module[id(mod)]] is mod:
+            i = index_of_module[id(mod)]
+            nparams[i] = sum(p.numel() for p in direct)
+            continue
+        index_of_module[id(mod)] = len(names)
+        names.append(name)
+        types.append(type(mod).__name__)
+        roles.append(_role(mod, direct))
+        fams.append(ai[1] if ai else "")
+        acts.append(ai[0] if ai else "")
+        nparams.append(sum(p.numel() for p in direct))
+        depth.append(-1)
+        modules.append(mod)
+        conv.append(isinstance(mod, nn.modules.conv._ConvNd))
+    params: list[nn.Parameter] = []
+    param_layer: dict[int, int] = {}
+    param_pos: dict[int, int] = {}
+    pnames: list[str] = []
+    for mname, mod in model.named_modules(remove_duplicate=True):
+        li = index_of_module.get(id(mod))
+        for pn, p in mod.named_parameters(recurse=False):
+            if id(p) in param_layer:   # shared (tied) parameter: first owner keeps it
+                continue
+            param_layer[id(p)] = li if li is not None else -1
+            param_pos[id(p)] = len(params)
+            params.append(p)
+            pnames.append(f"{mname}.{pn}" if mname else pn)
+    table = LayerTable(tuple(names), tuple(types), tuple(roles), tuple(fams), tuple(acts),
+                       tuple(depth), tuple(nparams))
+    return LayerMap(table, modules, index_of_module, params, param_layer, param_pos, pnames,
+                    n_modules, conv)
+
+
+def unit_dim(t: torch.Tensor, after_conv: bool) -> int:
+    """The dimension that indexes *units*: channels after a convolution, features otherwise."""
+    if t.dim() <= 1:
+        return 0
+    if t.dim() == 2:
+        return 1
+    return 1 if after_conv else t.dim() - 1
+
+
+def act_stats(out: torch.Tensor, mod: nn.Module, family: str, act: str, after_conv: bool) -> torch.Tensor:
+    """``[std, dead_frac, sat_frac]`` of a layer output, as one float32 tensor on its device.
+
+    The definitions are the probe's (:func:`gradhealth.stats.activation_stats`), so a probe and
+    a watched run report the same numbers: ``dead_frac`` is the fraction of units (see
+    :func:`unit_dim`) that are exactly 0 for the whole batch (ReLU family only, else NaN);
+    ``sat_frac`` the fraction of entries within 1% of a bound of a saturating activation
+    (else NaN). No host sync.
+    """
+    from ..stats import activation_stats
+
+    y = out.detach()
+    if y.is_complex() or not y.is_floating_point() or y.numel() == 0:
+        return torch.full((3,), math.nan, device=y.device)
+    name = act or None
+    if name == "hardtanh" and (getattr(mod, "min_val", -1.0), getattr(mod, "max_val", 1.0)) != (-1.0, 1.0):
+        st = activation_stats(y, name, unit_dim=unit_dim(y, after_conv), bounds=(mod.min_val, mod.max_val))
+    else:
+        st = activation_stats(y, name, unit_dim=unit_dim(y, after_conv))
+    return torch.stack([st["std"], st["dead_frac"], st["saturated_frac"]]).float()

@@ -1,0 +1,414 @@
+"""Forensic replay: re-run one step's forward and backward with per-module checks and name
+the first place a NaN or an Inf appeared.
+
+What is kept for it, every step, and what it costs
+--------------------------------------------------
+Nothing is copied in the steady state. A forward pre-hook on the root module keeps a
+*reference* to the batch (``args``/``kwargs``; the training loop holds them anyway until the
+step ends), the CPU (and, when initialised, CUDA) RNG state (a 5 KB copy, ~1 us), the
+autocast state and the train/eval flag; a tensor hook on the model's output keeps a
+reference to the gradient of the loss with respect to that output, which autograd computes
+anyway. The parameters are not copied: replay runs in the optimizer's step pre-hook (or the
+guard's skip callback), *before* the update, when they still hold the values the failing
+forward used. Buffers (BatchNorm running statistics) are saved and restored around the
+replay, and so is the RNG state, so training continues exactly as if no replay had happened.
+
+What replay reports
+-------------------
+1. ``input``: the batch itself contains NaN/Inf.
+2. ``forward``: the first module (in order of completion, so the innermost one) whose output
+   is non-finite. When its inputs were already non-finite the culprit is the functional code
+   of its parent between two submodules, and the parent is named. Non-finite parameters of
+   the culprit (left by an earlier update) are reported as the cause.
+3. ``loss``: the model's outputs are finite but the gradient of the loss with respect to them
+   is not: the loss function (outside the model) is to blame.
+4. ``backward``: the first module, in the order the backward pass runs, whose input gradient
+   (or weight gradient) became non-finite while the gradient arriving at its output was finite.
+
+Replay uses ``torch.autograd.grad``, so the ``.grad`` fields of the parameters (what the
+optimizer is about to use) are not touched. Hooks that *users* registered on their modules
+run again during the replay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ..detectors.base import safe_text
+
+__all__ = ["Capture", "ReplayReport", "replay_step", "tensor_summary"]
+
+
+@dataclass
+class Capture:
+    """What one forward call of the watched model needs to be replayed (references only)."""
+
+    args: tuple
+    kwargs: dict
+    rng_cpu: torch.Tensor | None
+    rng_cuda: list | None
+    autocast: dict
+    training: bool
+    grad_enabled: bool
+    grad_outputs: list | None = None   # [(output leaf index, grad tensor)], set in backward
+
+
+@dataclass
+class ReplayReport:
+    """The result of a forensic replay.
+
+    Attributes:
+        step: training step replayed.
+        found: whether the replay reproduced a non-finite value.
+        direction: ``"input"``, ``"forward"``, ``"loss"``, ``"backward"`` or ``"none"``.
+        module: qualified name of the culprit module (``""`` is the root), or None.
+        module_type: its class name.
+        cause: short machine-readable cause (``"nonfinite_input"``, ``"nonfinite_params"``,
+            ``"op_output"``, ``"functional_code"``, ``"loss_gradient"``, ``"input_gradient"``,
+            ``"weight_gradient"``, ``"not_reproduced"``, ``"no_capture"``).
+        summary: one sentence for a person.
+        stats: the numbers just before (max |value| of the module's inputs, parameters and
+            outputs or gradients, NaN/Inf counts).
+        micro_batch: which forward of the step (gradient accumulation) reproduced it.
+        seconds: wall time the replay took.
+    """
+
+    step: int
+    found: bool
+    direction: str
+    module: str | None = None
+    module_type: str | None = None
+    cause: str = ""
+    summary: str = ""
+    stats: dict = field(default_factory=dict)
+    micro_batch: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tensor_summary(t: Any) -> dict:
+    """NaN/Inf counts and max |finite value| of a tensor (or of the tensors inside a
+    structure), for evidence. Slow path only (syncs)."""
+    leaves = [x for x in pytree.tree_leaves(t) if isinstance(x, torch.Tensor)
+              and (x.is_floating_point() or x.is_complex())]
+    if not leaves:
+        return {}
+    n_nan = n_inf = numel = 0
+    max_abs = 0.0
+    for x in leaves:
+        x = x.detach()
+        if x.layout != torch.strided:
+            x = x.coalesce().values() if x.is_sparse else x.values()
+        if x.numel() == 0:
+            continue
+        xf = x.float() if not x.is_complex() else x.abs().float()
+        numel += xf.numel()
+        n_nan += int(torch.isnan(xf).sum())
+        n_inf += int(torch.isinf(xf).sum())
+        fin = xf[torch.isfinite(xf)]
+        if fin.numel():
+            max_abs = max(max_abs, float(fin.abs().max()))
+    return {"numel": numel, "nan": n_nan, "inf": n_inf, "max_abs_finite": max_abs}
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
+
+
+def _float_tensors(x) -> list[torch.Tensor]:
+    return [t for t in _tensors(x) if t.is_floating_point() or t.is_complex()]
+
+
+def _all_finite(ts: list[torch.Tensor]) -> bool:
+    for t in ts:
+        if t.layout != torch.strided:
+            t = t.coalesce().values() if t.is_sparse else t.values()
+        if t.numel() and not bool(torch.isfinite(t.detach()).all()):
+            return False
+    return True
+
+
+class _Found(Exception):
+    """Raised inside a hook to stop the replay at the first non-finite value."""
+
+
+@contextlib.contextmanager
+def _replay_state(model: torch.nn.Module, cap: Capture):
+    """Set RNG/autocast/mode as at capture time; restore RNG, buffers and mode afterwards."""
+    rng_now = torch.get_rng_state()
+    cuda_now = None
+    if cap.rng_cuda is not None and torch.cuda.is_available():
+        cuda_now = torch.cuda.get_rng_state_all()
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    training = model.training
+    try:
+        if cap.rng_cpu is not None:
+            torch.set_rng_state(cap.rng_cpu)
+        if cap.rng_cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cap.rng_cuda)
+        if model.training != cap.training:
+            model.train(cap.training)
+        with contextlib.ExitStack() as stack:
+            for dev, (enabled, dtype) in cap.autocast.items():
+                if enabled:
+                    stack.enter_context(torch.autocast(dev, dtype=dtype))
+            yield
+    finally:
+        torch.set_rng_state(rng_now)
+        if cuda_now is not None:
+            torch.cuda.set_rng_state_all(cuda_now)
+        with torch.no_grad():
+            for b, saved in buffers:
+                if b.shape == saved.shape:
+                    b.copy_(saved)
+        if model.training != training:
+            model.train(training)
+
+
+def _module_param_stats(mod: torch.nn.Module) -> dict:
+    ps = [p for p in mod.parameters(recurse=False)]
+    if not ps:
+        return {}
+    return tensor_summary(ps)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def replay_step(model: torch.nn.Module, captures: list[Capture], step: int,
+                names: dict[int, str] | None = None) -> ReplayReport:
+    """Replay the forward(s) and backward(s) of one step and name the first non-finite value.
+
+    Args:
+        model: the watched root module, with the parameters of the failing step (i.e. before
+            the optimizer applied its update).
+        captures: the step's forwards (several under gradient accumulation), in order.
+        step: the step number (for the report).
+        names: ``id(module) -> qualified name``; default from ``model.named_modules()``.
+
+    Returns:
+        A :class:`ReplayReport`; ``found`` is False when nothing non-finite reappeared.
+    """
+    t0 = time.perf_counter()
+    if names is None:
+        names = {id(m): n for n, m in model.named_modules()}
+    caps = [c for c in captures if c.grad_enabled] or list(captures)
+    if not caps:
+        return ReplayReport(step, False, "none", cause="no_capture",
+                            summary=("no forward call of the watched model was captured at this step "
+                                     "(was the model called through a submodule?), so it cannot be "
+                                     "replayed"), seconds=time.perf_counter() - t0)
+    report = None
+    for k, cap in enumerate(caps):
+        report = _replay_one(model, cap, step, names)
+        report.micro_batch = k
+        if report.found:
+            break
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _name(names: dict[int, str], mod: torch.nn.Module) -> str:
+    return names.get(id(mod), type(mod).__name__)
+
+
+def _label(name: str) -> str:
+    return "the model (root module)" if name == "" else repr(safe_text(name))
+
+
+def _replay_one(model: torch.nn.Module, cap: Capture, step: int, names: dict[int, str]) -> ReplayReport:
+    # 1) the batch itself
+    ins = _float_tensors((cap.args, cap.kwargs))
+    if not _all_finite(ins):
+        st = tensor_summary((cap.args, cap.kwargs))
+        return ReplayReport(step, True, "input", None, None, "nonfinite_input",
+                            f"the input batch of step {step} already contains non-finite values "
+                            f"({st.get('nan', 0)} NaN, {st.get('inf', 0)} Inf); the model is not to blame",
+                            st)
+
+    # 2) forward with per-module checks
+    stack: list[torch.nn.Module] = []
+    found: dict[str, Any] = {}
+    produced: dict[int, torch.nn.Module] = {}    # id(tensor) -> module that produced it
+    consumers: dict[int, list] = {}              # id(tensor) -> modules that took it as input
+    tensors_keep: dict[int, torch.Tensor] = {}   # keep ids stable while we use them
+    handles = []
+
+    def pre(mod, args, kwargs):
+        stack.append(mod)
+        for t in _float_tensors((args, kwargs)):
+            consumers.setdefault(id(t), []).append(mod)
+            tensors_keep[id(t)] = t
+        return None
+
+    def post(mod, args, kwargs, out):
+        if stack and stack[-1] is mod:
+            stack.pop()
+        outs = _float_tensors(out)
+        for t in outs:
+            produced.setdefault(id(t), mod)
+            tensors_keep[id(t)] = t
+        if found or _all_finite(outs):
+            return None
+        name = _name(names, mod)
+        inputs_finite = _all_finite(_float_tensors((args, kwargs)))
+        pstats = _module_param_stats(mod)
+        st = {"input": tensor_summary((args, kwargs)), "output": tensor_summary(out)}
+        if pstats:
+            st["params"] = pstats
+        if inputs_finite:
+            if pstats and (pstats.get("nan", 0) or pstats.get("inf", 0)):
+                cause = "nonfinite_params"
+                summary = (f"the parameters of {_label(name)} ({type(mod).__name__}) are already "
+                           f"non-finite ({pstats['nan']} NaN, {pstats['inf']} Inf), left by an earlier "
+                           "update; its forward output is non-finite")
+            else:
+                cause = "op_output"
+                mi = st["input"].get("max_abs_finite", math.nan)
+                summary = (f"{_label(name)} ({type(mod).__name__}) produced the first non-finite forward "
+                           f"output ({st['output'].get('nan', 0)} NaN, {st['output'].get('inf', 0)} Inf) "
+                           f"from finite inputs (max |input| = {_fmt(mi)})")
+            found.update(module=name, module_type=type(mod).__name__, cause=cause, summary=summary,
+                         stats=st, direction="forward")
+        else:
+            parent = stack[-1] if stack else None
+            pname = _name(names, parent) if parent is not None else None
+            found.update(module=pname if pname is not None else name,
+                         module_type=type(parent).__name__ if parent is not None else type(mod).__name__,
+                         cause="functional_code", direction="forward", stats=st,
+                         summary=(f"the inputs of {_label(name)} were already non-finite: the first "
+                                  "non-finite value came from functional code (an operation that is not "
+                                  f"a module) in the forward of {_label(pname) if pname is not None else 'the caller'}"
+                                  f", before it called {_label(name)}"))
+        raise _Found()
+
+    for mod in model.modules():
+        handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(mod.register_forward_hook(post, with_kwargs=True))
+    outputs = None
+    try:
+        with _replay_state(model, cap):
+            with torch.enable_grad():
+                try:
+                    outputs = model(*cap.args, **cap.kwargs)
+                except _Found:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+    if found:
+        return ReplayReport(step, True, found["direction"], found["module"], found["module_type"],
+                            found["cause"], found["summary"], found["stats"])
+
+    # 3) the loss's gradient w.r.t. the outputs
+    out_leaves = _tensors(outputs)
+    if not cap.grad_outputs:
+        return ReplayReport(step, False, "none", cause="not_reproduced",
+                            summary=("the forward pass is finite and the gradient of the "
+                                     "loss w.r.t. the output was not kept, so the backward pass was not "
+                                     "replayed"))
+    pairs = [(out_leaves[i], g) for i, g in cap.grad_outputs
+             if i < len(out_leaves) and out_leaves[i].requires_grad and g is not None]
+    gouts = [g for _, g in pairs]
+    if not _all_finite(gouts):
+        st = {"output": tensor_summary([o for o, _ in pairs]), "grad_output": tensor_summary(gouts)}
+        return ReplayReport(step, True, "loss", None, None, "loss_gradient",
+                            f"the model's outputs are finite (max |output| = "
+                            f"{_fmt(st['output'].get('max_abs_finite', math.nan))}) but the gradient of the "
+                            "loss w.r.t. them is not: the loss function (outside the model) produced the "
+                            "first non-finite value", st)
+    if not pairs:
+        return ReplayReport(step, False, "none", cause="not_reproduced",
+                            summary="the forward pass is finite and no output requires grad")
+
+    # 4) backward with per-tensor checks, in the order autograd runs
+    bfound: dict[str, Any] = {}
+    bh = []
+    seen_ok_out: set[int] = set()
+
+    def make_tensor_hook(tid: int):
+        def hook(g):
+            if bfound or g is None:
+                return None
+            if _all_finite([g]):
+                seen_ok_out.add(tid)
+                return None
+            cons = consumers.get(tid, [])
+            prod = produced.get(tid)
+            # the consumer that ran last in the forward runs first in the backward
+            mods_ok = [m for m in cons]
+            culprit = mods_ok[-1] if mods_ok else None
+            st = {"grad": tensor_summary(g), "value": tensor_summary(tensors_keep.get(tid))}
+            if culprit is not None:
+                name = _name(names, culprit)
+                ps = _module_param_stats(culprit)
+                if ps:
+                    st["params"] = ps
+                bfound.update(module=name, module_type=type(culprit).__name__, cause="input_gradient",
+                              stats=st,
+                              summary=(f"the backward of {_label(name)} ({type(culprit).__name__}) produced "
+                                       "the first non-finite gradient (w.r.t. its input) from a finite "
+                                       "gradient at its output; its input max |x| = "
+                                       f"{_fmt(st['value'].get('max_abs_finite', math.nan))}"))
+            else:
+                pname = _name(names, prod) if prod is not None else None
+                bfound.update(module=pname, module_type=type(prod).__name__ if prod is not None else None,
+                              cause="functional_code", stats=st,
+                              summary=("the gradient w.r.t. the output of "
+                                       f"{_label(pname) if pname is not None else 'a tensor'} became "
+                                       "non-finite in functional code (not a module) that uses that output"))
+            raise _Found()
+        return hook
+
+    def make_param_hook(mod, pname):
+        def hook(g):
+            if bfound or g is None or _all_finite([g]):
+                return None
+            name = _name(names, mod)
+            st = {"grad": tensor_summary(g), "params": _module_param_stats(mod)}
+            bfound.update(module=name, module_type=type(mod).__name__, cause="weight_gradient", stats=st,
+                          summary=(f"the weight gradient {pname!r} of {_label(name)} "
+                                   f"({type(mod).__name__}) was the first non-finite gradient"))
+            raise _Found()
+        return hook
+
+    params = []
+    for mod in model.modules():
+        for pn, p in mod.named_parameters(recurse=False):
+            if p.requires_grad:
+                params.append(p)
+                bh.append(p.register_hook(make_param_hook(mod, pn)))
+    for tid, t in tensors_keep.items():
+        if t.requires_grad and not t.is_leaf:
+            bh.append(t.register_hook(make_tensor_hook(tid)))
+    try:
+        with _replay_state(model, cap):
+            try:
+                torch.autograd.grad([o for o, _ in pairs], params, grad_outputs=gouts,
+                                    allow_unused=True)
+            except _Found:
+                pass
+            except RuntimeError as exc:  # autograd may wrap the hook's exception
+                if not bfound:
+                    raise exc
+    finally:
+        for h in bh:
+            h.remove()
+    if bfound:
+        return ReplayReport(step, True, "backward", bfound["module"], bfound["module_type"],
+                            bfound["cause"], bfound["summary"], bfound["stats"])
+    return ReplayReport(step, False, "none", cause="not_reproduced",
+                        summary=("the replayed forward and backward passes are finite; the "
+                                 "non-finite values came from outside this forward/backward (gradient "
+                                 "accumulation, a custom hook, in-place gradient edits such as clipping), "
+                                 "or the computation is not deterministic"))

@@ -1,0 +1,146 @@
+"""on_nonfinite policies: the run survives injected NaNs, optimizer state untouched, every
+action an Event."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from watchnets import InfAfter
+
+from gradhealth.watch import WatchWarning, watch
+from gradhealth.errors import NonFiniteError
+from gradhealth.watch.replay import ReplayReport
+
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), InfAfter(), nn.Linear(16, 3))
+
+
+def batches(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
+
+
+def step(model, opt, x, y, w=None):
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    if w is not None:
+        w.observe(loss)
+
+
+BAD = {3, 4, 7}
+
+
+def test_skip_keeps_the_run_alive_and_equals_training_without_the_bad_batches():
+    data = batches(10)
+    model = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    states = {}
+    with watch(model, opt, on_nonfinite="skip") as w:
+        for i, (x, y) in enumerate(data):
+            model[2].armed = i in BAD
+            before = (copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in model.parameters()])
+            step(model, opt, x, y, w)
+            if i in BAD:
+                states[i] = before
+                after = opt.state_dict()
+                for k, st in before[0]["state"].items():
+                    for name, v in st.items():
+                        assert torch.equal(v, after["state"][k][name]), (i, name)
+                assert all(torch.equal(a, b) for a, b in zip(before[1], model.parameters()))
+    ref = make()
+    ropt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for i, (x, y) in enumerate(data):
+        if i not in BAD:
+            step(ref, ropt, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
+    guard = [e for e in w.events if e.kind == "guard"]
+    assert [e.step for e in guard] == sorted(BAD)
+    assert all(e.evidence["action"] == "skip" and e.layer == "2" for e in guard)
+    assert guard[0].evidence["replay"]["module_type"] == "InfAfter"
+    skipped = [s.step for s in w.history if s.skipped]
+    assert skipped == sorted(BAD) and w.step == 10
+    assert all(s.skip_reason == "guard" for s in w.history if s.skipped)
+
+
+def test_skip_budget_then_raise():
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteError) as exc:
+        with watch(model, opt, on_nonfinite="skip", max_consecutive_skips=2) as w:
+            for i, (x, y) in enumerate(batches(10)):
+                model[2].armed = i >= 3
+                step(model, opt, x, y, w)
+    assert isinstance(exc.value.diagnosis, ReplayReport) and exc.value.diagnosis.module == "2"
+    acts = [(e.step, e.evidence["action"]) for e in w.events if e.kind == "guard"]
+    assert acts == [(3, "skip"), (4, "skip"), (5, "raise")]
+    assert not w.active      # the with block removed it on the way out
+
+
+def test_raise_carries_the_diagnosis_and_leaves_parameters_untouched():
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, opt, on_nonfinite="raise") as w:
+        for i, (x, y) in enumerate(batches(3)):
+            step(model, opt, x, y, w)
+        model[2].armed = True
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(NonFiniteError, match="InfAfter") as exc:
+            step(model, opt, *batches(1, seed=5)[0], w)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    d = exc.value.diagnosis
+    assert (d.step, d.module, d.direction) == (3, "2", "forward")
+    assert [e.evidence["action"] for e in w.events if e.kind == "guard"] == ["raise"]
+    assert isinstance(exc.value, FloatingPointError)
+
+
+def test_rollback_restores_last_good_state_and_lowers_lr():
+    model = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    snaps = {}
+    with watch(model, opt, on_nonfinite="rollback", rollback_every=3, rollback_lr_factor=0.5) as w:
+        for i, (x, y) in enumerate(batches(9)):
+            model[2].armed = i == 7
+            if i == 6:   # the snapshot is taken at step 6's pre-step: this state
+                snaps["params"] = [p.detach().clone() for p in model.parameters()]
+            step(model, opt, x, y, w)
+            if i == 7:
+                after = [p.detach().clone() for p in model.parameters()]
+                lr = opt.param_groups[0]["lr"]
+    assert all(torch.equal(a, b) for a, b in zip(snaps["params"], after))
+    assert lr == pytest.approx(5e-3)
+    ev = [e for e in w.events if e.kind == "guard"]
+    assert len(ev) == 1 and ev[0].evidence["action"] == "rollback" and ev[0].evidence["to_step"] == 6
+    assert ev[0].evidence["lr_after"] == pytest.approx(5e-3)
+    assert [s.skip_reason for s in w.history if s.skipped] == ["rollback"]
+
+
+def test_rollback_to_disk(tmp_path):
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with watch(model, opt, run_dir=tmp_path / "r", on_nonfinite="rollback", rollback_storage="disk",
+                  rollback_lr_factor=None) as w:
+        for i, (x, y) in enumerate(batches(4)):
+            model[2].armed = i == 2
+            step(model, opt, x, y, w)
+    assert (tmp_path / "r" / "rollback.pt").exists()
+    ev = [e for e in w.events if e.kind == "guard"]
+    assert ev[0].evidence["action"] == "rollback" and ev[0].evidence["to_step"] == 0
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+def test_warn_records_and_warns_once_per_episode():
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(WatchWarning, match="InfAfter") as rec:
+        with watch(model, opt, on_nonfinite="warn") as w:
+            for i, (x, y) in enumerate(batches(6)):
+                model[2].armed = i >= 2
+                step(model, opt, x, y, w)
+    assert len([r for r in rec if "non-finite gradients" in str(r.message)]) == 1
+    assert len(w.replays) == 1 and w.replays[0].step == 2
+    assert not [e for e in w.events if e.kind == "guard"]
