@@ -119,3 +119,22 @@ def test_subprocess_summary(sick_run):
     proc = subprocess.run([sys.executable, "-m", "gradhealth", "summary", str(sick_run)],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "first problem" in proc.stdout
+
+
+def test_events_table_puts_the_remedy_under_the_message_when_narrow():
+    from rich.console import Console
+
+    from gradhealth.events import Event
+    from gradhealth.report.run_view import EventsTable, events_table
+
+    code = "gradhealth.remedies.clip_grad_norm_(model.parameters(), max_norm=1.0)"
+    ev = [Event(3, "grad_spike", "encoder.layers.0.linear1", "warning", "spike", {}, code)]
+    wide = [c.header for c in events_table(ev, width=160).columns]
+    narrow = [c.header for c in events_table(ev, width=80).columns]
+    assert "remedy" in wide and "remedy" not in narrow and narrow[-1] == "message / remedy"
+    for width in (80, 160):  # the whole code is there either way (folded, never cut)
+        con = Console(width=width, record=True, file=open("/dev/null", "w"))
+        con.print(EventsTable(ev))
+        rows = [line.split("│") for line in con.export_text().splitlines() if "│" in line]
+        flat = "".join(r[-2].strip() for r in rows)  # the last column, line after line
+        assert code.replace(" ", "") in flat.replace(" ", "")

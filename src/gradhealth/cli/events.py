@@ -40,7 +40,7 @@ def layer_matcher(pattern: str | None):
 
 
 def run(args) -> int:
-    from ..report.run_view import events_table, is_pathology
+    from ..report.run_view import EventsTable, is_pathology
     from ..store import load_run
     from . import EXIT_OK, EXIT_PATHOLOGY
     from ._common import console, print_json
@@ -66,7 +66,7 @@ def run(args) -> int:
             if filt:
                 title.append(" (" + ", ".join(filt) + ")")
             out.print(title)
-            out.print(events_table(events))
+            out.print(EventsTable(events))
         else:
             from rich.text import Text
 

@@ -21,7 +21,7 @@ from ..events import Event, jsonable
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Run
 
-__all__ = ["SEVERITY_RANK", "is_pathology", "summarize", "events_table", "render_summary",
+__all__ = ["SEVERITY_RANK", "is_pathology", "summarize", "events_table", "EventsTable", "render_summary",
            "StatusLine", "format_value"]
 
 #: Severity -> rank; higher is worse.
@@ -155,33 +155,57 @@ def _text(s: Any, style: str = ""):
     return Text("-" if s is None else str(s), style=style)
 
 
-def events_table(events: Iterable[Event], title: str | None = None, max_rows: int | None = None):
+def events_table(events: Iterable[Event], title: str | None = None, max_rows: int | None = None,
+                 width: int | None = None):
     """A rich Table of events: step (and since), severity, kind, layer, message, remedy.
 
     The table takes the console's full width and gives most of it to the message and the
-    remedy, so that it stays readable in an 80-column terminal.
+    remedy. Below 110 columns (``width``) the remedy goes under the message in the same cell,
+    so that the code stays on whole lines in an 80-column terminal.
     """
     from rich.table import Table
+    from rich.text import Text
 
     evs = list(events)
+    narrow = width is not None and width < 110
+    names = [e.layer if e.layer is not None else "(model)" for e in evs]
     table = Table(title=title, header_style="bold", expand=True, show_lines=True)
     table.add_column("step", justify="right", no_wrap=True)
     table.add_column("severity", no_wrap=True)
     table.add_column("kind", no_wrap=True)
-    table.add_column("layer", overflow="fold", ratio=1)
-    table.add_column("message", overflow="fold", ratio=4)
-    table.add_column("remedy", overflow="fold", ratio=2)
+    table.add_column("layer", overflow="fold", ratio=1,
+                     min_width=min(max([5] + [len(n) for n in names]), 14))
+    table.add_column("message" + (" / remedy" if narrow else ""), overflow="fold", ratio=4)
+    if not narrow:
+        table.add_column("remedy", overflow="fold", ratio=2)
     shown = evs if max_rows is None or len(evs) <= max_rows else evs[:max_rows]
-    for e in shown:
+    for e, name in zip(shown, names):
         step = _text(e.step)
         if e.since is not None and e.since != e.step:
             step.append(f"\nsince {e.since}", style="dim")
-        table.add_row(step, _text(e.severity, _SEVERITY_STYLE.get(e.severity, "")), _text(e.kind),
-                      _text(e.layer if e.layer is not None else "(model)"),
-                      _text(e.message), _text(e.remedy or ""))
+        cells = [step, _text(e.severity, _SEVERITY_STYLE.get(e.severity, "")), _text(e.kind), _text(name)]
+        if narrow:
+            msg = _text(e.message)
+            if e.remedy:
+                msg.append("\nfix: ", style="bold")
+                msg.append(Text(e.remedy, style="bold"))
+            cells.append(msg)
+        else:
+            cells += [_text(e.message), _text(e.remedy or "")]
+        table.add_row(*cells)
     if len(shown) < len(evs):
         table.caption = f"{len(evs) - len(shown)} more event(s) not shown"
     return table
+
+
+class EventsTable:
+    """:func:`events_table` laid out for the width rich renders it at."""
+
+    def __init__(self, events: Iterable[Event], title: str | None = None, max_rows: int | None = None):
+        self.events, self.title, self.max_rows = list(events), title, max_rows
+
+    def __rich_console__(self, console, options):
+        yield events_table(self.events, self.title, self.max_rows, width=options.max_width)
 
 
 def render_summary(summary: dict):
