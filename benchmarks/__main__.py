@@ -12,7 +12,7 @@ def main(argv=None) -> int:
     wanted = (argv if argv is not None else sys.argv[1:]) or names
     for name in wanted:
         print(f"\n=== {name}", flush=True)
-        importlib.import_module(f"benchmarks.{name}").main()
+        importlib.import_module(f"benchmarks.{name}").main([])  # each with its defaults
     return 0
 
 

@@ -48,7 +48,7 @@ def _naive_point(sw2: float, sb2: float) -> dict:
     return {"q_star": q, "chi_1": chi1, "c_star": c, "chi_c": chic}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     from gradhealth.theory.criticality import phase_diagram
     from gradhealth.theory.meanfield import _KERNEL_CACHE
 
