@@ -200,3 +200,33 @@ def test_schedules():
     assert never().first(1, limit=100) == []
     with pytest.raises(ParameterError):
         every(0)
+
+
+def test_copies_and_pickles_of_a_watched_model_carry_no_live_watcher(tmp_path):
+    # EMA / best-so-far copies and torch.save(model) are everyday operations while training.
+    import copy
+    import io
+
+    import gradhealth
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    with gradhealth.watch(m, opt, run_dir=tmp_path / "run") as w:
+        for _ in range(2):
+            loss = m(torch.randn(5, 4)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ema = copy.deepcopy(m)
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        steps = w.step
+        for _ in range(3):  # the copy runs forward without touching the original's watcher
+            ema(torch.randn(5, 4))
+        assert w.step == steps
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        loaded(torch.randn(5, 4))
+    assert len(m._forward_hooks) == 0 and len(m._forward_pre_hooks) == 0
+    torch.testing.assert_close(ema(torch.ones(2, 4)), m(torch.ones(2, 4)))

@@ -10,6 +10,7 @@ the watcher removes all of them.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,64 @@ from torch import nn
 from ..detectors.base import LayerTable
 
 __all__ = ["HookSet", "LayerMap", "discover_layers", "activation_info", "act_stats", "unit_dim"]
+
+
+def _inert_hook(*args, **kwargs):
+    """What a copied or unpickled model gets in place of a live watcher hook: nothing."""
+    return None
+
+
+def _inert_hook_factory():
+    return _inert_hook
+
+
+class CopyInertHook:
+    """Wraps a hook so that copies and pickles of the module get an inert no-op instead.
+
+    Per-iteration hooks are closures over the Watcher: ``copy.deepcopy`` keeps functions by
+    reference, so a copy made mid-step would otherwise report into the original's watcher,
+    and ``torch.save(model)`` could not pickle them at all.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return _inert_hook
+
+    def __reduce__(self):
+        return (_inert_hook_factory, ())
+
+
+class WeakMethodHook:
+    """A module hook that calls ``getattr(owner, name)`` through a weak reference.
+
+    Users copy watched models all the time (``copy.deepcopy`` for an EMA or a best-so-far
+    copy, ``torch.save(model)``). A hook that is a bound method would drag a second, live
+    Watcher (with its store's thread and queue) into the copy, or fail to pickle. This hook
+    copies and pickles as an inert no-op instead; the original keeps watching.
+    """
+
+    __slots__ = ("_ref", "_name")
+
+    def __init__(self, owner, name: str):
+        self._ref = weakref.ref(owner)
+        self._name = name
+
+    def __call__(self, *args, **kwargs):
+        owner = self._ref()
+        return None if owner is None else getattr(owner, self._name)(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return _inert_hook
+
+    def __reduce__(self):
+        return (_inert_hook_factory, ())
 
 
 class HookSet:

@@ -55,7 +55,7 @@ from ..detectors.base import Detector, LayerTable, StepStats, safe_text
 from ..errors import ModelError, NonFiniteError, ParameterError
 from ..events import Event
 from . import guard as _guard
-from .hooks import HookSet, LayerMap, act_stats, discover_layers
+from .hooks import CopyInertHook, HookSet, LayerMap, WeakMethodHook, act_stats, discover_layers
 from .replay import Capture, ReplayReport, replay_step
 from .schedule import Schedule, as_schedule, every as _every, log_spaced
 
@@ -418,8 +418,9 @@ class Watcher:
         self._active = True
         _ACTIVE.append(weakref.ref(self))
         m = self.model
-        self._hooks.add(m.register_forward_pre_hook(self._on_root_pre, with_kwargs=True))
-        self._hooks.add(m.register_forward_hook(self._on_root_post, with_kwargs=True))
+        # weak and copy-inert: deepcopy(model) / torch.save(model) must not copy the Watcher
+        self._hooks.add(m.register_forward_pre_hook(WeakMethodHook(self, "_on_root_pre"), with_kwargs=True))
+        self._hooks.add(m.register_forward_hook(WeakMethodHook(self, "_on_root_post"), with_kwargs=True))
         for o in opts:
             self._adopt(o, register=True)
         if self._global_hooks:
@@ -682,9 +683,9 @@ class Watcher:
         self._after_conv = False
         t = self._map.table
         for i, mod in enumerate(self._map.modules):
-            self._iter_hooks.add(mod.register_forward_pre_hook(self._make_layer_pre(i)))
-            self._iter_hooks.add(mod.register_forward_hook(self._make_layer_post(i, t.families[i],
-                                                                                 t.activations[i])))
+            self._iter_hooks.add(mod.register_forward_pre_hook(CopyInertHook(self._make_layer_pre(i))))
+            self._iter_hooks.add(mod.register_forward_hook(CopyInertHook(
+                self._make_layer_post(i, t.families[i], t.activations[i]))))
 
     def _make_layer_pre(self, i: int):
         recurrent = self._map.table.roles[i] == "recurrent" and isinstance(self._map.modules[i], nn.RNNBase)
