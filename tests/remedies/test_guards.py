@@ -250,3 +250,28 @@ def test_bad_input():
         skip_nonfinite(model)
     with pytest.raises(ParameterError, match="on_skip"):
         skip_nonfinite(opt, on_skip=3)
+
+
+def test_fused_optimizer_with_grad_scaler_leaves_overflow_to_the_scaler():
+    # GradScaler passes fused optimizers scaled grads + found_inf: an overflow during the
+    # scaler's back-off is not a NaN step, and the guarded run equals the unguarded one.
+    def run(guarded):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        opt = torch.optim.Adam(m.parameters(), lr=0.01, fused=True)
+        sc = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+        guard = skip_nonfinite(opt, max_consecutive_skips=2) if guarded else None
+        g = torch.Generator().manual_seed(1)
+        for _ in range(6):
+            loss = m(torch.randn(5, 4, generator=g) * 40).pow(2).mean()
+            opt.zero_grad()
+            sc.scale(loss).backward()
+            sc.step(opt)
+            sc.update()
+        return m, guard, sc
+
+    (m1, guard, sc), (m0, _, _) = run(True), run(False)
+    assert sc.get_scale() < 2.0 ** 127  # the scaler really did back off (overflow happened)
+    assert guard.skipped_steps == 0
+    for a, b in zip(m1.parameters(), m0.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

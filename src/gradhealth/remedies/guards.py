@@ -261,6 +261,12 @@ class StepGuard:
                 args = (cached_closure,) + tuple(args[1:])
         index = self.steps
         self.steps += 1
+        if "grad_scaler" in kwargs or getattr(self.optimizer, "found_inf", None) is not None:
+            # GradScaler hands optimizers that support AMP scaling (fused Adam/AdamW/SGD) the
+            # still-scaled gradients and sets optimizer.found_inf (older torch: a grad_scaler
+            # kwarg); the optimizer then skips the update itself. An overflow there is the scaler's normal back-off, not a NaN.
+            self.consecutive_skips = 0
+            return inner(*args, **kwargs)
         params = self._params()
         # The one host sync per step (see the module docstring).
         if not bool(nonfinite_grads(p for _, p in params)):
