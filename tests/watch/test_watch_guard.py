@@ -144,3 +144,34 @@ def test_warn_records_and_warns_once_per_episode():
     assert len([r for r in rec if "non-finite gradients" in str(r.message)]) == 1
     assert len(w.replays) == 1 and w.replays[0].step == 2
     assert not [e for e in w.events if e.kind == "guard"]
+
+
+def test_rollback_restores_batchnorm_running_statistics():
+    # A NaN batch poisons BatchNorm's running stats in the forward pass, before any guard can
+    # act; the last known-good state must include the buffers, or eval() is NaN for good.
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    with watch(m, opt, on_nonfinite="rollback", rollback_every=1) as w:
+        for s in range(4):
+            x = torch.randn(16, 4)
+            if s == 2:
+                x[0, 0] = float("nan")
+            loss = m(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert any(e.kind == "guard" and e.evidence.get("action") == "rollback" for e in w.events)
+    assert torch.isfinite(m[1].running_mean).all() and torch.isfinite(m[1].running_var).all()
+    m.eval()
+    assert torch.isfinite(m(torch.randn(3, 4))).all()
+
+
+def test_exhausted_skip_budget_says_so():
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteError, match="max_consecutive_skips=2"):
+        with watch(model, opt, on_nonfinite="skip", max_consecutive_skips=2) as w:
+            for i, (x, y) in enumerate(batches(10)):
+                model[2].armed = i >= 3
+                step(model, opt, x, y, w)

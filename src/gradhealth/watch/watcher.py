@@ -414,6 +414,11 @@ class Watcher:
                     "parameters would double every hook and disagree about steps. Fix: leave the first "
                     "`with gradhealth.watch(...)` block (or call watcher.remove()) before watching again.")
 
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """What a rollback restores: the parameters and the buffers (BatchNorm running
+        statistics are poisoned by a NaN batch in the forward pass, before any guard acts)."""
+        return list(self._map.params) + [b for b in self.model.buffers()]
+
     def _attach(self, opts: list) -> None:
         self._active = True
         _ACTIVE.append(weakref.ref(self))
@@ -1071,14 +1076,19 @@ class Watcher:
                           WatchWarning, stacklevel=4)
 
     def _raise(self, rec: _Record, n_bad: int, info: dict | None = None):
+        info = info or {}
         diag = rec.origin
         ev = Event(step=rec.step, kind="guard", layer=diag.module if diag and diag.found else None,
                    severity="critical",
                    message=(f"Stopped training at step {rec.step}: non-finite gradients in {n_bad} parameter "
-                            "tensors (on_nonfinite='raise')." + self._diagnosis_text(rec)),
+                            + ("tensors (on_nonfinite='raise')." if self.on_nonfinite == "raise" else
+                               f"tensors, {info.get('n_consecutive', '?')} steps in a row: on_nonfinite="
+                               f"{self.on_nonfinite!r} spent its budget (max_consecutive_skips="
+                               f"{info.get('max_consecutive_skips')}).") + self._diagnosis_text(rec)),
                    evidence={"action": "raise", "n_nonfinite_params": n_bad,
                              **({"replay": diag.to_dict()} if diag else {})},
-                   remedy="gradhealth.watch(model, optimizer, on_nonfinite='skip')")
+                   remedy="" if self.on_nonfinite != "raise" else
+                   "gradhealth.watch(model, optimizer, on_nonfinite='skip')")
         ev = self._with_remedy(ev)
         self._emit([ev])
         rec.skipped, rec.skip_reason = True, "guard"
@@ -1146,7 +1156,7 @@ class Watcher:
             return
         directory = self.run_dir if self.rollback_storage == "disk" else None
         try:
-            self._snapshot = _guard.take_snapshot(self.step, self._map.params, self._optimizers, directory)
+            self._snapshot = _guard.take_snapshot(self.step, self._state_tensors(), self._optimizers, directory)
         except Exception as exc:
             self._internal("rollback snapshot", exc)
 
@@ -1156,7 +1166,7 @@ class Watcher:
             return (f"Skipped the optimizer step at step {rec.step} (on_nonfinite='rollback'): no known-good "
                     "state saved yet, nothing to roll back to.", {"action": "skip", "to_step": None})
         try:
-            _guard.restore_snapshot(snap, self._map.params, self._optimizers)
+            _guard.restore_snapshot(snap, self._state_tensors(), self._optimizers)
         except Exception as exc:
             self._internal("rollback", exc)
             return (f"Skipped the optimizer step at step {rec.step}; restoring the step-{snap.step} state failed.",
