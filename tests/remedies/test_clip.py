@@ -307,3 +307,37 @@ def test_bad_norm_type_and_parameters():
         clip_grad_norm_(3, 1.0)
     with pytest.raises(ParameterError, match="state"):
         AutoClip().load_state_dict({"bogus": 1})
+
+
+class _Tied(nn.Module):
+    """GPT-style tied embedding/head: one tensor owned by two modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.e = nn.Embedding(10, 8)
+        self.h = nn.Linear(8, 10, bias=False)
+        self.h.weight = self.e.weight
+
+    def forward(self, x):
+        return self.h(torch.tanh(self.e(x)))
+
+
+def test_layer_norm_clipping_scales_a_tied_weight_once():
+    torch.manual_seed(0)
+    m = _Tied()
+    m(torch.randint(0, 10, (4, 5))).pow(2).sum().mul(10).backward()
+    before = m.e.weight.grad.norm().item()
+    assert before > 1.0
+    norms = clip_by_layer_norm_(m, 1.0)
+    assert len(norms) == 1  # one layer owns the shared tensor
+    # one tensor, one layer: the result is the tensor clipped to norm 1 (not 1/before)
+    assert m.e.weight.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_agc_default_exclusion_finds_a_tied_head():
+    torch.manual_seed(0)
+    m = _Tied()
+    m(torch.randint(0, 10, (4, 5))).pow(2).sum().backward()
+    g = m.e.weight.grad.clone()
+    agc_(m)  # default: exclude the last Linear ('h.*'), which is the tied embedding weight
+    torch.testing.assert_close(m.e.weight.grad, g, rtol=0, atol=0)

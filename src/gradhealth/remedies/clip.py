@@ -216,9 +216,12 @@ def clip_grad_norm_(parameters: Params, max_norm: float, norm_type: float = 2.0,
 def _layers(model: Params, owner: str) -> list[tuple[str, list[torch.Tensor]]]:
     """(layer name, its parameters): modules with parameters of their own, or one per tensor."""
     if isinstance(model, nn.Module):
-        out = []
+        out, seen = [], set()
         for name, mod in model.named_modules():
-            ps = list(mod.parameters(recurse=False))
+            # a tied/shared weight belongs to the first module that owns it: scaling it once per
+            # owner would shrink its gradient by the product of every owner's factor
+            ps = [p for p in mod.parameters(recurse=False) if id(p) not in seen]
+            seen.update(id(p) for p in ps)
             if ps:
                 out.append((name or "(root)", ps))
         return out
@@ -322,6 +325,8 @@ def agc_(model: Params, clipping: float = 0.01, eps: float = 1e-3, *,
     eps = _check_positive(eps, "eps", owner)
     if isinstance(model, nn.Module):
         named = list(model.named_parameters())
+        # a tied weight has several names (embedding.weight, head.weight); exclusion by any of them
+        all_names = list(model.named_parameters(remove_duplicate=False))
         if exclude is None:
             last = _last_linear(model)
             patterns = [f"{last}.*"] if last is not None else []
@@ -329,15 +334,19 @@ def agc_(model: Params, clipping: float = 0.01, eps: float = 1e-3, *,
             patterns = [exclude] if isinstance(exclude, str) else list(exclude)
     else:
         named = [(str(i), p) for i, p in enumerate(_params_list(model, owner))]
+        all_names = named
         patterns = [] if exclude is None else ([exclude] if isinstance(exclude, str) else list(exclude))
+    names_of: dict[int, list[str]] = {}
+    for n, p in all_names:
+        names_of.setdefault(id(p), []).append(n)
     for pat in patterns:
-        if not any(fnmatch.fnmatchcase(n, pat) for n, _ in named):
+        if not any(fnmatch.fnmatchcase(n, pat) for n, _ in all_names):
             raise ParameterError("exclude", owner, "glob patterns matching parameter names", pat,
                                  "use names from model.named_parameters(), e.g. exclude=['fc.*'], "
                                  "or exclude=() to clip everything.")
     out = {}
     for name, p in named:
-        if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+        if any(fnmatch.fnmatchcase(n, pat) for n in names_of[id(p)] for pat in patterns):
             continue
         g = _dense_grad(p)
         if g is None or g.numel() == 0 or p.grad.layout != torch.strided:
