@@ -186,6 +186,9 @@ def probe(model: nn.Module, inputs: Any, target: Any = None,
     if not isinstance(model, nn.Module):
         raise ParameterError("model", _OWNER, "a torch.nn.Module", type(model).__name__,
                              "pass the model object itself (e.g. probe(net, x)).")
+    compiled = isinstance(getattr(model, "_orig_mod", None), nn.Module)
+    if compiled:  # torch.compile: the probe needs eager hooks, and the weights are the same
+        model = model._orig_mod
     mode = check_choice(mode, "mode", _OWNER, ("train", "eval", "as_is"))
     seed = check_int(seed, "seed", _OWNER)
     n_probes = check_int(n_probes, "n_probes", _OWNER, min_value=1)
@@ -248,6 +251,8 @@ def probe(model: nn.Module, inputs: Any, target: Any = None,
                              _describe(inputs), "pass the batch the model is called with.")
     device = params[0].device
     notes: list[str] = []
+    if compiled:
+        notes.append("the torch.compile'd module was probed through its original (eager) module.")
     moved = False
 
     def to_dev(v):
@@ -257,15 +262,26 @@ def probe(model: nn.Module, inputs: Any, target: Any = None,
             return v.to(device)
         return v
 
-    args = tuple(to_dev(a) for a in args)
-    kwargs = {k: to_dev(v) for k, v in kwargs.items()}
+    def usable(v):  # tensors made under torch.inference_mode() cannot enter autograd
+        return v.clone() if isinstance(v, torch.Tensor) and v.is_inference() else v
+
+    with torch.inference_mode(False):
+        args = tuple(usable(to_dev(a)) for a in args)
+        kwargs = {k: usable(to_dev(v)) for k, v in kwargs.items()}
     if moved:
         notes.append(f"inputs were moved to the model's device ({device}).")
-    bad = nonfinite_counts([v if isinstance(v, torch.Tensor) else None for _, v in _input_labels(args, kwargs)])
-    for (label, v), c in zip(_input_labels(args, kwargs), bad.tolist()):
-        if c:
-            raise NonFiniteError(f"{label} ({_describe(v)}) contains {c} NaN/Inf value(s); the probe "
+    for label, v in _input_labels(args, kwargs):
+        if not isinstance(v, torch.Tensor) or not (v.is_floating_point() or v.is_complex()):
+            continue
+        # -inf is how additive attention masks say "never attend" (nn.Transformer's causal
+        # mask); NaN and +inf have no such use
+        bad = int(torch.isnan(v).sum()) + int((v == float("inf")).sum())
+        if bad:
+            raise NonFiniteError(f"{label} ({_describe(v)}) contains {bad} NaN/+Inf value(s); the probe "
                                  "needs a finite batch. Fix: clean or replace the batch.")
+        neg = int((v == float("-inf")).sum())
+        if neg:
+            notes.append(f"{label} holds {neg} -inf value(s), taken as an additive mask.")
 
     state = ModelState(model)
     rec = Recorder(model, selected, names)
@@ -274,7 +290,8 @@ def probe(model: nn.Module, inputs: Any, target: Any = None,
             model.train()
         elif mode == "eval":
             model.eval()
-        with forked_rng(seed, cuda_devices()):
+        # a diagnostic is often called from evaluation code: gradients are needed here
+        with torch.inference_mode(False), torch.enable_grad(), forked_rng(seed, cuda_devices()):
             result = _run(model, args, kwargs, target, loss_fn, rec, state, names, selected,
                           th=th, seed=seed, n_probes=n_probes, jacobian=jacobian,
                           jacobian_batch=jacobian_batch, lanczos_steps=lanczos_steps, top_k=top_k,
