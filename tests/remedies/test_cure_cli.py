@@ -81,6 +81,8 @@ def test_cure_usage_errors(factory, capsys):
     assert "'target' parameter of gradhealth cure" in capsys.readouterr().err
     assert main(["cure", f"{factory}:healthy", "--input-shape", "4,,16"]) == 2
     assert "'input-shape' parameter of gradhealth cure" in capsys.readouterr().err
+    assert main(["cure", f"{factory}:healthy", "--input-shape", "4,16", "--save", "/no/such/dir/x.pt"]) == 2
+    assert "'save' parameter of gradhealth cure" in capsys.readouterr().err
 
 
 def test_apply_prescription_parses_never_evals():

@@ -283,3 +283,16 @@ def test_replace_activation_swaps_modules_and_rejects_functional_ones():
         replace_activation_(Functional(), "relu", "gelu")
     with pytest.raises(ParameterError, match="'new' parameter"):
         replace_activation_(m, "leaky_relu", "nonsense")
+
+
+def test_replace_activation_replaces_a_shared_instance_everywhere():
+    from gradhealth.remedies import replace_activation_
+
+    act = nn.Sigmoid()
+    m = nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 2))
+    out = replace_activation_(m, "sigmoid", "relu")
+    assert set(out) == {"1", "3"}
+    assert isinstance(m[1], nn.ReLU) and isinstance(m[3], nn.ReLU)
+    x = torch.randn(5, 4)  # oracle: the same net written with relu by hand
+    ref = m[4](torch.relu(m[2](torch.relu(m[0](x)))))
+    torch.testing.assert_close(m(x), ref)

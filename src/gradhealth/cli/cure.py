@@ -72,6 +72,13 @@ def run(args) -> int:
 
     if args.top < 1:
         raise ParameterError("top", _OWNER, "an integer >= 1", args.top, "pass --top 1 (the default).")
+    if args.save:
+        from pathlib import Path
+
+        parent = Path(args.save).expanduser().resolve().parent
+        if not parent.is_dir():  # say so before minutes of probing, not after
+            raise ParameterError("save", _OWNER, "a file path in an existing directory", args.save,
+                                 f"create {str(parent)!r} first, or save elsewhere.")
     model, inputs, target = load_target(args, _OWNER)
 
     def run_probe(m):
@@ -93,7 +100,7 @@ def run(args) -> int:
                                  f"the model is {before.verdict} and no prescription changes it; nothing to save.")
         try:
             torch.save(cured.state_dict(), args.save)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # torch.save: RuntimeError for a missing directory
             raise ParameterError("save", _OWNER, "a writable file path", args.save,
                                  f"{exc.strerror or exc}") from None
 

@@ -54,7 +54,9 @@ def replace_activation_(model: nn.Module, old: str, new: str) -> dict[str, str]:
     if a_new.name not in _FACTORIES:
         raise ParameterError("new", owner, "one of " + ", ".join(sorted(_FACTORIES)), new,
                              "pass e.g. new='relu'.")
-    hits = [(name, mod) for name, mod in model.named_modules()
+    # remove_duplicate=False: one activation instance reused at several places is replaced
+    # at every place, not only the first
+    hits = [(name, mod) for name, mod in model.named_modules(remove_duplicate=False)
             if name and (a := _act_of_module(mod)) is not None and a.name == a_old.name]
     if not hits:
         present = sorted({_ACT_MODULES[type(m)] for _, m in model.named_modules() if type(m) in _ACT_MODULES})
