@@ -2,13 +2,14 @@
 action an Event."""
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 from watchnets import InfAfter
 
-from gradhealth.watch import WatchWarning, watch
+from gradhealth.watch import WatchWarning, never, watch
 from gradhealth.errors import NonFiniteError
 from gradhealth.watch.replay import ReplayReport
 
@@ -175,3 +176,28 @@ def test_exhausted_skip_budget_says_so():
             for i, (x, y) in enumerate(batches(10)):
                 model[2].armed = i >= 3
                 step(model, opt, x, y, w)
+
+
+@pytest.mark.parametrize("observe_first", [False, True])
+def test_the_nan_loss_of_a_skipped_unlogged_step_is_kept(observe_first):
+    # every=10 and no detail steps: step 3 is not on the schedule, but the guard logs it;
+    # its loss must be there
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    with watch(m, opt, on_nonfinite="skip", every=10, detail_every=never()) as w:
+        for s in range(5):
+            x = torch.randn(5, 4)
+            if s == 3:
+                x[0, 0] = float("nan")
+            loss = m(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            if observe_first:
+                w.observe(loss)
+            opt.step()
+            if not observe_first:
+                w.observe(loss)
+    rows = {st.step: st for st in w.history}
+    assert 3 in rows and rows[3].skipped
+    assert rows[3].loss is not None and math.isnan(rows[3].loss)

@@ -245,6 +245,7 @@ class Watcher:
         self._guards: dict[int, Any] = {}
         self._global_hooks = optimizer is None
         self._record: _Record | None = None
+        self._pending_loss: tuple[int, Any] | None = None  # observe() on an unlogged step
         self._captures: list[Capture] = []
         self._stepped = False
         self._primary_stepped = False
@@ -333,7 +334,10 @@ class Watcher:
             return
         try:
             step = self.step
-            if not self._is_logged(step):
+            if not self._is_logged(step) and self._record is None:
+                # not on the schedule, but the guard may still log this step (a skipped one
+                # is the interesting one): keep a reference until the iteration ends
+                self._pending_loss = (step, value)
                 return
             rec = self._get_record()
             rec.loss = value
@@ -536,9 +540,13 @@ class Watcher:
     def _get_record(self) -> _Record:
         if self._record is None:
             self._record = _Record(self.step, bool(self._detail(self.step)))
+            pending, self._pending_loss = self._pending_loss, None
+            if pending is not None and pending[0] == self.step:
+                self._record.loss = pending[1]
         return self._record
 
     def _clear_iteration(self) -> None:
+        self._pending_loss = None
         self._iter_hooks.remove()
         self._module_hooks_on = False
         self._record = None
