@@ -296,3 +296,42 @@ def test_replace_activation_replaces_a_shared_instance_everywhere():
     x = torch.randn(5, 4)  # oracle: the same net written with relu by hand
     ref = m[4](torch.relu(m[2](torch.relu(m[0](x)))))
     torch.testing.assert_close(m(x), ref)
+
+
+class _AttnBlock(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h)[0]
+        return x + self.fc2(torch.relu(self.fc1(self.ln2(x))))
+
+
+class _OddBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return x + torch.cumsum(self.fc(x), dim=-1)  # ends in an op nothing can zero
+
+
+def test_zero_init_residual_zeroes_attention_out_proj_and_reports_what_it_cannot():
+    from gradhealth.remedies import zero_init_residual_
+
+    torch.manual_seed(0)
+    m = nn.Sequential(_AttnBlock(), _AttnBlock())
+    s = zero_init_residual_(m)
+    assert {c.layer for c in s.changed} == {"0.attn.out_proj", "0.fc2", "1.attn.out_proj", "1.fc2"}
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(m(x), x)  # oracle: every block now starts as the identity
+    with pytest.warns(UserWarning, match="left unchanged"):
+        s2 = zero_init_residual_(nn.Sequential(_OddBranch(), nn.Linear(4, 8), _AttnBlock()))
+    assert {c.layer for c in s2.changed} == {"2.attn.out_proj", "2.fc2"}
+    assert len(s2.unmatched) == 1 and "cumsum" in s2.unmatched[0][1]
+    with pytest.raises(ParameterError, match="cumsum"):  # nothing zeroable at all: say why
+        zero_init_residual_(nn.Sequential(_OddBranch()))

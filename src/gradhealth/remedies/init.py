@@ -972,14 +972,15 @@ _ZERO_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBas
                nn.GroupNorm)
 
 
-def _residual_branch_ends(model: nn.Module) -> tuple[list[str] | None, str]:
-    """Names of the modules that end a residual branch (``x + f(x)``), found with torch.fx."""
+def _residual_branch_ends(model: nn.Module) -> tuple[list[str] | None, str, list[tuple[str, str]]]:
+    """Names of the modules that end a residual branch (``x + f(x)``), found with torch.fx,
+    and ``(node, reason)`` for every branch whose last layer could not be identified."""
     try:
         import torch.fx
 
         gm = torch.fx.symbolic_trace(model)
     except Exception as exc:
-        return None, f"the model cannot be traced with torch.fx ({type(exc).__name__})"
+        return None, f"the model cannot be traced with torch.fx ({type(exc).__name__})", []
     modules = dict(gm.named_modules())
     ancestors: dict[Any, set] = {}
     for node in gm.graph.nodes:  # topological order
@@ -989,6 +990,7 @@ def _residual_branch_ends(model: nn.Module) -> tuple[list[str] | None, str]:
             s |= ancestors[a]
         ancestors[node] = s
     ends: list[str] = []
+    missed: list[tuple[str, str]] = []
     adds = {operator.add, operator.iadd, torch.add}
     for node in gm.graph.nodes:
         is_add = (node.op == "call_function" and node.target in adds) or \
@@ -1007,11 +1009,21 @@ def _residual_branch_ends(model: nn.Module) -> tuple[list[str] | None, str]:
                 if n.target not in ends:
                     ends.append(n.target)
                 break
+            # attention: the branch ends in its output projection (attn(q, k, v)[0])
+            src = n.args[0] if (n.op == "call_function" and n.target is operator.getitem
+                                and n.args and isinstance(n.args[0], torch.fx.Node)) else n
+            if src.op == "call_module" and isinstance(modules[src.target], nn.MultiheadAttention):
+                end = f"{src.target}.out_proj"
+                if end not in ends:
+                    ends.append(end)
+                break
             kind, _ = _classify_node(n, modules)
             if kind not in ("pass", "act") or not n.all_input_nodes:
+                missed.append((n.name, f"the residual branch ends in {n.op} {n.target!s}, not a "
+                               "Linear/Conv/norm layer gradhealth can zero; name it with layers=[...]"))
                 break
             n = n.all_input_nodes[0]
-    return ends, "" if ends else "no x + f(x) residual connection was found in the traced graph"
+    return ends, "" if ends else "no x + f(x) residual connection was found in the traced graph", missed
 
 
 def zero_init_residual_(model: nn.Module, *, layers: str | Sequence[str] | None = None) -> InitSummary:
@@ -1050,13 +1062,17 @@ def zero_init_residual_(model: nn.Module, *, layers: str | Sequence[str] | None 
             names += [n for n in hit if n not in names]
         source = "layers argument"
     else:
-        found, why = _residual_branch_ends(model)
+        found, why, missed = _residual_branch_ends(model)
+        if not found and missed:
+            why = "; ".join(w for _, w in missed[:2])
         if not found:
             raise ParameterError("model", owner, "a model with x + f(x) residual branches (found by torch.fx)",
                                  type(model).__name__, f"{why}; name the last layer of each branch with "
                                  "layers=['blocks.*.fc2'].")
         names, source = found, "end of residual branch"
     summary = InitSummary(owner)
+    if pats is None:
+        summary.unmatched += missed
     with torch.no_grad():
         for n in names:
             m = named[n]
@@ -1068,4 +1084,7 @@ def zero_init_residual_(model: nn.Module, *, layers: str | Sequence[str] | None 
                     p.zero_()
                     written.append(pname)
             summary.changed.append(LayerInit(n, type(m).__name__, "", source, "zeros", written, before, 0.0))
+    if summary.unmatched:
+        warnings.warn(f"{owner}: {len(summary.unmatched)} residual branch(es) left unchanged: "
+                      + "; ".join(f"{n}: {w}" for n, w in summary.unmatched[:3]), UserWarning, stacklevel=2)
     return summary
