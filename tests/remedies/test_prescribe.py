@@ -205,3 +205,17 @@ def test_extreme_evidence_never_raises(kind):
         assert out
         for c in (c for p in out for c in _gradhealth_calls(p.code)):
             _check_binds(c)
+
+
+def test_leaky_relu_prescription_keeps_the_models_own_slope():
+    import torch
+    from torch import nn
+
+    from gradhealth.remedies import apply_prescription
+
+    torch.manual_seed(0)
+    m = nn.Sequential(*[x for _ in range(6) for x in (nn.Linear(64, 64), nn.LeakyReLU(0.5))], nn.Linear(64, 2))
+    p = prescribe("vanishing", {"activation": "leaky_relu", "growth_per_layer": 0.5})[0]
+    apply_prescription(p, m)
+    var = m[0].weight.var().item() * 64
+    assert var == pytest.approx(2 / (1 + 0.5 ** 2), rel=0.08)  # He for slope 0.5 (1.6), not 0.01 (2.0)

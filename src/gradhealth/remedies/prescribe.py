@@ -253,7 +253,9 @@ def _init_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str, la
     where = f" (worst at {layer})" if layer else ""
     base = "; ".join(facts) + where if facts else f"the backward signal is {direction}{where}"
     crit, sb2_arg = _critical_point(act, sb2_arg)
-    act_kw = f"activation={act!r}" if act else None
+    # leaky_relu's slope is not in the evidence: let he_ detect it from the model's modules
+    # ('leaky_relu' alone would mean alpha = 0.01)
+    act_kw = f"activation={act!r}" if act and act != "leaky_relu" else None
     if act == "sigmoid" and direction == "vanishing":
         b.add("switch the hidden activations to ReLU and re-initialise with He init",
               f"{_R}replace_activation_(model, 'sigmoid', 'relu'); {_R}he_(model)",
