@@ -201,3 +201,28 @@ def test_the_nan_loss_of_a_skipped_unlogged_step_is_kept(observe_first):
     rows = {st.step: st for st in w.history}
     assert 3 in rows and rows[3].skipped
     assert rows[3].loss is not None and math.isnan(rows[3].loss)
+
+
+def test_one_of_two_optimizers_skipped_keeps_the_others_update_ratio():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    o1 = torch.optim.SGD(m[0].parameters(), lr=0.1)
+    o2 = torch.optim.SGD(m[2].parameters(), lr=0.1)
+    with watch(m, [o1, o2], on_nonfinite="skip", detail_every=1) as w:
+        for s in range(3):
+            loss = m(torch.randn(5, 4)).pow(2).mean()
+            o1.zero_grad()
+            o2.zero_grad()
+            loss.backward()
+            if s == 2:
+                m[2].weight.grad[0, 0] = float("nan")
+                before = torch.cat([p.detach().flatten().clone() for p in m[0].parameters()])
+            o1.step()
+            o2.step()
+    after = torch.cat([p.detach().flatten() for p in m[0].parameters()])
+    expected = ((after - before).norm() / before.norm()).item()  # oracle: measured by hand
+    st = {x.step: x for x in w.history}[2]
+    assert st.skipped
+    ratio = st.update_ratio
+    assert ratio[0] == pytest.approx(expected, rel=1e-4)  # o1 did step
+    assert ratio[2] == 0.0                                 # o2 was skipped

@@ -118,7 +118,7 @@ class _Record:
     """What is being measured for one logged step (device tensors until read back)."""
 
     __slots__ = ("step", "detail", "pending", "post", "clip", "clip_exact", "nf", "pnorm", "upd",
-                 "outg", "outn", "time", "act", "loss", "lr", "stepped", "skipped", "skip_reason",
+                 "outg", "outn", "time", "act", "loss", "lr", "stepped", "skipped", "skip_reason", "skipped_ids",
                  "fp_end", "scale_end", "origin", "upd_buffers", "t", "nf_loss", "clipped", "host_done")
 
     def __init__(self, step: int, detail: bool):
@@ -141,6 +141,7 @@ class _Record:
         self.stepped = False
         self.skipped = False
         self.skip_reason: str | None = None
+        self.skipped_ids: set[int] = set()  # parameters whose optimizer step was skipped
         self.fp_end = None
         self.scale_end = None
         self.origin: ReplayReport | None = None
@@ -1126,6 +1127,7 @@ class Watcher:
             if rec.lr is None:
                 rec.lr = self._lr(opt)
             params = self._opt_params(opt)
+            rec.skipped_ids.update(id(p) for p in params)
             self._measure_grads(rec, params)
             self._read(rec, now=True)
             self._replay(rec)
@@ -1259,7 +1261,16 @@ class Watcher:
         with np.errstate(divide="ignore", invalid="ignore"):
             update_ratio = np.where(up_has & pn_has, np.sqrt(up_sq) / param_norm, np.nan)
             if rec.skipped:
-                update_ratio = np.where(pn_has, 0.0, np.nan)
+                # the layers of a skipped optimizer did not move; with several optimizers the
+                # others may have (and keep their measured ratio). Unknown which: all of them.
+                skipped = np.zeros(L, dtype=bool)
+                for pid in rec.skipped_ids:
+                    li = pl.get(pid, -1)
+                    if li >= 0:
+                        skipped[li] = True
+                if not rec.skipped_ids:
+                    skipped[:] = pn_has
+                update_ratio = np.where(skipped, 0.0, update_ratio)
         outg = np.full(L, np.nan)
         outr = np.full(L, np.nan)
         for i, v in rec.outg.items():
