@@ -290,3 +290,29 @@ def test_deferred_reading_gives_the_same_statistics():
         assert sa.loss == sb.loss and sa.global_grad_norm == sb.global_grad_norm
         np.testing.assert_array_equal(sa.update_ratio, sb.update_ratio)
         np.testing.assert_array_equal(sa.out_grad_norm, sb.out_grad_norm)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_grad_scaler_norms_are_unscaled_and_not_taken_for_clipping(fused):
+    # fused optimizers get the still-scaled gradients from GradScaler (plus opt.grad_scale)
+    import math
+
+    import gradhealth
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.Adam(m.parameters(), lr=0.01, fused=fused)
+    sc = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    true = []
+    with gradhealth.watch(m, opt, scaler=sc) as w:
+        for _ in range(3):
+            loss = m(torch.randn(5, 4)).pow(2).mean()
+            opt.zero_grad()
+            g = torch.autograd.grad(loss, list(m.parameters()), retain_graph=True)  # oracle
+            true.append(float(torch.stack([x.norm() for x in g]).norm()))
+            sc.scale(loss).backward()
+            sc.step(opt)
+            sc.update()
+    got = [h.global_grad_norm for h in w.history]
+    assert got == pytest.approx(true, rel=1e-4)
+    assert all(math.isnan(h.global_grad_norm_clipped) for h in w.history)  # nothing was clipped

@@ -850,7 +850,7 @@ class Watcher:
             if rec is not None:
                 if rec.lr is None:
                     rec.lr = self._lr(opt)
-                self._measure_grads(rec, params)
+                self._measure_grads(rec, params, opt)
                 if rec.detail:
                     self._measure_params(rec, opt, params)
                 self._read(rec, now=True)
@@ -889,12 +889,20 @@ class Watcher:
         except Exception:
             return None
 
-    def _measure_grads(self, rec: _Record, params: list[torch.Tensor]) -> None:
+    def _measure_grads(self, rec: _Record, params: list[torch.Tensor], opt=None) -> None:
         withg = [p for p in params if p.grad is not None]
         if not withg:
             return
+        # GradScaler hands fused optimizers (fused Adam/AdamW/SGD) still-scaled gradients and
+        # sets opt.grad_scale; unscale here (on device, no sync) so the numbers are the real ones
+        # and the scale is not mistaken for clipping
+        gs = getattr(opt, "grad_scale", None)
+        unscale = gs if isinstance(gs, torch.Tensor) else None
         pos = [self._map.param_pos[id(p)] for p in withg]
-        rec.pending.append(("gnorm", pos, _norms([p.grad for p in withg])))
+        norms = _norms([p.grad for p in withg])
+        if unscale is not None:
+            norms = norms / unscale.to(norms.device, norms.dtype)
+        rec.pending.append(("gnorm", pos, norms))
         if rec.fp_end is not None and rec.fp_end[2] is not None:
             fparams, fpos, samples = rec.fp_end
             mine = {id(p) for p in withg}
@@ -907,6 +915,8 @@ class Watcher:
                                    device=samples.device)
                 end = samples.index_select(0, sel)
             cparams, cpos, cur = self._fingerprint(sub)
+            if cur is not None and unscale is not None:
+                cur = cur / unscale.to(cur.device, cur.dtype)
             if cur is not None and len(cparams) == len(sub):
                 rec.pending.append(("fp", cpos, torch.cat([end, cur.to(end.device)])))
                 if rec.scale_end is not None:
@@ -1128,7 +1138,7 @@ class Watcher:
                 rec.lr = self._lr(opt)
             params = self._opt_params(opt)
             rec.skipped_ids.update(id(p) for p in params)
-            self._measure_grads(rec, params)
+            self._measure_grads(rec, params, opt)
             self._read(rec, now=True)
             self._replay(rec)
         except Exception as exc:
