@@ -56,3 +56,23 @@ def test_compiled_module_is_probed_through_its_original():
     got = probe(torch.compile(m), x, jacobian=False)
     assert [lr.gain for lr in got.layers] == pytest.approx([lr.gain for lr in ref.layers])
     assert any("torch.compile" in n for n in got.notes)
+
+
+class _Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.l = nn.Linear(8, 3)
+
+    def forward(self, x, m):
+        return self.l(self.a(x, x, x, attn_mask=m)[0])
+
+
+def test_jacobian_falls_back_to_the_whole_batch_when_a_non_batch_input_breaks_slicing():
+    # batch 12 and a (12, 12) attention mask: slicing the first 8 "examples" of the mask breaks
+    torch.manual_seed(0)
+    x = torch.randn(12, 12, 8)
+    mask = torch.triu(torch.ones(12, 12, dtype=torch.bool), 1)
+    r = probe(_Masked(), (x, mask), jacobian_batch=8)
+    assert r.jacobian is not None and r.jacobian.top[0] > 0
+    assert any("whole batch" in n for n in r.notes)

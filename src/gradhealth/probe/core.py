@@ -734,7 +734,24 @@ def _jacobian(model, args, kwargs, slots, leaves, jacobian_batch, steps, top_k, 
     sub = B
     if jacobian_batch is not None and B is not None and B > jacobian_batch and not seq_first:
         sub = jacobian_batch
+    if sub != B:
+        # the sub-batch slices every input whose first dimension equals the batch size; one
+        # that is not batch-major (a (B, B) attention mask, say) breaks the sliced call
+        trial: list[str] = []
+        res = _jacobian_at(model, args, kwargs, slots, leaves, jacobian_batch, steps, top_k, seed,
+                           mode, state, trial, B, sub, seq_first)
+        failed = [n for n in trial if n.startswith("Jacobian spectrum not measured")]
+        if res is not None or not failed:
+            notes.extend(trial)
+            return res
+        notes.append(f"the Jacobian on the first {sub} examples failed ({failed[0][32:].strip()}); it was "
+                     "measured on the whole batch instead.")
+    return _jacobian_at(model, args, kwargs, slots, leaves, jacobian_batch, steps, top_k, seed, mode,
+                        state, notes, B, B, seq_first)
 
+
+def _jacobian_at(model, args, kwargs, slots, leaves, jacobian_batch, steps, top_k, seed, mode,
+                 state, notes, B, sub, seq_first) -> JacobianSpectrum | None:
     def cut(v):
         if isinstance(v, torch.Tensor) and v.ndim >= 1 and B is not None and v.shape[0] == B and sub != B:
             return v[:sub]
