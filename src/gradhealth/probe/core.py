@@ -740,11 +740,12 @@ def _jacobian(model, args, kwargs, slots, leaves, jacobian_batch, steps, top_k, 
         trial: list[str] = []
         res = _jacobian_at(model, args, kwargs, slots, leaves, jacobian_batch, steps, top_k, seed,
                            mode, state, trial, B, sub, seq_first)
-        failed = [n for n in trial if n.startswith("Jacobian spectrum not measured")]
+        prefix = "Jacobian spectrum not measured: "
+        failed = [n.removeprefix(prefix) for n in trial if n.startswith(prefix)]
         if res is not None or not failed:
             notes.extend(trial)
             return res
-        notes.append(f"the Jacobian on the first {sub} examples failed ({failed[0][32:].strip()}); it was "
+        notes.append(f"the Jacobian on the first {sub} examples failed ({failed[0]}); it was "
                      "measured on the whole batch instead.")
     return _jacobian_at(model, args, kwargs, slots, leaves, jacobian_batch, steps, top_k, seed, mode,
                         state, notes, B, B, seq_first)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .run_view import format_value
+from .run_view import AtWidth, format_value
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..probe.result import ProbeResult
@@ -119,16 +119,6 @@ def layers_table(result, width: int | None = None):
     return t
 
 
-class _LayersTable:
-    """Renders :func:`layers_table` at the width rich gives it."""
-
-    def __init__(self, result):
-        self.result = result
-
-    def __rich_console__(self, console, options):
-        yield layers_table(self.result, width=options.max_width)
-
-
 def _extras(result) -> list[str]:
     lines = []
     j = result.jacobian
@@ -175,7 +165,7 @@ def render(result: ProbeResult):
     parts: list = [head, Text(result.summary), Text(
         f"loss: {result.loss.get('kind', '?')} ({result.loss.get('description', '')}) = "
         f"{fmt(result.loss.get('value'))}; mode {result.settings.get('mode')}, batch "
-        f"{result.settings.get('batch')}", style="dim"), _LayersTable(result)]
+        f"{result.settings.get('batch')}", style="dim"), AtWidth(lambda width: layers_table(result, width=width))]
     for line in _extras(result):
         parts.append(Text(line))
     if result.findings:

@@ -21,8 +21,8 @@ from ..events import Event, jsonable
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Run
 
-__all__ = ["SEVERITY_RANK", "is_pathology", "summarize", "events_table", "EventsTable", "render_summary",
-           "StatusLine", "format_value"]
+__all__ = ["SEVERITY_RANK", "is_pathology", "summarize", "events_table", "EventsTable", "AtWidth",
+           "render_summary", "StatusLine", "format_value"]
 
 #: Severity -> rank; higher is worse.
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
@@ -198,14 +198,23 @@ def events_table(events: Iterable[Event], title: str | None = None, max_rows: in
     return table
 
 
-class EventsTable:
+class AtWidth:
+    """A renderable built by ``make(width)`` at the width rich renders it at (tables that
+    drop or merge columns on narrow terminals)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __rich_console__(self, console, options):
+        yield self.make(options.max_width)
+
+
+class EventsTable(AtWidth):
     """:func:`events_table` laid out for the width rich renders it at."""
 
     def __init__(self, events: Iterable[Event], title: str | None = None, max_rows: int | None = None):
-        self.events, self.title, self.max_rows = list(events), title, max_rows
-
-    def __rich_console__(self, console, options):
-        yield events_table(self.events, self.title, self.max_rows, width=options.max_width)
+        evs = list(events)
+        super().__init__(lambda width: events_table(evs, title, max_rows, width=width))
 
 
 def render_summary(summary: dict):
