@@ -163,7 +163,7 @@ def _over_depth(rows: list[Row], verdicts: _Verdicts, mf, ctx: Context) -> list:
     else:
         acts = [r.act for r in rows if r.act]
         ev.update({"chi_1_estimate": f.growth ** 2 if f.growth else None, "chi_1_theory": None,
-                   "activation": max(set(acts), key=acts.count) if acts else None,
+                   "activation": max(acts, key=acts.count) if acts else None,
                    "sigma_w2": None, "sigma_b2": None, "critical_sigma_w2": None})
     msg = A.depth_message(f.kind, f, worst.name, ref.name)
     return [A.make_event(f.kind, worst.name, f.severity, msg, ev)]

@@ -500,7 +500,7 @@ class Watcher:
                                 "has_norm": "norm" in t.roles,
                                 "is_recurrent": "recurrent" in t.roles}
         if acts:
-            info["activation"] = max(set(acts), key=acts.count)
+            info["activation"] = max(acts, key=acts.count)
         return info
 
     # ------------------------------------------------------------------ faults
