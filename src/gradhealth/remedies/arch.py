@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ParameterError
-from .init import _ACT_MODULES, _act_of_module, _parse_act
+from ._plan import _ACT_MODULES, _act_of_module, _parse_act
 
 __all__ = ["replace_activation_"]
 

@@ -43,408 +43,43 @@ function           weight variance                                        refere
 sigmoid 1, tanh 5/3, relu sqrt(2), leaky_relu sqrt(2 / (1 + a^2)), selu 3/4) and otherwise
 ``1 / sqrt(E[phi(z)^2])``, ``z ~ N(0, 1)`` -- the gain that keeps the second moment of a
 unit-variance pre-activation, which is He's derivation and gives sqrt(2) for relu.
+
+This module holds the formula-based initialisers. The planner (which layers, which
+activation) is :mod:`gradhealth.remedies._plan`, the report :mod:`gradhealth.remedies._summary`,
+:func:`lsuv_` :mod:`gradhealth.remedies.lsuv` and :func:`zero_init_residual_`
+:mod:`gradhealth.remedies.residual`; every name stays importable from here.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import operator
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_choice, check_int, check_real
+from .._checks import check_choice, check_real
 from ..errors import ParameterError
+# The planner, the summary, LSUV and residual zeroing live in their own modules; the names are
+# re-exported here so that ``gradhealth.remedies.init.<name>`` keeps working.
+from ._plan import (_ACT_FUNCTIONS, _ACT_METHODS, _ACT_MODULES, _IGNORED_METHODS,  # noqa: F401
+                    _OUTPUT_FUNCTIONS, _OUTPUT_METHODS, _OUTPUT_MODULES, _PASS_FUNCTIONS, _PASS_METHODS,
+                    _PASS_MODULES, _WEIGHT_TYPES, _Act, _act_of_module, _classify_module, _classify_node,
+                    _detect_fx, _detect_module_order, _parse_act, _patterns, _plan, _resolve, _rnn_act,
+                    _Target, weight_layers)
+from ._summary import InitSummary, LayerInit, _biases, _std, _weights
+from .lsuv import lsuv_
+from .residual import _ZERO_TYPES, _residual_branch_ends, zero_init_residual_  # noqa: F401
 
 __all__ = [
     "he_", "xavier_", "lecun_", "orthogonal_", "critical_", "gaussian_", "lsuv_",
     "zero_init_residual_", "InitSummary", "LayerInit", "weight_layers", "activation_gain",
 ]
 
-_WEIGHT_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase)
-
-# Activation modules -> canonical names of gradhealth.theory.activations.
-_ACT_MODULES: dict[type, str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "leaky_relu",
-    nn.ELU: "elu", nn.SELU: "selu", nn.GELU: "gelu", nn.SiLU: "swish", nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid", nn.Hardtanh: "hard_tanh", nn.Softplus: "softplus",
-}
-_ACT_FUNCTIONS: dict[Any, str] = {
-    F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu", F.relu6: "relu",
-    F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu", torch.selu: "selu", F.gelu: "gelu",
-    F.silu: "swish", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid", F.hardtanh: "hard_tanh", F.softplus: "softplus",
-}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
-                "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
-# What passes a layer's output on without deciding its scale (looked through).
-_PASS_MODULES = (
-    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-    nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.Upsample,
-) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
-_OUTPUT_MODULES = (nn.Softmax, nn.LogSoftmax, nn.modules.loss._Loss)
-_PASS_FUNCTIONS = {
-    operator.add, operator.iadd, operator.sub, operator.mul, operator.truediv, operator.neg,
-    operator.getitem, torch.add, torch.flatten, torch.cat, torch.stack, torch.reshape,
-    torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute, torch.mean, F.dropout,
-    F.layer_norm, F.batch_norm, F.group_norm, F.instance_norm, F.max_pool1d, F.max_pool2d,
-    F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d, F.pad, F.interpolate,
-}
-_OUTPUT_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.cross_entropy,
-                     F.nll_loss, F.mse_loss, F.binary_cross_entropy_with_logits, F.l1_loss}
-_PASS_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze",
-                 "unsqueeze", "mean", "add", "add_", "mul", "mul_", "div", "div_", "sub",
-                 "__getitem__", "to", "float", "half", "type_as", "expand", "expand_as"}
-_IGNORED_METHODS = {"size", "dim", "numel", "shape"}
-_OUTPUT_METHODS = {"softmax", "log_softmax"}
-
 # Gains torch.nn.init.calculate_gain defines (the rest are computed from the activation).
 _TORCH_GAIN = {"linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu"}
-
-
-@dataclass(frozen=True)
-class _Act:
-    """An activation with its parameter (the negative slope of leaky_relu)."""
-
-    name: str
-    alpha: float | None = None
-
-    def __str__(self) -> str:
-        return f"{self.name}({self.alpha:g})" if self.alpha is not None else self.name
-
-
-@dataclass
-class LayerInit:
-    """What one ``*_`` initialiser did to one layer.
-
-    Attributes:
-        layer: qualified module name (``"encoder.0"``).
-        module: module class name (``"Linear"``).
-        activation: the activation the scale was matched to (``"tanh"``), or ``""`` when the
-            scheme does not depend on it.
-        source: how that activation was found (see the module docstring).
-        scheme: what was drawn, with numbers, e.g. ``"N(0, 1.76/fan_in), fan_in=64"``.
-        params: the parameter names that were written.
-        std_before, std_after: standard deviation of the (first) weight before and after.
-    """
-
-    layer: str
-    module: str
-    activation: str
-    source: str
-    scheme: str
-    params: list[str]
-    std_before: float
-    std_after: float
-
-
-@dataclass
-class InitSummary:
-    """The report returned by every initialiser: what changed, and what could not be matched.
-
-    Attributes:
-        function: the initialiser that produced it (``"critical_"``).
-        changed: one :class:`LayerInit` per re-initialised layer, in module order.
-        unmatched: ``(layer, reason)`` for every targeted layer left unchanged.
-    """
-
-    function: str
-    changed: list[LayerInit] = field(default_factory=list)
-    unmatched: list[tuple[str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.changed)
-
-    def to_dict(self) -> dict:
-        return {"function": self.function, "changed": [asdict(c) for c in self.changed],
-                "unmatched": [list(u) for u in self.unmatched]}
-
-    def __str__(self) -> str:
-        rows = [("layer", "module", "activation", "source", "scheme", "std before -> after")]
-        # Consecutive layers treated alike share one row ("2 .. 76 (38 layers)").
-        groups: list[list[LayerInit]] = []
-        for c in self.changed:
-            key = (c.module, c.activation, c.source, c.scheme)
-            if groups and (groups[-1][0].module, groups[-1][0].activation, groups[-1][0].source,
-                           groups[-1][0].scheme) == key:
-                groups[-1].append(c)
-            else:
-                groups.append([c])
-        for grp in groups:
-            c = grp[0]
-            if len(grp) == 1:
-                name, std = c.layer, f"{c.std_before:.4g} -> {c.std_after:.4g}"
-            else:
-                b = [g.std_before for g in grp]
-                a = [g.std_after for g in grp]
-                name = f"{c.layer} .. {grp[-1].layer} ({len(grp)} layers)"
-                std = f"{min(b):.3g}..{max(b):.3g} -> {min(a):.3g}..{max(a):.3g}"
-            rows.append((name, c.module, c.activation or "-", c.source, c.scheme, std))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [f"{self.function}: {len(self.changed)} layer(s) re-initialised"]
-        lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-        for name, why in self.unmatched:
-            lines.append(f"  not changed: {name}: {why}")
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-
-# --- finding the layers and their activations -------------------------------------------------
-def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every Linear, Conv and RNN layer of ``model``, in module order."""
-    return [(n or "(root)", m) for n, m in model.named_modules() if isinstance(m, _WEIGHT_TYPES)]
-
-
-def _act_of_module(m: nn.Module) -> _Act | None:
-    for t, name in _ACT_MODULES.items():
-        if type(m) is t or isinstance(m, t):
-            if isinstance(m, nn.LeakyReLU):
-                return _Act(name, float(m.negative_slope))
-            if isinstance(m, nn.PReLU):
-                return _Act(name, float(m.weight.detach().float().mean()))
-            return _Act(name)
-    return None
-
-
-def _classify_module(m: nn.Module) -> tuple[str, Any]:
-    a = _act_of_module(m)
-    if a is not None:
-        return "act", a
-    if isinstance(m, _WEIGHT_TYPES):
-        return "layer", None
-    if isinstance(m, _PASS_MODULES):
-        return "pass", None
-    if isinstance(m, _OUTPUT_MODULES):
-        return "output", type(m).__name__
-    return "unknown", type(m).__name__
-
-
-def _classify_node(node, modules: dict) -> tuple[str, Any]:
-    op, target = node.op, node.target
-    if op == "output":
-        return "output", "model output"
-    if op == "call_module":
-        kind, what = _classify_module(modules[target])
-        return kind, (target if kind == "layer" else what)
-    if op == "call_function":
-        if target in _ACT_FUNCTIONS:
-            name = _ACT_FUNCTIONS[target]
-            if name == "leaky_relu":
-                slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
-                return "act", _Act(name, float(slope) if isinstance(slope, (int, float)) else 0.01)
-            return "act", _Act(name)
-        if target in _PASS_FUNCTIONS:
-            return "pass", None
-        if target in _OUTPUT_FUNCTIONS:
-            return "output", getattr(target, "__name__", str(target))
-        if target is getattr and len(node.args) > 1 and node.args[1] in _IGNORED_METHODS:
-            return "ignore", None
-        return "unknown", getattr(target, "__name__", str(target))
-    if op == "call_method":
-        if target in _ACT_METHODS:
-            return "act", _Act(_ACT_METHODS[target])
-        if target in _PASS_METHODS:
-            return "pass", None
-        if target in _IGNORED_METHODS:
-            return "ignore", None
-        if target in _OUTPUT_METHODS:
-            return "output", target
-        return "unknown", f".{target}()"
-    return "unknown", op
-
-
-def _resolve(terminals: list[tuple[str, Any]], how: str) -> tuple[_Act | None, str]:
-    """One activation from what the layer's output reaches first, or None with the reason."""
-    if not terminals:
-        return None, "its output is not used"
-    unknown = [w for k, w in terminals if k == "unknown"]
-    if unknown:
-        return None, f"its output goes through {unknown[0]} (not a known activation or pass-through op)"
-    acts = set()
-    for k, w in terminals:
-        if k == "act":
-            acts.add(w)
-        else:  # another weight layer or the output: nothing nonlinear in between
-            acts.add(_Act("linear"))
-    if len(acts) > 1:
-        return None, "its output reaches different activations (" + ", ".join(sorted(map(str, acts))) + ")"
-    act = acts.pop()
-    if act.name == "linear":
-        k, w = terminals[0]
-        if k == "output":
-            return act, f"{how} (output layer)"
-        return act, f"{how} (feeds {w} directly)"
-    return act, how
-
-
-def _detect_fx(model: nn.Module, targets: set[str]) -> dict[str, tuple[_Act | None, str]] | None:
-    try:
-        import torch.fx
-
-        gm = torch.fx.symbolic_trace(model)
-    except Exception:  # dynamic control flow, non-tensor inputs, ...: fall back to module order
-        return None
-    modules = dict(gm.named_modules())
-    out: dict[str, tuple[_Act | None, str]] = {}
-    per_target: dict[str, list[tuple[str, Any]]] = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or node.target not in targets:
-            continue
-        terms = per_target.setdefault(node.target, [])
-        seen, frontier = set(), list(node.users)
-        while frontier and len(seen) < 10_000:
-            n = frontier.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            kind, what = _classify_node(n, modules)
-            if kind == "pass":
-                frontier.extend(n.users)
-            elif kind != "ignore":
-                terms.append((kind, what))
-    for name, terms in per_target.items():
-        out[name] = _resolve(terms, "detected")
-    return out
-
-
-def _detect_module_order(model: nn.Module, name: str) -> tuple[_Act | None, str]:
-    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
-    idx = next((i for i, (n, _) in enumerate(leaves) if n == name), None)
-    if idx is None:
-        return None, "not a leaf module"
-    for n, m in leaves[idx + 1:]:
-        kind, what = _classify_module(m)
-        if kind == "act":
-            return what, "detected (module order; model not traceable)"
-        if kind == "pass":
-            continue
-        if kind == "output":
-            return _Act("linear"), "detected (module order: output layer)"
-        if kind == "layer":
-            return None, (f"no activation module between it and {n!r} in module order, and the model "
-                          "could not be traced to see a functional one")
-        return None, f"followed by {what} in module order (not a known activation)"
-    return _Act("linear"), "detected (last layer in module order: output layer)"
-
-
-def _rnn_act(m: nn.RNNBase) -> _Act:
-    if isinstance(m, nn.RNN):
-        return _Act(m.nonlinearity)
-    return _Act("tanh")
-
-
-def _parse_act(value: Any, param: str, owner: str) -> _Act:
-    from ..theory.activations import get_activation
-
-    if isinstance(value, _Act):
-        return value
-    text = value.strip() if isinstance(value, str) else value
-    alpha = None
-    if isinstance(text, str) and "(" in text and text.endswith(")"):  # "leaky_relu(0.2)"
-        text, arg = text[:-1].split("(", 1)
-        try:
-            alpha = float(arg.split("=")[-1])
-        except ValueError:
-            raise ParameterError(param, owner, "an activation name such as 'relu' or 'leaky_relu(0.2)'",
-                                 value, "write the slope as a number, e.g. 'leaky_relu(0.2)'.") from None
-    if text == "relu6":
-        text = "relu"
-    act = get_activation(text, param=param, owner=owner)
-    if act.name == "leaky_relu":
-        alpha = 0.01 if alpha is None else alpha
-    return _Act(act.name, alpha)
-
-
-def _patterns(value: str | Sequence[str] | None, param: str, owner: str) -> list[str] | None:
-    if value is None:
-        return None
-    pats = [value] if isinstance(value, str) else list(value)
-    if not pats or not all(isinstance(p, str) and p for p in pats):
-        raise ParameterError(param, owner, "a glob pattern or a list of them (module names)", value,
-                             f"pass e.g. {param}='encoder.*'.")
-    return pats
-
-
-@dataclass
-class _Target:
-    name: str
-    module: nn.Module
-    act: _Act | None
-    source: str
-
-
-def _plan(model: Any, owner: str, *, activation: Any = None, layers=None, overrides=None,
-          default_activation: Any = None, needs_activation: bool = True,
-          types: tuple = _WEIGHT_TYPES) -> tuple[list[_Target], list[tuple[str, str]]]:
-    """Which layers to change and with which activation; raise on patterns that match nothing."""
-    if not isinstance(model, nn.Module):
-        raise ParameterError("model", owner, "a torch.nn.Module", type(model).__name__,
-                             "pass the model (or a single layer) itself.")
-    found = [(n, m) for n, m in weight_layers(model) if isinstance(m, types)]
-    if not found:
-        kinds = "Linear or Conv" if types != _WEIGHT_TYPES else "Linear, Conv or RNN"
-        raise ParameterError("model", owner, f"a module containing {kinds} layers", type(model).__name__,
-                             "pass a model with such layers; other layer types (Embedding, attention "
-                             "in_proj, ...) are not re-initialised by gradhealth.")
-    pats = _patterns(layers, "layers", owner)
-    if pats is not None:
-        for p in pats:
-            if not any(fnmatch.fnmatchcase(n, p) for n, _ in found):
-                raise ParameterError("layers", owner, "glob patterns that match weight-layer names", p,
-                                     "choose from: " + ", ".join(n for n, _ in found[:12])
-                                     + (" ..." if len(found) > 12 else ""))
-        found = [(n, m) for n, m in found if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-    ov: list[tuple[str, _Act]] = []
-    if overrides is not None:
-        if not isinstance(overrides, Mapping):
-            raise ParameterError("overrides", owner, "a dict {layer-name pattern: activation}",
-                                 type(overrides).__name__, "pass e.g. overrides={'head.*': 'linear'}.")
-        for p, a in overrides.items():
-            if not any(fnmatch.fnmatchcase(n, str(p)) for n, _ in found):
-                raise ParameterError("overrides", owner, "patterns that match targeted layer names", p,
-                                     "choose from: " + ", ".join(n for n, _ in found[:12]))
-            ov.append((str(p), _parse_act(a, "overrides", owner)))
-    forced = _parse_act(activation, "activation", owner) if activation is not None else None
-    default = _parse_act(default_activation, "default_activation", owner) \
-        if default_activation is not None else None
-    if not needs_activation:
-        return [_Target(n, m, None, "") for n, m in found], []
-    detected: dict[str, tuple[_Act | None, str]] | None = None
-    targets, unmatched = [], []
-    for n, m in found:
-        if forced is not None:
-            targets.append(_Target(n, m, forced, "argument"))
-            continue
-        hit = next((a for p, a in reversed(ov) if fnmatch.fnmatchcase(n, p)), None)
-        if hit is not None:
-            targets.append(_Target(n, m, hit, "override"))
-            continue
-        if isinstance(m, nn.RNNBase):
-            targets.append(_Target(n, m, _rnn_act(m), "rnn"))
-            continue
-        if detected is None:
-            detected = _detect_fx(model, {k for k, _ in found}) or {}
-        if n == "(root)":  # the model is a single layer: nothing follows it
-            act, why = _Act("linear"), "single layer (nothing follows it)"
-        else:
-            act, why = detected.get(n) or _detect_module_order(model, n)
-        if act is not None:
-            targets.append(_Target(n, m, act, why))
-        elif default is not None:
-            targets.append(_Target(n, m, default, f"default ({why})"))
-        else:
-            unmatched.append((n, why + "; pass overrides={%r: '<activation>'} or default_activation=..." % n))
-    return targets, unmatched
 
 
 # --- gains and fans ---------------------------------------------------------------------------
@@ -475,25 +110,6 @@ def _fans(w: torch.Tensor) -> tuple[int, int]:
     receptive = math.prod(w.shape[2:]) if w.dim() > 2 else 1
     return w.shape[1] * receptive, w.shape[0] * receptive
 
-
-def _weights(m: nn.Module) -> list[tuple[str, torch.Tensor, int]]:
-    """(param name, tensor, number of gate blocks) for the weights of a layer."""
-    if isinstance(m, nn.RNNBase):
-        gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
-        return [(n, getattr(m, n), 1 if n.startswith("weight_hr") else gates)
-                for n in m._flat_weights_names if n.startswith("weight")]
-    return [("weight", m.weight, 1)] if getattr(m, "weight", None) is not None else []
-
-
-def _biases(m: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    if isinstance(m, nn.RNNBase):
-        return [(n, getattr(m, n)) for n in m._flat_weights_names if n.startswith("bias")]
-    b = getattr(m, "bias", None)
-    return [("bias", b)] if isinstance(b, torch.Tensor) else []
-
-
-def _std(t: torch.Tensor) -> float:
-    return float(t.detach().float().std()) if t.numel() > 1 else float(t.detach().float().abs().sum())
 
 
 def _draw_(w: torch.Tensor, std: float, distribution: str) -> None:
@@ -546,15 +162,6 @@ def _apply(owner: str, targets: list[_Target], unmatched: list, weight_fn: Calla
     return summary
 
 
-_COMMON_ARGS = """
-        layers: glob pattern(s) of module names to re-initialise (default: every Linear,
-            Conv and RNN layer). A pattern that matches nothing is an error.
-        overrides: ``{pattern: activation}`` for layers whose activation should not be
-            detected (the last matching pattern wins).
-        default_activation: activation for layers where none could be detected (otherwise
-            they are left unchanged and reported in ``summary.unmatched``)."""
-
-
 # --- the initialisers -----------------------------------------------------------------------
 def he_(model: nn.Module, *, activation: Any = None, mode: str = "fan_in", distribution: str = "normal",
         layers: str | Sequence[str] | None = None, overrides: Mapping[str, str] | None = None,
@@ -570,7 +177,12 @@ def he_(model: nn.Module, *, activation: Any = None, mode: str = "fan_in", distr
         activation: one activation for every layer (default: detected per layer).
         mode: ``"fan_in"`` (preserves forward variance) or ``"fan_out"`` (backward).
         distribution: ``"normal"``, ``"uniform"`` or ``"truncated_normal"`` (same variance).
-    """ + _COMMON_ARGS + """
+        layers: glob pattern(s) of module names to re-initialise (default: every Linear,
+            Conv and RNN layer). A pattern that matches nothing is an error.
+        overrides: ``{pattern: activation}`` for layers whose activation should not be
+            detected (the last matching pattern wins).
+        default_activation: activation for layers where none could be detected (otherwise
+            they are left unchanged and reported in ``summary.unmatched``).
 
     Returns:
         :class:`InitSummary`.
@@ -602,7 +214,12 @@ def xavier_(model: nn.Module, *, activation: Any = None, distribution: str = "un
         model: the model (or a single layer).
         activation: one activation for every layer (default: detected per layer).
         distribution: ``"uniform"`` (as in the paper), ``"normal"`` or ``"truncated_normal"``.
-    """ + _COMMON_ARGS + """
+        layers: glob pattern(s) of module names to re-initialise (default: every Linear,
+            Conv and RNN layer). A pattern that matches nothing is an error.
+        overrides: ``{pattern: activation}`` for layers whose activation should not be
+            detected (the last matching pattern wins).
+        default_activation: activation for layers where none could be detected (otherwise
+            they are left unchanged and reported in ``summary.unmatched``).
 
     Returns:
         :class:`InitSummary`.
@@ -660,7 +277,12 @@ def orthogonal_(model: nn.Module, *, gain: float | None = None, activation: Any 
         gain: one gain for every layer. ``None`` (default): the gain of each layer's
             activation (detected, or ``activation=``).
         activation: one activation for every layer when ``gain`` is None.
-    """ + _COMMON_ARGS + """
+        layers: glob pattern(s) of module names to re-initialise (default: every Linear,
+            Conv and RNN layer). A pattern that matches nothing is an error.
+        overrides: ``{pattern: activation}`` for layers whose activation should not be
+            detected (the last matching pattern wins).
+        default_activation: activation for layers where none could be detected (otherwise
+            they are left unchanged and reported in ``summary.unmatched``).
 
     Returns:
         :class:`InitSummary`.
@@ -714,7 +336,12 @@ def critical_(model: nn.Module, *, activation: Any = None, sigma_b2: float = 0.0
             with the same per-unit variance (``g^2 = sigma_w2* max(1, rows / cols)``) but every
             singular value equal -- dynamical isometry at the critical point (Pennington et
             al. 2017). For recurrent layers it is the better-conditioned choice.
-    """ + _COMMON_ARGS + """
+        layers: glob pattern(s) of module names to re-initialise (default: every Linear,
+            Conv and RNN layer). A pattern that matches nothing is an error.
+        overrides: ``{pattern: activation}`` for layers whose activation should not be
+            detected (the last matching pattern wins).
+        default_activation: activation for layers where none could be detected (otherwise
+            they are left unchanged and reported in ``summary.unmatched``).
 
     Returns:
         :class:`InitSummary`.
@@ -811,280 +438,3 @@ def gaussian_(model: nn.Module, sigma_w2: float, sigma_b2: float = 0.0, *,
 
     return _apply(owner, targets, unmatched, weight, bias)
 
-
-# --- LSUV ---------------------------------------------------------------------------------------
-class _Stop(Exception):
-    """Raised from a forward hook to end a forward pass early (internal)."""
-
-
-def _call(model: nn.Module, inputs: Any):
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _first_tensor(x: Any) -> torch.Tensor | None:
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, (tuple, list)):
-        for v in x:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    if isinstance(x, Mapping):
-        for v in x.values():
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
-
-
-def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.1, max_iter: int = 10, init: str = "orthogonal",
-          layers: str | Sequence[str] | None = None) -> InitSummary:
-    """Layer-sequential unit-variance initialisation (LSUV; Mishkin & Matas 2016, "All you
-    need is a good init").
-
-    1. Pre-initialise every Linear/Conv weight orthogonally (``init="orthogonal"``; or keep
-       the current weights with ``init="none"``) and zero the biases.
-    2. Layer by layer, in forward order: run the batch, measure the variance ``v`` of the
-       layer's output, and divide its weight by ``sqrt(v)``; repeat until
-       ``|v - 1| < tol`` or ``max_iter`` passes.
-
-    Unlike the formula-based schemes this measures the actual data and architecture, so it
-    also corrects for non-Gaussian inputs, normalisation-free residual paths and activations
-    without a known gain. Recurrent layers are not rescaled (reported in ``unmatched``).
-    The model's train/eval mode is restored afterwards; the passes run in eval mode
-    without gradients.
-
-    Args:
-        model: the model.
-        inputs: one batch: a tensor, a tuple (``model(*inputs)``) or a dict (``model(**inputs)``).
-        tol: tolerance on the output variance (> 0).
-        max_iter: rescaling passes per layer (>= 1).
-        init: ``"orthogonal"`` or ``"none"``.
-        layers: glob pattern(s) of module names (default: all Linear/Conv layers).
-
-    Returns:
-        :class:`InitSummary` (``scheme`` gives the measured variance and passes per layer).
-
-    Raises:
-        ParameterError: the batch gives non-finite outputs (bad inputs or an already
-            diverged model), or bad arguments.
-    """
-    owner = "lsuv_"
-    tol = check_real(tol, "tol", owner, low=0.0, low_inclusive=False, fix="pass e.g. tol=0.1.")
-    max_iter = check_int(max_iter, "max_iter", owner, min_value=1)
-    check_choice(init, "init", owner, ["orthogonal", "none"],
-                 fix="pass init='orthogonal' (the paper's pre-initialisation) or 'none' (keep the weights).")
-    targets, unmatched = _plan(model, owner, layers=layers, needs_activation=False)
-    unmatched = list(unmatched)
-    rnn = [t for t in targets if isinstance(t.module, nn.RNNBase)]
-    unmatched += [(t.name, "lsuv_ does not rescale recurrent layers; use orthogonal_ on them") for t in rnn]
-    targets = [t for t in targets if not isinstance(t.module, nn.RNNBase)]
-    if not targets:
-        raise ParameterError("model", owner, "a module containing Linear or Conv layers", type(model).__name__,
-                             "use orthogonal_(model, gain=1.0) for recurrent-only models.")
-    was_training = {m: m.training for m in model.modules()}
-    summary = InitSummary(owner, unmatched=unmatched)
-    try:
-        model.eval()
-        with torch.no_grad():
-            if init == "orthogonal":
-                for t in targets:
-                    w = t.module.weight
-                    if w.dim() >= 2:
-                        nn.init.orthogonal_(w)
-                    for _, b in _biases(t.module):
-                        b.zero_()
-            # Forward order (may differ from module order) and a finiteness check of the batch.
-            order: list[str] = []
-            by_module = {t.module: t.name for t in targets}
-
-            def record(m, i, o):
-                if by_module[m] not in order:
-                    order.append(by_module[m])
-
-            hooks = [t.module.register_forward_hook(record) for t in targets]
-            try:
-                out = _call(model, inputs)
-            finally:
-                for h in hooks:
-                    h.remove()
-            first = _first_tensor(out)
-            if first is not None and first.is_floating_point() and not bool(torch.isfinite(first).all()):
-                raise ParameterError("inputs", owner, "a batch on which the model's outputs are finite",
-                                     "a batch giving NaN/Inf outputs",
-                                     "check the batch for NaN/Inf (torch.isfinite(x).all()), or reset a "
-                                     "diverged model before LSUV.")
-            named = {t.name: t for t in targets}
-            unused = [t.name for t in targets if t.name not in order]
-            summary.unmatched += [(n, "not called by the forward pass on this batch") for n in unused]
-            for name in order:
-                t = named[name]
-                before = _std(t.module.weight)
-                captured: list[torch.Tensor] = []
-
-                def hook(m, i, o, captured=captured):
-                    captured.append(_first_tensor(o))
-                    raise _Stop
-
-                h = t.module.register_forward_hook(hook)
-                var = float("nan")
-                passes = 0
-                try:
-                    for passes in range(1, max_iter + 1):
-                        captured.clear()
-                        try:
-                            _call(model, inputs)
-                        except _Stop:
-                            pass
-                        o = captured[0].float()
-                        var = float(o.var())
-                        if not math.isfinite(var):
-                            raise ParameterError(
-                                "inputs", owner, "a batch on which every layer's output is finite",
-                                f"non-finite output variance at layer {name!r}",
-                                "check the batch for NaN/Inf, or lower the initial weight scale.")
-                        if var == 0.0 or abs(var - 1.0) < tol:
-                            break
-                        t.module.weight.div_(math.sqrt(var))
-                finally:
-                    h.remove()
-                if var == 0.0:
-                    summary.unmatched.append((name, "output variance is 0 on this batch (dead layer); "
-                                                    "left as pre-initialised"))
-                    continue
-                summary.changed.append(LayerInit(
-                    name, type(t.module).__name__, "", "measured on the batch",
-                    f"{'orthogonal, ' if init == 'orthogonal' else ''}output var {var:.3g} after {passes} pass(es)",
-                    ["weight"] + [n for n, _ in _biases(t.module)] * (init == "orthogonal"),
-                    before, _std(t.module.weight)))
-    finally:
-        for m, mode in was_training.items():
-            m.train(mode)
-    return summary
-
-
-# --- zero-init of residual branches -------------------------------------------------------------
-_ZERO_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.LayerNorm,
-               nn.GroupNorm)
-
-
-def _residual_branch_ends(model: nn.Module) -> tuple[list[str] | None, str, list[tuple[str, str]]]:
-    """Names of the modules that end a residual branch (``x + f(x)``), found with torch.fx,
-    and ``(node, reason)`` for every branch whose last layer could not be identified."""
-    try:
-        import torch.fx
-
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as exc:
-        return None, f"the model cannot be traced with torch.fx ({type(exc).__name__})", []
-    modules = dict(gm.named_modules())
-    ancestors: dict[Any, set] = {}
-    for node in gm.graph.nodes:  # topological order
-        s = set()
-        for a in node.all_input_nodes:
-            s.add(a)
-            s |= ancestors[a]
-        ancestors[node] = s
-    ends: list[str] = []
-    missed: list[tuple[str, str]] = []
-    adds = {operator.add, operator.iadd, torch.add}
-    for node in gm.graph.nodes:
-        is_add = (node.op == "call_function" and node.target in adds) or \
-                 (node.op == "call_method" and node.target in ("add", "add_"))
-        if not is_add or len(node.args) < 2:
-            continue
-        a, b = node.args[0], node.args[1]
-        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
-            continue
-        branch = b if a in ancestors[b] else (a if b in ancestors[a] else None)
-        if branch is None:
-            continue
-        n = branch
-        for _ in range(50):  # walk back through activations/dropout to the last parametrised op
-            if n.op == "call_module" and isinstance(modules[n.target], _ZERO_TYPES):
-                if n.target not in ends:
-                    ends.append(n.target)
-                break
-            # attention: the branch ends in its output projection (attn(q, k, v)[0])
-            src = n.args[0] if (n.op == "call_function" and n.target is operator.getitem
-                                and n.args and isinstance(n.args[0], torch.fx.Node)) else n
-            if src.op == "call_module" and isinstance(modules[src.target], nn.MultiheadAttention):
-                end = f"{src.target}.out_proj"
-                if end not in ends:
-                    ends.append(end)
-                break
-            kind, _ = _classify_node(n, modules)
-            if kind not in ("pass", "act") or not n.all_input_nodes:
-                missed.append((n.name, f"the residual branch ends in {n.op} {n.target!s}, not a "
-                               "Linear/Conv/norm layer gradhealth can zero; name it with layers=[...]"))
-                break
-            n = n.all_input_nodes[0]
-    return ends, "" if ends else "no x + f(x) residual connection was found in the traced graph", missed
-
-
-def zero_init_residual_(model: nn.Module, *, layers: str | Sequence[str] | None = None) -> InitSummary:
-    """Zero the last layer of every residual branch, so each block starts as the identity.
-
-    With ``x + f(x)`` blocks whose ``f`` ends in zero, a deep residual network starts as a
-    shallow one: the forward signal and the gradient pass through the skip paths unchanged,
-    whatever the depth (Goyal et al. 2017 zero the last BatchNorm scale; Fixup, Zhang et al.
-    2019, and SkipInit, De & Smith 2020, the same idea without normalisation). Where the
-    branch ends in a normalisation layer its scale (and shift) is zeroed; otherwise the
-    weight and bias of its last Linear/Conv.
-
-    Args:
-        model: the model; branches are found by tracing it with ``torch.fx``.
-        layers: glob pattern(s) naming the layers to zero instead (use it when the model
-            cannot be traced); a pattern that matches nothing is an error.
-
-    Returns:
-        :class:`InitSummary`.
-
-    Raises:
-        ParameterError: no residual branch found and no ``layers`` given.
-    """
-    owner = "zero_init_residual_"
-    if not isinstance(model, nn.Module):
-        raise ParameterError("model", owner, "a torch.nn.Module", type(model).__name__, "pass the model itself.")
-    named = {n: m for n, m in model.named_modules() if isinstance(m, _ZERO_TYPES)}
-    pats = _patterns(layers, "layers", owner)
-    if pats is not None:
-        names = []
-        for p in pats:
-            hit = [n for n in named if fnmatch.fnmatchcase(n, p)]
-            if not hit:
-                raise ParameterError("layers", owner, "glob patterns matching Linear/Conv/norm layer names", p,
-                                     "choose from: " + ", ".join(list(named)[:12]))
-            names += [n for n in hit if n not in names]
-        source = "layers argument"
-    else:
-        found, why, missed = _residual_branch_ends(model)
-        if not found and missed:
-            why = "; ".join(w for _, w in missed[:2])
-        if not found:
-            raise ParameterError("model", owner, "a model with x + f(x) residual branches (found by torch.fx)",
-                                 type(model).__name__, f"{why}; name the last layer of each branch with "
-                                 "layers=['blocks.*.fc2'].")
-        names, source = found, "end of residual branch"
-    summary = InitSummary(owner)
-    if pats is None:
-        summary.unmatched += missed
-    with torch.no_grad():
-        for n in names:
-            m = named[n]
-            before = _std(m.weight) if getattr(m, "weight", None) is not None else 0.0
-            written = []
-            for pname in ("weight", "bias"):
-                p = getattr(m, pname, None)
-                if isinstance(p, torch.Tensor):
-                    p.zero_()
-                    written.append(pname)
-            summary.changed.append(LayerInit(n, type(m).__name__, "", source, "zeros", written, before, 0.0))
-    if summary.unmatched:
-        warnings.warn(f"{owner}: {len(summary.unmatched)} residual branch(es) left unchanged: "
-                      + "; ".join(f"{n}: {w}" for n, w in summary.unmatched[:3]), UserWarning, stacklevel=2)
-    return summary
