@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import gradhealth
-from gradhealth.remedies._cases import CASES, backward_profile, delay_task, digits, train
+from gradhealth.gallery._cases import CASES, backward_profile, delay_task, digits, train
 
 try:  # the probe pillar; the independent measure below stands without it
     from gradhealth.probe import probe

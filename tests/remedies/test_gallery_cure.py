@@ -3,7 +3,7 @@
 import matplotlib
 
 from gradhealth.gallery import SECTIONS, cure
-from gradhealth.remedies._cases import CASES
+from gradhealth.gallery._cases import CASES
 
 
 def test_section_lists_every_case():

@@ -1,6 +1,6 @@
 """Gallery section: the four canonical broken networks, cured in one line each.
 
-For every case of :data:`gradhealth.remedies._cases.CASES` the figure shows the backward
+For every case of :data:`gradhealth.gallery._cases.CASES` the figure shows the backward
 signal per layer (or per time step) before and after the prescribed remedy, measured with
 plain autograd hooks, and a short training run of both versions. Everything is computed when
 the figure is drawn (a few seconds on one core).
@@ -27,7 +27,7 @@ def measure(slug: str) -> dict:
     """Profiles and loss curves of one case, broken and cured (cached for draw and table)."""
     import torch
 
-    from ..remedies._cases import CASES, backward_profile, delay_task, digits, train
+    from ._cases import CASES, backward_profile, delay_task, digits, train
 
     case = next(c for c in CASES if c.slug == slug)
     threads = torch.get_num_threads()
@@ -135,7 +135,7 @@ def training_time_runs() -> dict:
     from torch import nn
 
     from ..remedies import AutoClip, clip_grad_norm_, he_, skip_nonfinite
-    from ..remedies._cases import digits
+    from ._cases import digits
 
     x, y = digits()
     threads = torch.get_num_threads()
@@ -230,7 +230,7 @@ def table_training_time() -> str:
 
 
 def figures() -> list[Figure]:
-    from ..remedies._cases import CASES
+    from ._cases import CASES
 
     cases = [Figure(slug=f"cure_{c.slug}", title=c.title, caption=_CAPTIONS[c.slug],
                     draw=functools.partial(draw_case, c.slug), table=functools.partial(table_case, c.slug))

@@ -1,5 +1,5 @@
 """The four canonical broken networks, their remedies, and an independent before/after check
-(internal: shared by the evidence tests, the cure gallery, the docs and examples/cure_tanh.py).
+(internal demo fixtures: shared by the cure gallery section, the evidence tests and the docs).
 
 Each :class:`Case` builds a small broken model, names the prescribed remedy as code, applies
 it, and trains both versions for a short run on real data (``load_digits``) or a synthetic
@@ -18,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import critical_, gaussian_, orthogonal_
-from .arch import replace_activation_
-from .init import he_
+from ..remedies import critical_, gaussian_, he_, orthogonal_, replace_activation_
 
 __all__ = ["Case", "CASES", "digits", "delay_task", "backward_profile", "train", "mlp"]
 
