@@ -30,6 +30,8 @@ COMMANDS = {
     "run": "run",
     "events": "events",
     "summary": "summary",
+    "report": "report",
+    "top": "top",
     "meanfield": "meanfield",
     "phase": "phase",
 }

@@ -90,6 +90,7 @@ class Report:
         events: the events (a run's, or a probe's findings).
         figures: the figures, drawn when the report is rendered.
         problems: what could not be read or measured, said plainly.
+        damaged: part of the source could not be read (the report is partial).
     """
 
     kind: str
@@ -102,6 +103,7 @@ class Report:
     events: list = field(default_factory=list)
     figures: list = field(default_factory=list)
     problems: list = field(default_factory=list)
+    damaged: bool = False
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -115,6 +117,7 @@ class Report:
         from ..store import Run, load_run
 
         problems: list[str] = []
+        damaged = False
         if isinstance(run_dir, Run):
             run = run_dir
         else:
@@ -125,9 +128,12 @@ class Report:
                     run = load_run(run_dir, layer_stats=False)
                 except StoreError:
                     return cls.unreadable(str(run_dir), str(exc))
+                damaged = True
                 problems.append(f"the per-layer rows could not be read ({exc}); the heatmap and "
                                 "update ratios are missing")
-        return _run_report(run, problems)
+        report = _run_report(run, problems)
+        report.damaged = damaged
+        return report
 
     @classmethod
     def unreadable(cls, source: str, why: str) -> "Report":
@@ -143,7 +149,8 @@ class Report:
             try:
                 result = load_probe(result)
             except (OSError, ValueError, TypeError, KeyError) as exc:
-                return cls.unreadable(str(result), f"not a readable probe result JSON ({exc})")
+                return cls.unreadable(str(result), f"{str(result)!r} is not a readable probe result "
+                                      f"JSON ({exc}). Fix: pass the output of `gradhealth probe --json`.")
         elif isinstance(result, dict):
             result = probe_from_dict(result)
         return _probe_report(result)
