@@ -91,6 +91,8 @@ class Report:
         figures: the figures, drawn when the report is rendered.
         problems: what could not be read or measured, said plainly.
         damaged: part of the source could not be read (the report is partial).
+        layers: one row per layer for the layer table: ``{"index", "name", "type",
+            "n_params", "last", "nonfinite_steps", "first_nonfinite"}``.
     """
 
     kind: str
@@ -104,6 +106,7 @@ class Report:
     figures: list = field(default_factory=list)
     problems: list = field(default_factory=list)
     damaged: bool = False
+    layers: list = field(default_factory=list)
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -292,7 +295,25 @@ def _run_report(run, problems: list[str]) -> Report:
                                "the layer stopped learning.", _bind(F.plot_update_ratio, run)))
     return Report(kind="run", source=str(run.run_dir), verdict=verdict, headline=headline,
                   first=_first_dict(first), prescriptions=presc, facts=facts,
-                  events=list(run.events), figures=figs, problems=problems)
+                  events=list(run.events), figures=figs, problems=problems,
+                  layers=_layer_rows(run))
+
+
+def _layer_rows(run) -> list[dict]:
+    """Per layer: the newest gradient norm and when its gradient was first non-finite."""
+    rows = {d["index"]: {**d, "last": None, "nonfinite_steps": 0, "first_nonfinite": None}
+            for d in run.layers}
+    for r in run.layer_stats:  # in step order
+        d = rows.get(r["layer"])
+        g = r.get("grad_norm")
+        if d is None or g is None:
+            continue
+        d["last"] = g
+        if not math.isfinite(g) or (r.get("nonfinite") or 0) > 0:
+            d["nonfinite_steps"] += 1
+            if d["first_nonfinite"] is None:
+                d["first_nonfinite"] = r["step"]
+    return list(rows.values())
 
 
 def _bind(plot, data):
@@ -505,6 +526,11 @@ _PAGE = """{% if full %}<!DOCTYPE html>
 <figure id="fig-{{ f.slug|v }}"><figcaption><b>{{ f.title|v }}.</b> {{ f.caption|v }}</figcaption>
 {% if f.get('png') %}<img src="data:image/png;base64,{{ f.png }}" alt="{{ f.title|v }}">{% else %}<p class="err">could not draw this figure: {{ f.error|v }}</p>{% endif %}
 </figure>{% endfor %}</section>{% endif %}
+{% if layers %}<section id="layers"><h2>Layers ({{ r.layers|length }}, depth order)</h2>
+<table class="events"><thead><tr><th>#</th><th>layer</th><th>type</th><th>params</th><th>last grad norm</th><th>non-finite steps</th><th>first non-finite</th></tr></thead><tbody>
+{% for d in layers %}<tr{% if d.nonfinite_steps %} class="sev-error"{% endif %}><td>{{ d.index }}</td><td><code class="layer">{{ d.name|v }}</code></td><td>{{ d.type|v }}</td>
+<td>{{ d.n_params if d.n_params is not none else "-" }}</td><td>{{ fmt(d.last) }}</td><td>{{ d.nonfinite_steps }}</td><td>{{ d.first_nonfinite if d.first_nonfinite is not none else "-" }}</td></tr>{% endfor %}
+</tbody></table>{% if r.layers|length > layers|length %}<p>{{ r.layers|length - layers|length }} more layer(s) not listed.</p>{% endif %}</section>{% endif %}
 <section id="events"><h2>Events ({{ r.events|length }})</h2>
 {% if events %}<table class="events"><thead><tr><th>step</th><th>severity</th><th>kind</th><th>layer</th><th>message</th><th>remedy</th></tr></thead><tbody>
 {% for e in events %}<tr class="sev-{{ e.severity|v }}"><td>{{ e.step if e.step is not none else "-" }}{% if e.since is not none and e.since != e.step %}<br><small>since {{ e.since }}</small>{% endif %}</td>
@@ -542,7 +568,8 @@ def render_page(report: Report, figures: list[dict], full: bool = True) -> str:
     events = worst_first(report.events)
     return _env().from_string(_PAGE).render(
         r=report, full=full, css=_CSS, hue=_VERDICT_HUE.get(report.verdict, "#d62728"),
-        when=when, figures=figures, events=events[:_MAX_EVENT_ROWS],
+        when=when, figures=figures, events=events[:_MAX_EVENT_ROWS], fmt=format_value,
+        layers=report.layers[:_MAX_EVENT_ROWS],
         hidden=max(0, len(events) - _MAX_EVENT_ROWS))
 
 
