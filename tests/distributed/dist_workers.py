@@ -1,0 +1,97 @@
+"""Workers for the 2-rank tests (module-level so the spawn start method can import them)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+import gradhealth
+
+STEPS = 4
+BATCH = 16
+
+
+def model_and_data():
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(5):
+        layers += [nn.Linear(12, 12), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(12, 3))
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(STEPS, BATCH, 12, generator=g)
+    ys = torch.randint(0, 3, (STEPS, BATCH), generator=g)
+    return model, xs, ys
+
+
+def _norms(history):
+    return [[s.step, s.global_grad_norm, [float(x) for x in s.grad_norm]] for s in history]
+
+
+def single_process(nan_step=None, nan_rank_rows=None):
+    """The truth: full batch in one process (DDP averages equal-sized shards' mean losses)."""
+    model, xs, ys = model_and_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(model, opt, on_nonfinite="skip") as w:
+            for s in range(STEPS):
+                x = xs[s].clone()
+                if s == nan_step:
+                    x[nan_rank_rows] = float("nan")
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), ys[s]).backward()
+                opt.step()
+    return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events],
+            "params": [float(p.detach().double().sum()) for p in model.parameters()]}
+
+
+def ddp_worker(rank, world, nan_step=None, nan_on_rank=None):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model, xs, ys = model_and_data()
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    per = BATCH // world
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(ddp, opt, on_nonfinite="skip") as w:
+            for s in range(STEPS):
+                x = xs[s, rank * per:(rank + 1) * per].clone()
+                if s == nan_step and rank == nan_on_rank:
+                    x[0] = float("nan")
+                opt.zero_grad()
+                nn.functional.cross_entropy(ddp(x), ys[s, rank * per:(rank + 1) * per]).backward()
+                opt.step()
+    return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events],
+            "params": [float(p.detach().double().sum()) for p in model.parameters()],
+            "skipped": [s.step for s in w.history if s.skipped]}
+
+
+def fsdp_worker(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model, xs, ys = model_and_data()
+    mesh = init_device_mesh("cpu", (world,))
+    for m in model:
+        if isinstance(m, nn.Linear):
+            fully_shard(m, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    per = BATCH // world
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(model, opt) as w:
+            for s in range(STEPS):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(xs[s, rank * per:(rank + 1) * per]),
+                                            ys[s, rank * per:(rank + 1) * per]).backward()
+                opt.step()
+    return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events]}
+
+
+def close(a, b, rel=1e-4):
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
