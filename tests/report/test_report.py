@@ -166,3 +166,15 @@ def test_notebook_and_image_outputs(poisoned_run_dir, tmp_path):
     for fmt in ("png", "svg"):
         p = rep.to_image(tmp_path / f"r.{fmt}")
         assert p.stat().st_size > 1000
+
+
+def test_write_demo_report_links_every_report(poisoned_run_dir, probe_result, tmp_path):
+    from gradhealth.report import write_demo_report
+
+    index = write_demo_report(tmp_path / "demo", [("broken run", Report.from_run(poisoned_run_dir)),
+                                                  ("probe", Report.from_probe(probe_result))],
+                              links=[("gallery", "gallery/index.html")])
+    page = index.read_text()
+    for href in ("broken_run.html", "probe.html", "gallery/index.html"):
+        assert f'href="{href}"' in page
+    assert (tmp_path / "demo" / "broken_run.html").stat().st_size > 10_000
