@@ -335,3 +335,16 @@ def test_zero_init_residual_zeroes_attention_out_proj_and_reports_what_it_cannot
     assert len(s2.unmatched) == 1 and "cumsum" in s2.unmatched[0][1]
     with pytest.raises(ParameterError, match="cumsum"):  # nothing zeroable at all: say why
         zero_init_residual_(nn.Sequential(_OddBranch()))
+
+
+def test_old_import_paths_of_the_split_init_module():
+    """init.py was split (planner, summary, LSUV, residual zeroing): every name it had is still
+    importable from gradhealth.remedies.init and is the same object as in its new home."""
+    from gradhealth.remedies import _plan, _summary, init, lsuv, residual
+
+    for name in init.__all__:
+        assert getattr(init, name) is not None, name
+    assert init.lsuv_ is lsuv.lsuv_ and init.zero_init_residual_ is residual.zero_init_residual_
+    assert init.InitSummary is _summary.InitSummary and init.LayerInit is _summary.LayerInit
+    for name in ("weight_layers", "_ACT_MODULES", "_act_of_module", "_parse_act", "_plan", "_Act"):
+        assert getattr(init, name) is getattr(_plan, name), name

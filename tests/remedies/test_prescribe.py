@@ -219,3 +219,24 @@ def test_leaky_relu_prescription_keeps_the_models_own_slope():
     apply_prescription(p, m)
     var = m[0].weight.var().item() * 64
     assert var == pytest.approx(2 / (1 + 0.5 ** 2), rel=0.08)  # He for slope 0.5 (1.6), not 0.01 (2.0)
+
+
+def test_every_kind_has_one_rule_in_the_table():
+    """prescribe is a table kind -> rule: a new kind without a rule fails here, not silently."""
+    from gradhealth.remedies.prescribe import _RULES
+
+    assert set(_RULES) == set(KINDS)
+    assert [k for k, r in _RULES.items() if r is None] == ["healthy", "internal"]
+    assert _RULES["guard"] is _RULES["nonfinite"] and _RULES["vanishing"] is _RULES["exploding"]
+
+
+def test_apply_names_keep_their_old_import_path():
+    import importlib
+
+    from gradhealth.remedies import _apply
+
+    # the attribute gradhealth.remedies.prescribe is the function; the module is in sys.modules
+    prescribe_module = importlib.import_module("gradhealth.remedies.prescribe")
+
+    for name in ("apply_prescription", "applies_to_model", "MODEL_REMEDIES"):
+        assert getattr(prescribe_module, name) is getattr(_apply, name)

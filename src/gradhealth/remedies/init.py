@@ -65,10 +65,10 @@ from ..errors import ParameterError
 # The planner, the summary, LSUV and residual zeroing live in their own modules; the names are
 # re-exported here so that ``gradhealth.remedies.init.<name>`` keeps working.
 from ._plan import (_ACT_FUNCTIONS, _ACT_METHODS, _ACT_MODULES, _IGNORED_METHODS,  # noqa: F401
-                    _OUTPUT_FUNCTIONS, _OUTPUT_METHODS, _OUTPUT_MODULES, _PASS_FUNCTIONS, _PASS_METHODS,
-                    _PASS_MODULES, _WEIGHT_TYPES, _Act, _act_of_module, _classify_module, _classify_node,
-                    _detect_fx, _detect_module_order, _parse_act, _patterns, _plan, _resolve, _rnn_act,
-                    _Target, weight_layers)
+                    _OUTPUT_FUNCTIONS, _OUTPUT_METHODS, _OUTPUT_MODULES, _PASS_FUNCTIONS,  # noqa: F401
+                    _PASS_METHODS, _PASS_MODULES, _WEIGHT_TYPES, _Act, _act_of_module,  # noqa: F401
+                    _classify_module, _classify_node, _detect_fx, _detect_module_order,  # noqa: F401
+                    _parse_act, _patterns, _plan, _resolve, _rnn_act, _Target, weight_layers)  # noqa: F401
 from ._summary import InitSummary, LayerInit, _biases, _std, _weights
 from .lsuv import lsuv_
 from .residual import _ZERO_TYPES, _residual_branch_ends, zero_init_residual_  # noqa: F401

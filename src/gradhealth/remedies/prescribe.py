@@ -43,11 +43,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ParameterError
 from ..events import KINDS, Prescription
+# Applying a prescription to a model is its own room; re-exported here (old import path).
+from ._apply import MODEL_REMEDIES, _parse_model_calls, applies_to_model, apply_prescription  # noqa: F401
 
 __all__ = ["prescribe", "apply_prescription", "applies_to_model", "MODEL_REMEDIES", "EVIDENCE_KEYS",
            "critical_sigma_w2_or_none"]
@@ -378,246 +380,191 @@ def prescribe(kind: str, evidence: Mapping | None = None, *, activation: Any = N
             ev.update(src)
     act = _act_name(activation if activation is not None else ev.get("activation"))
     layer = layer if layer is not None else _str(ev, "worst_layer")
-    b = _Builder(kind)
-    recurrent = bool(_flag(ev, "is_recurrent"))
-
-    if kind in ("healthy", "internal"):
+    rule = _RULES[kind]
+    if rule is None:
         return []
+    b = _Builder(kind)
+    rule(b, ev, act, layer)
+    return b.done()
 
-    if kind in ("vanishing", "exploding"):
-        direction = "vanish" if kind == "vanishing" else "explode"
-        rho = _num(ev, "spectral_radius")
-        if recurrent or rho is not None:
-            _rnn_remedies(b, ev, act, direction)
-        else:
-            _init_remedies(b, ev, act, "vanishing" if kind == "vanishing" else "exploding", layer)
-        if kind == "exploding":
-            t, why = _clip_threshold(ev)
-            b.add("clip the global gradient norm",
-                  f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
-                  f"bounds the step while the cause is fixed: {why}")
-        if not recurrent:
-            _arch_remedies(b, ev, direction)
-        return b.done()
 
-    if kind in ("nonfinite", "guard"):
-        gn, lr = _num(ev, "grad_norm"), _num(ev, "lr")
-        where = f" first at {layer}" if layer else ""
-        if kind == "nonfinite":
-            b.add("skip steps with non-finite gradients (optimizer state untouched)",
-                  f"{_R}skip_nonfinite(optimizer, max_consecutive_skips=10)",
-                  f"a NaN/Inf gradient{where}" + (f" (grad norm {_g(gn)})" if gn is not None else
-                                                  "") + " would corrupt every parameter and the "
-                  "optimizer moments in one step; skipping keeps training alive and counts the skips")
+# --- one rule per kind: rule(builder, evidence, activation, layer) adds the prescriptions --------
+def _rule_signal(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
+    """vanishing / exploding: re-initialise (through time for a recurrent net), clip when it
+    explodes, and the architecture changes."""
+    recurrent = bool(_flag(ev, "is_recurrent"))
+    direction = "vanish" if b.kind == "vanishing" else "explode"
+    rho = _num(ev, "spectral_radius")
+    if recurrent or rho is not None:
+        _rnn_remedies(b, ev, act, direction)
+    else:
+        _init_remedies(b, ev, act, "vanishing" if b.kind == "vanishing" else "exploding", layer)
+    if b.kind == "exploding":
         t, why = _clip_threshold(ev)
         b.add("clip the global gradient norm",
               f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
-              f"NaN usually follows an overflow of large but finite gradients: {why}")
+              f"bounds the step while the cause is fixed: {why}")
+    if not recurrent:
+        _arch_remedies(b, ev, direction)
+
+
+def _rule_nonfinite(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
+    """nonfinite (and guard, which is read as nonfinite): skip, clip, lower the learning rate."""
+    gn, lr = _num(ev, "grad_norm"), _num(ev, "lr")
+    where = f" first at {layer}" if layer else ""
+    if b.kind == "nonfinite":
+        b.add("skip steps with non-finite gradients (optimizer state untouched)",
+              f"{_R}skip_nonfinite(optimizer, max_consecutive_skips=10)",
+              f"a NaN/Inf gradient{where}" + (f" (grad norm {_g(gn)})" if gn is not None else
+                                              "") + " would corrupt every parameter and the "
+              "optimizer moments in one step; skipping keeps training alive and counts the skips")
+    t, why = _clip_threshold(ev)
+    b.add("clip the global gradient norm",
+          f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
+          f"NaN usually follows an overflow of large but finite gradients: {why}")
+    if lr is not None:
+        new = _nice(lr / 10)
+        b.add("lower the learning rate",
+              f"for g in optimizer.param_groups: g['lr'] = {new!r}",
+              f"lr = {_g(lr)} let the parameters overflow; a 10x smaller rate is the usual first try")
+    else:
+        b.add("lower the learning rate", "for g in optimizer.param_groups: g['lr'] *= 0.1",
+              "non-finite values after a large step are the classic sign of a too-large learning rate")
+
+
+def _rule_dead_units(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
+    """dead_units: He init with zero biases, LeakyReLU, LSUV, a lower learning rate."""
+    frac = _num(ev, "fraction")
+    lr = _num(ev, "lr")
+    f = f"{_g(100 * frac)}% of units" if frac is not None else "many units"
+    where = f" in {layer}" if layer else ""
+    # No layers=... here: dead units are measured at an activation, whose name is not
+    # the name of the weight layer before it.
+    b.add("re-initialise with He init (zero biases)",
+          f"{_R}he_(model)",
+          f"{f}{where} never activate on the batch, so they pass no gradient; He init with zero "
+          "biases puts half of each layer's pre-activations above 0")
+    b.add("use LeakyReLU so that inactive units still pass gradient",
+          f"# nn.ReLU() -> nn.LeakyReLU(0.01), then: {_R}he_(model, activation='leaky_relu')",
+          f"{f}{where} have gradient exactly 0; a negative slope of 0.01 keeps them trainable")
+    b.add("rescale each layer to unit output variance on a batch (LSUV)", f"{_R}lsuv_(model, inputs)",
+          "data-driven scaling also re-centres layers pushed negative by their inputs")
+    if lr is not None:
+        b.add("lower the learning rate", f"for g in optimizer.param_groups: g['lr'] = {_nice(lr / 10)!r}",
+              f"units usually die after a large update pushed their bias negative (lr = {_g(lr)})")
+
+
+def _rule_saturated(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
+    """saturated: leave the flat tails (ReLU for sigmoid, the critical point, Xavier, LSUV,
+    normalisation)."""
+    frac = _num(ev, "fraction")
+    sw2 = _num(ev, "sigma_w2")
+    f = f"{_g(100 * frac)}% of units" if frac is not None else "many units"
+    where = f" in {layer}" if layer else ""
+    a = act or "tanh"
+    crit, sb2_arg = _critical_point(a, _sigma_b2(ev))
+    now = f" (now sigma_w2 = {_g(sw2)})" if sw2 is not None else ""
+    at_crit = crit is not None and sw2 is not None and abs(sw2 / crit - 1) < 0.25
+    if a == "sigmoid":
+        b.add("switch the activations to ReLU and re-initialise with He init",
+              f"{_R}replace_activation_(model, 'sigmoid', 'relu'); {_R}he_(model)",
+              f"{f}{where} sit in the flat tails of sigmoid{now}; ReLU has no upper tail, and "
+              "He init keeps its backward signal at chi_1 = 1")
+    if crit is not None and not at_crit:
+        b.add("re-initialise at the edge of chaos",
+              f"{_R}critical_(model, activation={a!r}, sigma_b2={sb2_arg!r})",
+              f"{f}{where} sit in the flat tails of {a}, where its derivative is ~0; "
+              f"critical_ sets sigma_w2 = {_g(crit)}{now}, keeping pre-activations in the "
+              "responsive range")
+    b.add("re-initialise with Xavier init matched to the activation",
+          f"{_R}xavier_(model, activation={a!r})",
+          f"{f}{where} are saturated{now}: pre-activation variance is too large for {a}")
+    b.add("rescale each layer to unit output variance on a batch (LSUV)", f"{_R}lsuv_(model, inputs)",
+          "unit pre-activation variance keeps most inputs of a saturating activation in its linear range")
+    b.add("add normalisation before the activation",
+          "# nn.Linear(...) -> nn.Sequential(nn.Linear(...), nn.LayerNorm(...), activation)",
+          "normalisation pins the pre-activation scale during training, not only at init")
+
+
+def _rule_grad_spike(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
+    """grad_spike: clip (global norm, AutoClip, AGC)."""
+    t, why = _clip_threshold(ev)
+    b.add("clip the global gradient norm",
+          f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})", f"a gradient spike: {why}")
+    b.add("clip adaptively at a percentile of the gradient-norm history (AutoClip)",
+          f"{_R}AutoClip(percentile=10.0)",
+          "AutoClip (Seetharaman et al. 2020) tracks your own norm history, so the threshold "
+          "follows the training instead of a fixed guess; call it as autoclip(model.parameters())")
+    b.add("clip unit-wise relative to the weights (AGC)", f"{_R}agc_(model, clipping=0.01)",
+          "AGC (Brock et al. 2021) caps each unit's ||grad|| / ||weight|| at 0.01, so one layer's "
+          "spike cannot dominate")
+
+
+def _rule_loss_spike(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
+    """loss_spike: clip, halve the learning rate, AutoClip."""
+    loss, med, mad, lr = _num(ev, "loss"), _num(ev, "median"), _num(ev, "mad"), _num(ev, "lr")
+    s = "the loss jumped"
+    if loss is not None and med is not None:
+        s = f"loss {_g(loss)} against a median of {_g(med)}"
+        if mad is not None and mad > 0:
+            s += f" ({_g((loss - med) / (1.4826 * mad))} robust SD above)"
+    # the median / mad here are the loss's, not the gradient norm's: only grad_norm is passed on
+    gev = {k: ev.get(k) for k in ("grad_norm",)}
+    t, why = _clip_threshold(gev)
+    b.add("clip the global gradient norm",
+          f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
+          f"{s}; a loss spike usually follows a too-large step: {why}")
+    if lr is not None:
+        b.add("lower the learning rate (or warm it up)",
+              f"for g in optimizer.param_groups: g['lr'] = {_nice(lr / 2)!r}",
+              f"{s}; halving lr = {_g(lr)} halves the step that caused it")
+    b.add("clip adaptively at a percentile of the gradient-norm history (AutoClip)",
+          f"{_R}AutoClip(percentile=10.0)",
+          f"{s}; AutoClip bounds steps relative to the run's own gradient-norm history")
+
+
+def _rule_update_ratio(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
+    """update_ratio: far below ~1e-3, move faster (raise lr, He init); above, move slower (AGC,
+    lower lr, clip)."""
+    r, lr = _num(ev, "update_ratio"), _num(ev, "lr")
+    where = f" at {layer}" if layer else ""
+    target = 1e-3  # the usual healthy ||update|| / ||W|| per step (Karpathy's rule of thumb)
+    if r is not None and r < target / 10:
+        s = f"update/weight ratio {_g(r)}{where}, far below ~1e-3: the layer barely moves"
         if lr is not None:
-            new = _nice(lr / 10)
-            b.add("lower the learning rate",
-                  f"for g in optimizer.param_groups: g['lr'] = {new!r}",
-                  f"lr = {_g(lr)} let the parameters overflow; a 10x smaller rate is the usual first try")
-        else:
-            b.add("lower the learning rate", "for g in optimizer.param_groups: g['lr'] *= 0.1",
-                  "non-finite values after a large step are the classic sign of a too-large learning rate")
-        return b.done()
-
-    if kind == "dead_units":
-        frac = _num(ev, "fraction")
-        lr = _num(ev, "lr")
-        f = f"{_g(100 * frac)}% of units" if frac is not None else "many units"
-        where = f" in {layer}" if layer else ""
-        # No layers=... here: dead units are measured at an activation, whose name is not
-        # the name of the weight layer before it.
-        b.add("re-initialise with He init (zero biases)",
-              f"{_R}he_(model)",
-              f"{f}{where} never activate on the batch, so they pass no gradient; He init with zero "
-              "biases puts half of each layer's pre-activations above 0")
-        b.add("use LeakyReLU so that inactive units still pass gradient",
-              f"# nn.ReLU() -> nn.LeakyReLU(0.01), then: {_R}he_(model, activation='leaky_relu')",
-              f"{f}{where} have gradient exactly 0; a negative slope of 0.01 keeps them trainable")
-        b.add("rescale each layer to unit output variance on a batch (LSUV)", f"{_R}lsuv_(model, inputs)",
-              "data-driven scaling also re-centres layers pushed negative by their inputs")
-        if lr is not None:
-            b.add("lower the learning rate", f"for g in optimizer.param_groups: g['lr'] = {_nice(lr / 10)!r}",
-                  f"units usually die after a large update pushed their bias negative (lr = {_g(lr)})")
-        return b.done()
-
-    if kind == "saturated":
-        frac = _num(ev, "fraction")
-        sw2 = _num(ev, "sigma_w2")
-        f = f"{_g(100 * frac)}% of units" if frac is not None else "many units"
-        where = f" in {layer}" if layer else ""
-        a = act or "tanh"
-        crit, sb2_arg = _critical_point(a, _sigma_b2(ev))
-        now = f" (now sigma_w2 = {_g(sw2)})" if sw2 is not None else ""
-        at_crit = crit is not None and sw2 is not None and abs(sw2 / crit - 1) < 0.25
-        if a == "sigmoid":
-            b.add("switch the activations to ReLU and re-initialise with He init",
-                  f"{_R}replace_activation_(model, 'sigmoid', 'relu'); {_R}he_(model)",
-                  f"{f}{where} sit in the flat tails of sigmoid{now}; ReLU has no upper tail, and "
-                  "He init keeps its backward signal at chi_1 = 1")
-        if crit is not None and not at_crit:
-            b.add("re-initialise at the edge of chaos",
-                  f"{_R}critical_(model, activation={a!r}, sigma_b2={sb2_arg!r})",
-                  f"{f}{where} sit in the flat tails of {a}, where its derivative is ~0; "
-                  f"critical_ sets sigma_w2 = {_g(crit)}{now}, keeping pre-activations in the "
-                  "responsive range")
-        b.add("re-initialise with Xavier init matched to the activation",
-              f"{_R}xavier_(model, activation={a!r})",
-              f"{f}{where} are saturated{now}: pre-activation variance is too large for {a}")
-        b.add("rescale each layer to unit output variance on a batch (LSUV)", f"{_R}lsuv_(model, inputs)",
-              "unit pre-activation variance keeps most inputs of a saturating activation in its linear range")
-        b.add("add normalisation before the activation",
-              "# nn.Linear(...) -> nn.Sequential(nn.Linear(...), nn.LayerNorm(...), activation)",
-              "normalisation pins the pre-activation scale during training, not only at init")
-        return b.done()
-
-    if kind == "grad_spike":
-        t, why = _clip_threshold(ev)
-        b.add("clip the global gradient norm",
-              f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})", f"a gradient spike: {why}")
-        b.add("clip adaptively at a percentile of the gradient-norm history (AutoClip)",
-              f"{_R}AutoClip(percentile=10.0)",
-              "AutoClip (Seetharaman et al. 2020) tracks your own norm history, so the threshold "
-              "follows the training instead of a fixed guess; call it as autoclip(model.parameters())")
-        b.add("clip unit-wise relative to the weights (AGC)", f"{_R}agc_(model, clipping=0.01)",
-              "AGC (Brock et al. 2021) caps each unit's ||grad|| / ||weight|| at 0.01, so one layer's "
-              "spike cannot dominate")
-        return b.done()
-
-    if kind == "loss_spike":
-        loss, med, mad, lr = _num(ev, "loss"), _num(ev, "median"), _num(ev, "mad"), _num(ev, "lr")
-        s = "the loss jumped"
-        if loss is not None and med is not None:
-            s = f"loss {_g(loss)} against a median of {_g(med)}"
-            if mad is not None and mad > 0:
-                s += f" ({_g((loss - med) / (1.4826 * mad))} robust SD above)"
-        gev = {k: ev.get(k) for k in ("grad_norm",)}
-        t, why = _clip_threshold(gev)
-        b.add("clip the global gradient norm",
-              f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
-              f"{s}; a loss spike usually follows a too-large step: {why}")
-        if lr is not None:
-            b.add("lower the learning rate (or warm it up)",
-                  f"for g in optimizer.param_groups: g['lr'] = {_nice(lr / 2)!r}",
-                  f"{s}; halving lr = {_g(lr)} halves the step that caused it")
-        b.add("clip adaptively at a percentile of the gradient-norm history (AutoClip)",
-              f"{_R}AutoClip(percentile=10.0)",
-              f"{s}; AutoClip bounds steps relative to the run's own gradient-norm history")
-        return b.done()
-
-    if kind == "update_ratio":
-        r, lr = _num(ev, "update_ratio"), _num(ev, "lr")
-        where = f" at {layer}" if layer else ""
-        target = 1e-3  # the usual healthy ||update|| / ||W|| per step (Karpathy's rule of thumb)
-        if r is not None and r < target / 10:
-            s = f"update/weight ratio {_g(r)}{where}, far below ~1e-3: the layer barely moves"
-            if lr is not None:
-                b.add("raise the learning rate",
-                      f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * (min(target / r, 10.0) if r > 0 else 10.0))!r}",
-                      s + f" (lr = {_g(lr)})")
-            b.add("re-initialise with He (Kaiming) init, activation detected per layer", f"{_R}he_(model)",
-                  s + "; tiny updates in early layers are how vanishing gradients show up in training")
-            return b.done()
-        s = f"update/weight ratio {_g(r)}{where}, above ~1e-3" if r is not None else \
-            f"update/weight ratio out of range{where}"
-        b.add("clip unit-wise relative to the weights (AGC)", f"{_R}agc_(model, clipping=0.01)",
-              s + "; AGC caps ||grad|| / ||weight|| per unit, which bounds this ratio directly")
-        if lr is not None and r is not None and r > 0:
-            b.add("lower the learning rate",
-                  f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * target / r)!r}",
-                  s + f"; lr = {_g(lr)} scaled by 1e-3 / {_g(r)}")
-        t, why = _clip_threshold(ev)
-        b.add("clip the global gradient norm",
-              f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})", f"{s}: {why}")
-        return b.done()
-
-    return []  # unreachable: every kind is handled above
+            b.add("raise the learning rate",
+                  f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * (min(target / r, 10.0) if r > 0 else 10.0))!r}",
+                  s + f" (lr = {_g(lr)})")
+        b.add("re-initialise with He (Kaiming) init, activation detected per layer", f"{_R}he_(model)",
+              s + "; tiny updates in early layers are how vanishing gradients show up in training")
+        return
+    s = f"update/weight ratio {_g(r)}{where}, above ~1e-3" if r is not None else \
+        f"update/weight ratio out of range{where}"
+    b.add("clip unit-wise relative to the weights (AGC)", f"{_R}agc_(model, clipping=0.01)",
+          s + "; AGC caps ||grad|| / ||weight|| per unit, which bounds this ratio directly")
+    if lr is not None and r is not None and r > 0:
+        b.add("lower the learning rate",
+              f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * target / r)!r}",
+              s + f"; lr = {_g(lr)} scaled by 1e-3 / {_g(r)}")
+    t, why = _clip_threshold(ev)
+    b.add("clip the global gradient norm",
+          f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})", f"{s}: {why}")
 
 
-# --- applying a prescription ---------------------------------------------------------------
-#: Remedies that change the model itself, once (the others act during training: clipping,
-#: guards, learning-rate changes, or are code changes to forward()).
-MODEL_REMEDIES = ("he_", "xavier_", "lecun_", "orthogonal_", "critical_", "gaussian_", "lsuv_",
-                  "zero_init_residual_", "replace_activation_")
+_Rule = Callable[[_Builder, Mapping, "str | None", "str | None"], None]  # (builder, evidence, activation, layer)
 
-
-def _parse_model_calls(code: str) -> list[tuple[str, list, dict]] | None:
-    """``[(function, args, kwargs), ...]`` for code made only of ``gradhealth.remedies.f(...)``
-    calls to :data:`MODEL_REMEDIES` with literal arguments and the names ``model`` /
-    ``inputs``; ``None`` for anything else."""
-    import ast
-
-    try:
-        tree = ast.parse(code, mode="exec")
-    except SyntaxError:
-        return None
-    if not tree.body:
-        return None
-    out = []
-
-    def arg(node):
-        if isinstance(node, ast.Name) and node.id in ("model", "inputs"):
-            return ("__name__", node.id)
-        return ast.literal_eval(node)  # ValueError for anything that is not a literal
-
-    for stmt in tree.body:
-        if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
-            return None
-        call = stmt.value
-        f = call.func
-        if not (isinstance(f, ast.Attribute) and f.attr in MODEL_REMEDIES
-                and isinstance(f.value, ast.Attribute) and f.value.attr == "remedies"
-                and isinstance(f.value.value, ast.Name) and f.value.value.id == "gradhealth"):
-            return None
-        try:
-            args = [arg(a) for a in call.args]
-            kwargs = {k.arg: arg(k.value) for k in call.keywords if k.arg is not None}
-        except ValueError:
-            return None
-        out.append((f.attr, args, kwargs))
-    return out
-
-
-def applies_to_model(prescription: Prescription | str) -> bool:
-    """Whether :func:`apply_prescription` can apply it (a one-off change to the model)."""
-    code = prescription.code if isinstance(prescription, Prescription) else str(prescription)
-    return _parse_model_calls(code) is not None
-
-
-def apply_prescription(prescription: Prescription | str, model: Any, inputs: Any = None) -> list:
-    """Apply a prescription that changes the model (re-initialisation, activation swap), in place.
-
-    Only calls of :data:`MODEL_REMEDIES` with literal arguments are run (the code is parsed,
-    never ``eval``-ed); ``model`` and ``inputs`` in the code stand for the arguments.
-
-    Returns:
-        What each call returned (e.g. :class:`~gradhealth.remedies.InitSummary`).
-
-    Raises:
-        ParameterError: the prescription is a training-time remedy (clipping, guard, learning
-            rate) or a code change, or it needs ``inputs`` and none were given.
-    """
-    code = prescription.code if isinstance(prescription, Prescription) else str(prescription)
-    calls = _parse_model_calls(code)
-    if calls is None:
-        raise ParameterError("prescription", "apply_prescription",
-                             "a model change made of gradhealth.remedies calls (" + ", ".join(MODEL_REMEDIES) + ")",
-                             code, "training-time remedies (clipping, skip_nonfinite, learning rate) go "
-                             "into the training loop, and architecture changes into the model's code.")
-    from .. import remedies
-
-    def value(v):
-        if isinstance(v, tuple) and len(v) == 2 and v[0] == "__name__":
-            if v[1] == "model":
-                return model
-            if inputs is None:
-                raise ParameterError("inputs", "apply_prescription", "a batch for this prescription",
-                                     None, f"{code} measures on data: pass inputs=<one batch>.")
-            return inputs
-        return v
-
-    return [getattr(remedies, name)(*[value(a) for a in args], **{k: value(v) for k, v in kwargs.items()})
-            for name, args, kwargs in calls]
+#: kind -> the rule that prescribes for it (None: nothing to prescribe). Every kind of
+#: :data:`gradhealth.events.KINDS` has an entry; a new kind needs one (a test checks it).
+_RULES: dict[str, _Rule | None] = {
+    "healthy": None,
+    "internal": None,
+    "vanishing": _rule_signal,
+    "exploding": _rule_signal,
+    "nonfinite": _rule_nonfinite,
+    "guard": _rule_nonfinite,
+    "dead_units": _rule_dead_units,
+    "saturated": _rule_saturated,
+    "grad_spike": _rule_grad_spike,
+    "loss_spike": _rule_loss_spike,
+    "update_ratio": _rule_update_ratio,
+}
