@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 HELP = "apply the top prescription to a copy of a model and show the before/after probe"
 DESCRIPTION = """Probe a model, apply its top prescription(s) that change the model itself
 (re-initialisation, activation swap) to a copy, probe the copy, and print both side by side.
@@ -26,6 +29,7 @@ _OWNER = "gradhealth cure"
 
 
 def add_arguments(parser) -> None:
+    """Add TARGET (as for ``gradhealth probe``), ``--top``, ``--seed``, ``--save`` and ``--json``."""
     from .probe import add_target_arguments
 
     add_target_arguments(parser, loss_help="loss the probe differentiates (default: surrogate)")
@@ -59,7 +63,22 @@ def comparison_rows(before, after) -> list[tuple[str, str, str, str, str, str]]:
     return rows
 
 
+@dataclass
+class _Outcome:
+    """What ``gradhealth cure`` did: the probes before and after, the prescriptions applied and
+    not applied, and what each applied call returned."""
+
+    before: Any
+    after: Any
+    chosen: list
+    others: list
+    summaries: list
+
+
 def run(args) -> int:
+    """Probe TARGET, apply its top ``--top`` model-changing prescriptions to a copy, probe the
+    copy, save it (``--save``) and print the comparison; the exit code is 0 when the copy (or
+    the model already) is healthy, 1 when a pathology remains."""
     import copy
 
     import torch
@@ -67,7 +86,7 @@ def run(args) -> int:
     from ..errors import ParameterError
     from ..probe import probe
     from ..remedies.prescribe import applies_to_model, apply_prescription
-    from ._common import console, print_json
+    from ._common import print_json
     from .probe import load_target
 
     if args.top < 1:
@@ -93,16 +112,10 @@ def run(args) -> int:
     for p in chosen:
         summaries.extend(apply_prescription(p, cured, inputs))
     after = run_probe(cured) if chosen else before
+    res = _Outcome(before, after, chosen, others, summaries)
 
     if args.save:
-        if not chosen:
-            raise ParameterError("save", _OWNER, "used when a prescription was applied", args.save,
-                                 f"the model is {before.verdict} and no prescription changes it; nothing to save.")
-        try:
-            torch.save(cured.state_dict(), args.save)
-        except (OSError, RuntimeError) as exc:  # torch.save: RuntimeError for a missing directory
-            raise ParameterError("save", _OWNER, "a writable file path", args.save,
-                                 f"{exc.strerror or exc}") from None
+        _save(args.save, cured, res)
 
     if args.json:
         print_json({"before": before.to_dict(), "after": after.to_dict(),
@@ -110,27 +123,72 @@ def run(args) -> int:
                     "changes": [s.to_dict() if hasattr(s, "to_dict") else s for s in summaries],
                     "not_applied": [p.to_dict() for p in others], "saved": args.save})
         return 0 if after.healthy else 1
+    return _print_text(res, args.save)
 
-    from rich.table import Table
+
+def _save(path: str, cured, res: _Outcome) -> None:
+    """``torch.save`` the cured copy's state_dict; a usage error when nothing was applied or
+    the file cannot be written."""
+    import torch
+
+    from ..errors import ParameterError
+
+    if not res.chosen:
+        raise ParameterError("save", _OWNER, "used when a prescription was applied", path,
+                             f"the model is {res.before.verdict} and no prescription changes it; nothing to save.")
+    try:
+        torch.save(cured.state_dict(), path)
+    except (OSError, RuntimeError) as exc:  # torch.save: RuntimeError for a missing directory
+        raise ParameterError("save", _OWNER, "a writable file path", path,
+                             f"{exc.strerror or exc}") from None
+
+
+def _print_text(res: _Outcome, saved: str | None) -> int:
+    """The terminal report: verdicts, what was applied and why, the per-layer table, what was
+    not changed, the other prescriptions; returns the exit code."""
+    from ._common import console
 
     out = console()
+    before, after = res.before, res.after
     if before.healthy:
         out.print(f"verdict: healthy -- nothing to cure ({len(before.layers)} layers probed).")
         return 0
-    if not chosen:
+    if not res.chosen:
         out.print(f"verdict: {before.verdict}. None of the prescriptions changes the model itself; "
                   "apply them in your training loop or code:")
         for p in before.prescriptions:
             out.print(f"  {p.rank}. {p.code}\n     {p.reason}", markup=False, highlight=False)
         return 1
     out.print(f"verdict before: {before.verdict}    after: {after.verdict}")
-    for p in chosen:
+    for p in res.chosen:
         out.print(f"applied (rank {p.rank}): {p.code}", markup=False, highlight=False)
         out.print(f"  why: {p.reason}", markup=False, highlight=False)
+    out.print(_table(comparison_rows(before, after)))
+    for s in res.summaries:
+        if hasattr(s, "unmatched") and s.unmatched:
+            for name, why in s.unmatched:
+                out.print(f"not changed: {name}: {why}", markup=False, highlight=False)
+        if isinstance(s, dict):  # replace_activation_
+            out.print("architecture changed: " + ", ".join(f"{k}: {v}" for k, v in s.items())
+                      + " (a saved state_dict needs the same change in your model code)",
+                      markup=False, highlight=False)
+    if res.others:
+        out.print("other prescriptions (training loop, code, or instead of the applied one):")
+        for p in res.others[:4]:
+            out.print(f"  {p.rank}. {p.code}", markup=False, highlight=False)
+    if saved:
+        out.print(f"saved the cured state_dict to {saved}")
+    return 0 if after.healthy else 1
+
+
+def _table(rows: list):
+    """The before/after rich Table; long ones keep the first and last 10 rows and every layer
+    whose verdict changed from a pathology."""
+    from rich.table import Table
+
     table = Table(title="backward gain per layer (1 at the output), before -> after", title_justify="left")
     for col in ("layer", "type", "gain before", "gain after", "verdict before", "verdict after"):
         table.add_column(col, justify="right" if col.startswith("gain") else "left")
-    rows = comparison_rows(before, after)
     keep = range(len(rows))
     if len(rows) > _MAX_ROWS:
         keep = [i for i, r in enumerate(rows)
@@ -142,19 +200,4 @@ def run(args) -> int:
             table.add_row(f"... {i - last - 1} more", "", "", "", "", "")
         table.add_row(*rows[i])
         last = i
-    out.print(table)
-    for s in summaries:
-        if hasattr(s, "unmatched") and s.unmatched:
-            for name, why in s.unmatched:
-                out.print(f"not changed: {name}: {why}", markup=False, highlight=False)
-        if isinstance(s, dict):  # replace_activation_
-            out.print("architecture changed: " + ", ".join(f"{k}: {v}" for k, v in s.items())
-                      + " (a saved state_dict needs the same change in your model code)",
-                      markup=False, highlight=False)
-    if others:
-        out.print("other prescriptions (training loop, code, or instead of the applied one):")
-        for p in others[:4]:
-            out.print(f"  {p.rank}. {p.code}", markup=False, highlight=False)
-    if args.save:
-        out.print(f"saved the cured state_dict to {args.save}")
-    return 0 if after.healthy else 1
+    return table
