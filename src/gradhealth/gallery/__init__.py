@@ -41,6 +41,14 @@ class Figure:
 
 @dataclass
 class GalleryResult:
+    """What :func:`build` wrote.
+
+    Attributes:
+        out_dir: the output directory.
+        files: every picture written, in gallery order.
+        index_md, index_html: the two index pages.
+    """
+
     out_dir: Path
     files: list[Path]
     index_md: Path

@@ -318,6 +318,7 @@ def _captions() -> dict:
 
 
 def figures() -> list[Figure]:
+    """The chain section's figures: scalar and linear chains per activation and weight."""
     cap = _captions()
     return [
         Figure("chain_relu_w8", "ReLU chain, w = 8, depths 1-3", cap["relu"], lambda: _w8("relu")),

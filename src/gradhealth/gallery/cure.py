@@ -58,6 +58,7 @@ def _fmt(x: float) -> str:
 
 
 def draw_case(slug: str):
+    """Backward profile and loss curve of case ``slug``, broken and cured, as one figure."""
     import matplotlib.pyplot as plt
 
     m = measure(slug)
@@ -92,6 +93,7 @@ def draw_case(slug: str):
 
 
 def table_case(slug: str) -> str:
+    """Markdown table of case ``slug``: remedy, backward spread and final loss, broken vs cured."""
     m = measure(slug)
     case = m["case"]
     br, cu = m["broken"], m["cured"]
@@ -180,6 +182,7 @@ def training_time_runs() -> dict:
 
 
 def draw_training_time():
+    """Loss and gradient norm of the training-time remedies (clipping, AutoClip, skip) on one run."""
     import matplotlib.pyplot as plt
 
     r = training_time_runs()
@@ -216,6 +219,7 @@ def draw_training_time():
 
 
 def table_training_time() -> str:
+    """Markdown table of the final loss of each training-time remedy run."""
     r = training_time_runs()
     last = {k: v["curve"][-1][1] for k, v in r.items()}
     return "\n".join([
@@ -230,6 +234,7 @@ def table_training_time() -> str:
 
 
 def figures() -> list[Figure]:
+    """The cure section's figures: one per canonical case, then the training-time remedies."""
     from ._cases import CASES
 
     cases = [Figure(slug=f"cure_{c.slug}", title=c.title, caption=_CAPTIONS[c.slug],

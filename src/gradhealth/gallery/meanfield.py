@@ -158,6 +158,7 @@ def _draw_mc():
 
 
 def figures() -> list[Figure]:
+    """The mean-field section's figures: length and correlation maps, chi_1, the phase diagram."""
     from ..theory.criticality import critical_sigma_w2
     from ..theory.meanfield import analyze
 

@@ -156,6 +156,7 @@ def _prescriptions_md(res, limit: int = 4) -> str:
 
 
 def figures() -> list[Figure]:
+    """The probe section's figures: broken models probed, then probed again after the prescribed cure."""
     res = _results()
     tb, tf, crit = res["tanh"]
     sb, sf, _ = res["sigmoid"]

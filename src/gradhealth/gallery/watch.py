@@ -196,6 +196,7 @@ def _events_md(run, limit: int = 6) -> str:
 
 
 def figures() -> list[Figure]:
+    """The watch section's figures: a watched run that breaks, beside the same run fixed."""
     from ..report.run_view import is_pathology
 
     (broken, acc_b), (fixed, acc_f) = _train(True), _train(False)
