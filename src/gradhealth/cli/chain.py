@@ -18,6 +18,7 @@ Examples:
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth chain`` to its subparser."""
     parser.add_argument("--activation", "-a", default="tanh",
                         help="relu, leaky_relu, tanh, sigmoid, linear, ... (default: tanh)")
     parser.add_argument("--weight", "-w", type=float, nargs="+", default=[8.0], metavar="W",
@@ -96,6 +97,8 @@ def check_plot_path(path: str, owner: str):
 
 
 def save_figure(fig, path, owner: str) -> None:
+    """Save ``fig`` to ``path`` and close it; a ParameterError naming ``--plot`` if it cannot be
+    written."""
     import matplotlib.pyplot as plt
 
     from ..errors import ParameterError
@@ -110,6 +113,8 @@ def save_figure(fig, path, owner: str) -> None:
 
 
 def run(args) -> int:
+    """Run ``gradhealth chain`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
+    was found, 2 usage error)."""
     from ..errors import ParameterError
     from ..theory.chain import scalar_chain
     from ._common import console, print_json

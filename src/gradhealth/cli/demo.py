@@ -11,6 +11,7 @@ Example:
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth demo`` to its subparser."""
     parser.add_argument("--out", default="gallery", help="output directory (default: gallery)")
     parser.add_argument("--only", action="append", metavar="SECTION",
                         help="build only this section (repeatable)")
@@ -18,6 +19,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Run ``gradhealth demo`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
+    was found, 2 usage error)."""
     from ..gallery import build
 
     res = build(args.out, sections=args.only, progress=not args.no_progress)

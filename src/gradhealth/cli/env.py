@@ -11,6 +11,7 @@ HELP = "print versions and platform, paste-ready for a bug report"
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth env`` to its subparser."""
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -39,6 +40,8 @@ def collect() -> dict:
 
 
 def run(args) -> int:
+    """Run ``gradhealth env`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
+    was found, 2 usage error)."""
     info = collect()
     if args.json:
         from ._common import print_json

@@ -15,6 +15,7 @@ Examples:
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth events`` to its subparser."""
     from ..events import KINDS
 
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (holds run.sqlite)")
@@ -40,6 +41,8 @@ def layer_matcher(pattern: str | None):
 
 
 def run(args) -> int:
+    """Run ``gradhealth events`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
+    was found, 2 usage error)."""
     from ..report.run_view import EventsTable, is_pathology
     from ..store import load_run
     from . import EXIT_OK, EXIT_PATHOLOGY

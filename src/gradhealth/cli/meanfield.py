@@ -29,6 +29,7 @@ _KEYS = ("q_star", "chi_1", "c_star", "chi_c", "xi_q", "xi_c", "phase")
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth meanfield`` to its subparser."""
     parser.add_argument("--activation", "-a", default="tanh",
                         help="tanh, relu, erf, sigmoid, linear, hard_tanh, selu, gelu, swish, ... "
                              "(default: tanh)")
@@ -54,6 +55,8 @@ def _fmt(v) -> str:
 
 
 def run(args) -> int:
+    """Run ``gradhealth meanfield`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
+    was found, 2 usage error)."""
     from ..errors import ParameterError
     from ..theory.criticality import critical_sigma_w2
     from ..theory.meanfield import analyze

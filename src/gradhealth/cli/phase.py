@@ -16,6 +16,7 @@ Examples:
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth phase`` to its subparser."""
     parser.add_argument("--activation", "-a", default="tanh", help="activation name (default: tanh)")
     parser.add_argument("--out", "-o", default="phase.png",
                         help="figure file: .png, .svg or .pdf (default: phase.png)")
@@ -56,6 +57,8 @@ def check_figure_path(path: str, param: str, owner: str):
 
 
 def run(args) -> int:
+    """Run ``gradhealth phase`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
+    was found, 2 usage error)."""
     import time
 
     import numpy as np

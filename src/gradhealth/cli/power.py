@@ -18,6 +18,7 @@ _MAX_ROWS = 40
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth power`` to its subparser."""
     parser.add_argument("--weight", "-w", type=float, default=0.6, help="the weight w (default: 0.6)")
     parser.add_argument("--depth", "-L", type=int, default=15, help="number of layers (default: 15)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -32,6 +33,8 @@ def _fmt(v) -> str:
 
 
 def run(args) -> int:
+    """Run ``gradhealth power`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
+    was found, 2 usage error)."""
     from ..theory.chain import FLOAT_LIMITS, power_limits, power_table
     from ._common import console, print_json
 

@@ -33,6 +33,7 @@ _OWNER = "gradhealth probe"
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth probe`` to its subparser."""
     add_target_arguments(parser)
     parser.add_argument("--mode", choices=("train", "eval", "as_is"), default="train",
                         help="train/eval mode during the probe (default: train)")
@@ -173,6 +174,8 @@ def _load_inputs(path: str, owner: str = _OWNER):
 
 
 def run(args) -> int:
+    """Run ``gradhealth probe`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
+    was found, 2 usage error)."""
     import torch
 
     from ..probe import probe

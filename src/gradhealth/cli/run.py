@@ -53,6 +53,7 @@ _GUARDS = ("skip", "raise", "warn", "rollback")
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth run`` to its subparser."""
     import argparse
 
     parser.add_argument("--run-dir", metavar="DIR",
@@ -527,6 +528,8 @@ def _print_traceback(exc: BaseException, stream) -> None:
 # ---------------------------------------------------------------------------- the command
 
 def run(args) -> int:
+    """Run ``gradhealth run`` on the parsed ``args``; returns the exit code (the script's own,
+    else 1 when a pathology was found, 2 usage error; see DESCRIPTION)."""
     from . import EXIT_OK, EXIT_PATHOLOGY, EXIT_USAGE
 
     try:

@@ -16,11 +16,14 @@ Examples:
 
 
 def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth summary`` to its subparser."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (holds run.sqlite)")
     parser.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
 
 
 def run(args) -> int:
+    """Run ``gradhealth summary`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
+    was found, 2 usage error)."""
     from ..report.run_view import render_summary, summarize
     from ..store import load_run
     from . import EXIT_OK, EXIT_PATHOLOGY
