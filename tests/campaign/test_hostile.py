@@ -117,8 +117,11 @@ CRAFTED = {
 }
 
 
-@_XFAIL
-@pytest.mark.parametrize("case", sorted(CRAFTED))
+_CRAFTED_XFAIL = {"deep_evidence", "hostile_event_text"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=_XFAIL) if c in _CRAFTED_XFAIL else c
+                                  for c in sorted(CRAFTED)])
 def test_crafted_stores_give_a_message_never_a_traceback(tmp_path, case):
     run_dir = _crafted(tmp_path, CRAFTED[case])
     for cmd in ("summary", "events"):
