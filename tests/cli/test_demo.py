@@ -34,3 +34,30 @@ def test_demo_unwritable_out_exits_2(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["demo", "--out", str(blocker / "sub"), "--no-progress"]) == 2
     assert "'out'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_index_is_rendered_html_and_links_the_reports(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    html = (out / "index.html").read_text()
+    # real HTML, not Markdown in <pre>: tables, code, emphasis; no Markdown syntax left over
+    assert "<table>" in html and "<code>" in html and "<strong>" in html
+    assert "<strong>**" not in html and "<pre>|" not in html and "](" not in html and "<p>|" not in html
+    report = out / "report" / "index.html"
+    assert report.exists() and str(report) in printed
+    assert 'href="report/index.html"' in html
+    pages = sorted(p.name for p in (out / "report").glob("*.html"))
+    assert "watched_run_broken.html" in pages and len(pages) == 5
+    assert "VANISHING" in (out / "report" / "watched_run_broken.html").read_text().upper()
+
+
+def test_demo_without_scikit_learn_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "sklearn" else real(n, *a))
+    assert main(["demo", "--out", str(tmp_path / "g"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "scikit-learn" in err and "gradhealth[demo]" in err

@@ -7,7 +7,6 @@ runner draws each figure to ``OUT/<slug>.png``, then writes ``index.md`` and ``i
 
 from __future__ import annotations
 
-import html
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,12 +46,14 @@ class GalleryResult:
         out_dir: the output directory.
         files: every picture written, in gallery order.
         index_md, index_html: the two index pages.
+        report_index: the index of the HTML reports (``report/index.html``), when written.
     """
 
     out_dir: Path
     files: list[Path]
     index_md: Path
     index_html: Path
+    report_index: Path | None = None
 
 
 def _collect(sections: Sequence[str]) -> list[tuple[str, str, list[Figure]]]:
@@ -63,13 +64,46 @@ def _collect(sections: Sequence[str]) -> list[tuple[str, str, list[Figure]]]:
     return out
 
 
-def build(out_dir: str | Path, sections: Sequence[str] | None = None, progress: bool = True,
-          ) -> GalleryResult:
-    """Draw every figure of ``sections`` (default: all) into ``out_dir`` and index them."""
-    import matplotlib
+def _render_html(markdown: str) -> str:
+    """The gallery index as real HTML (tables, code, emphasis), rendered by markdown-it-py
+    (CommonMark + tables). Raw HTML inside the Markdown is escaped, not passed through."""
+    from markdown_it import MarkdownIt
 
-    matplotlib.use("Agg", force=False)
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>gradhealth gallery</title>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
+            "line-height:1.45}img{max-width:100%}pre,code{background:#f4f4f4}pre{padding:.5rem;"
+            "overflow-x:auto}table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.2rem .5rem;"
+            "text-align:right}th{background:#f0f0f0}</style></head><body>" + body + "</body></html>")
+
+
+def _draw(fig: Figure, out: Path, md: list[str], files: list[Path]) -> None:
     import matplotlib.pyplot as plt
+
+    md += [f"### {fig.title}", ""]
+    if fig.draw is not None:
+        f = fig.draw()
+        path = out / f"{fig.slug}.png"
+        f.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(f)
+        files.append(path)
+        md += [f"![{fig.title}]({path.name})", ""]
+    md += [fig.caption, ""]
+    if fig.table is not None:
+        md += [fig.table(), ""]
+
+
+def build(out_dir: str | Path, sections: Sequence[str] | None = None, progress: bool = True,
+          reports: bool = False) -> GalleryResult:
+    """Draw every figure of ``sections`` (default: all) into ``out_dir`` and index them.
+
+    Args:
+        out_dir: the output directory (created).
+        sections: section names (default :data:`SECTIONS`).
+        progress: show a progress bar (it starts at once: loading torch is its first stage).
+        reports: also write the HTML reports of the demo's runs (``out_dir/report/``).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..errors import ParameterError
@@ -85,46 +119,37 @@ def build(out_dir: str | Path, sections: Sequence[str] | None = None, progress: 
     except OSError as exc:
         raise ParameterError("out", "gradhealth demo", "a directory that can be created",
                              str(out_dir), f"choose a writable location ({exc.strerror}).") from None
-    collected = _collect(names)
-    total = sum(len(f) for _, _, f in collected)
     files: list[Path] = []
     md = ["# gradhealth gallery", "",
           "Every picture below was computed by gradhealth; rerun `gradhealth demo` to redraw it.", ""]
-    body_html = []
+    report_index = None
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), disable=not progress, transient=False) as bar:
-        task = bar.add_task("drawing the gallery", total=total)
+        task = bar.add_task("loading torch and the gallery sections", total=None)
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        collected = _collect(names)
+        total = sum(len(f) for _, _, f in collected) + (1 if reports else 0)
+        bar.update(task, total=total, completed=0)
         for title, intro, figs in collected:
             md += [f"## {title}", ""] + ([intro, ""] if intro else [])
-            body_html.append(f"<h2>{html.escape(title)}</h2>")
-            if intro:
-                body_html.append(f"<p>{html.escape(intro)}</p>")
             for fig in figs:
                 bar.update(task, description=f"drawing {fig.slug}")
-                md += [f"### {fig.title}", ""]
-                body_html.append(f"<h3>{html.escape(fig.title)}</h3>")
-                if fig.draw is not None:
-                    f = fig.draw()
-                    path = out / f"{fig.slug}.png"
-                    f.savefig(path, dpi=110, bbox_inches="tight")
-                    plt.close(f)
-                    files.append(path)
-                    md += [f"![{fig.title}]({path.name})", ""]
-                    body_html.append(f'<img src="{html.escape(path.name)}" alt="{html.escape(fig.title)}">')
-                md += [fig.caption, ""]
-                body_html.append(f"<p>{html.escape(fig.caption)}</p>")
-                if fig.table is not None:
-                    t = fig.table()
-                    md += [t, ""]
-                    body_html.append(f"<pre>{html.escape(t)}</pre>")
+                _draw(fig, out, md, files)
                 bar.advance(task)
+        index_html = out / "index.html"
+        if reports:
+            bar.update(task, description="writing the HTML reports")
+            from .report import write_reports
+
+            report_index = write_reports(out, gallery_index=index_html)
+            md[3:3] = [f"**Start here:** [the reports of the demo's runs]({report_index.relative_to(out)})"
+                       " — what went wrong, where, since when, and what fixed it.", ""]
+            bar.advance(task)
         bar.update(task, description="gallery done")
     index_md = out / "index.md"
-    index_md.write_text("\n".join(md), encoding="utf-8")
-    index_html = out / "index.html"
-    index_html.write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>gradhealth gallery</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
-        "img{max-width:100%}pre{background:#f6f6f6;padding:.5rem;overflow-x:auto}</style></head><body>"
-        "<h1>gradhealth gallery</h1>" + "\n".join(body_html) + "</body></html>", encoding="utf-8")
-    return GalleryResult(out, files, index_md, index_html)
+    text = "\n".join(md)
+    index_md.write_text(text, encoding="utf-8")
+    index_html.write_text(_render_html(text), encoding="utf-8")
+    return GalleryResult(out, files, index_md, index_html, report_index)
