@@ -55,3 +55,8 @@ def test_unprintable_object():
         def __str__(self):
             raise RuntimeError("no")
     assert safe_text(Bad()) == "<unprintable Bad>"
+
+
+def test_keep_newlines_keeps_only_newline_and_tab():
+    assert safe_text("a\nb\tc\x1b\u2028", keep_newlines=True) == "a\nb\tc\\x1b\\u2028"
+    assert safe_text("a\r\nb", keep_newlines=True) == "a\\r\nb"

@@ -42,11 +42,13 @@ def _escape(m: re.Match) -> str:
     return f"\\U{n:08x}"
 
 
-def safe_text(value: Any) -> str:
+def safe_text(value: Any, *, keep_newlines: bool = False) -> str:
     """``str(value)`` with every control, separator and format character shown as an escape.
 
     Args:
         value: anything; ``str()`` of it is taken (a failing ``__str__`` gives its type).
+        keep_newlines: keep ``\\n`` (and ``\\t``) as they are, for multi-line messages and code
+            blocks that a renderer lays out itself; every other character is still escaped.
 
     Returns:
         One line of printable text: ``safe_text("a\\nb") == "a\\\\nb"``.
@@ -62,7 +64,11 @@ def safe_text(value: Any) -> str:
         s = value if isinstance(value, str) else str(value)
     except Exception:
         s = f"<unprintable {type(value).__name__}>"
-    return UNSAFE.sub(_escape, s) if UNSAFE.search(s) else s
+    if not UNSAFE.search(s):
+        return s
+    if keep_newlines:
+        return UNSAFE.sub(lambda m: m.group(0) if m.group(0) in "\n\t" else _escape(m), s)
+    return UNSAFE.sub(_escape, s)
 
 
 def safe_markup(value: Any) -> str:

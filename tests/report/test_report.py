@@ -64,8 +64,9 @@ def test_visible_escapes_every_hostile_class():
     assert visible("a\x1bb") == "a\\x1bb"
     assert visible("\x00\x7f\x9b") == "\\x00\\x7f\\x9b"
     assert visible("x\u202ey\u2066\u200b\ufeff") == "x\\u202ey\\u2066\\u200b\\ufeff"
-    assert visible("l1\nl2") == "l1\\x0al2" and visible("l1\nl2", keep_newlines=True) == "l1\nl2"
-    assert visible("tab\tok <b>") == "tab\tok <b>"  # HTML escaping is the template's job
+    assert visible("l1\nl2") == "l1\\nl2" and visible("l1\nl2", keep_newlines=True) == "l1\nl2"
+    assert visible("tab\tok <b>") == "tab\\tok <b>"  # HTML escaping is the template's job
+    assert visible("tab\tok", keep_newlines=True) == "tab\tok"
 
 
 def test_heatmap_counts_every_nan_cell(poisoned_run_dir):

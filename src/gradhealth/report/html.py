@@ -25,24 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .._text import safe_text
 from ..errors import StoreError
 from ..events import Event, Prescription
 from .run_view import SEVERITY_RANK, format_value, is_pathology, summarize
 
 __all__ = ["Report", "FigureSpec", "visible", "probe_from_dict", "load_probe", "write_demo_report"]
-
-# C0 controls but \t, DEL, C1 controls, the Arabic letter mark, zero-width and directional
-# marks, line/paragraph separators, bidi embeddings/overrides/isolates, word joiners, BOM.
-_HOSTILE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
-                      "\u2060-\u2069\ufeff]")
-_HOSTILE_KEEP_NL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
-                              "\u2060-\u2069\ufeff]")
-
-
-def _esc(m: re.Match) -> str:
-    c = ord(m.group())
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-
 
 def visible(text: Any, keep_newlines: bool = False) -> str:
     """``text`` with every terminal- or reader-hostile character written as an escape.
@@ -57,7 +45,7 @@ def visible(text: Any, keep_newlines: bool = False) -> str:
     """
     if text is None:
         return "-"
-    return (_HOSTILE_KEEP_NL if keep_newlines else _HOSTILE).sub(_esc, str(text))
+    return safe_text(text, keep_newlines=keep_newlines)
 
 
 @dataclass
