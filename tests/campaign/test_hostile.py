@@ -16,7 +16,7 @@ from torch import nn
 import gradhealth
 from gradhealth._text import UNSAFE
 
-_XFAIL = pytest.mark.xfail(strict=True, reason="issue 9: hostile names reach the terminal raw")
+_XFAIL = pytest.mark.xfail(strict=True, reason="issue 9: deeply nested evidence JSON crashes the reader")
 
 NAMES = ["x\x1b[2J", "t\x1b]0;pwned\x07", "nl\nhealthy: no pathology found", "ls\u2028x", "bidi\u202egnp",
          "[red]mk[/red]"]
@@ -72,7 +72,6 @@ def test_watcher_summary_is_safe(hostile_run):
     assert len(s.splitlines()) == 1 + len(w.events[:20])
 
 
-@_XFAIL
 @pytest.mark.parametrize("cmd", ["summary", "events"])
 def test_cli_views_of_a_hostile_run_are_safe(hostile_run, cmd):
     run_dir, _ = hostile_run
@@ -117,7 +116,7 @@ CRAFTED = {
 }
 
 
-_CRAFTED_XFAIL = {"deep_evidence", "hostile_event_text"}
+_CRAFTED_XFAIL = {"deep_evidence"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=_XFAIL) if c in _CRAFTED_XFAIL else c
@@ -137,3 +136,14 @@ def test_crafted_stores_give_a_message_never_a_traceback(tmp_path, case):
         load_run(run_dir)
     except gradhealth.errors.GradHealthError:
         pass
+
+
+def test_probe_of_a_hostile_model_prints_no_raw_control_sequence():
+    from gradhealth.report.probe_view import render_text
+
+    torch.manual_seed(0)
+    res = gradhealth.probe(_hostile_model(), torch.randn(16, 4), jacobian=False)
+    for width in (80, 120):
+        out = render_text(res, width=width)
+        assert _unsafe(out) == [] and not _forged(out)
+        assert "x\\x1b[2J" in out

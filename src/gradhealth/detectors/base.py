@@ -14,13 +14,13 @@ replayed, forked or tested on a synthetic sequence of statistics without a model
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._text import safe_text
 from ..events import Event
 
 __all__ = [
@@ -37,20 +37,6 @@ __all__ = [
 
 #: ``1.4826 * MAD`` estimates the standard deviation of a Gaussian sample.
 MAD_TO_SIGMA = 1.4826
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def safe_text(name: Any) -> str:
-    """A layer name made safe to put inside a message: control characters are escaped.
-
-    Layer names come from user models and are data: ``add_module("x\\n[red]", m)`` must not
-    inject a line break or a terminal escape into a warning. Markup escaping (rich, HTML) is
-    the renderer's job; this only keeps a plain-text message on one honest line.
-    """
-    s = str(name)
-    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), s)
-
 
 @dataclass(frozen=True)
 class LayerTable:

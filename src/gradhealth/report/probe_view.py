@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from .._text import safe_text
 from .run_view import AtWidth, format_value
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,7 +99,7 @@ def layers_table(result, width: int | None = None):
         if lr.calls > 1:
             shape += f" ×{lr.calls}"
         gnorm = fmt(lr.grad_norm) if lr.trainable != "frozen" else "frozen"
-        rows.append([str(lr.index), Text(lr.name), Text(lr.type), shape, Text(_act_cell(lr)), gnorm,
+        rows.append([str(lr.index), Text(safe_text(lr.name)), Text(safe_text(lr.type)), shape, Text(safe_text(_act_cell(lr))), gnorm,
                      fmt(lr.grad_to_weight), fmt(lr.gain), fmt(lr.gain_ratio), fmt(lr.growth),
                      fmt(lr.gsc), Text(lr.verdict, style=style)])
     keep = list(range(len(columns)))
@@ -161,20 +162,20 @@ def render(result: ProbeResult):
     head.append(result.verdict.upper(), style=f"bold {style}")
     if result.worst_layer:
         head.append("  worst layer: ")
-        head.append(result.worst_layer, style="bold")
-    parts: list = [head, Text(result.summary), Text(
+        head.append(safe_text(result.worst_layer), style="bold")
+    parts: list = [head, Text(safe_text(result.summary)), Text(
         f"loss: {result.loss.get('kind', '?')} ({result.loss.get('description', '')}) = "
         f"{fmt(result.loss.get('value'))}; mode {result.settings.get('mode')}, batch "
         f"{result.settings.get('batch')}", style="dim"), AtWidth(lambda width: layers_table(result, width=width))]
     for line in _extras(result):
-        parts.append(Text(line))
+        parts.append(Text(safe_text(line)))
     if result.findings:
         ft = Table(title="findings", title_justify="left", header_style="bold", pad_edge=False)
         for col in ("kind", "severity", "layer", "message"):
             ft.add_column(col, no_wrap=col != "message")
         for e in result.findings:
-            ft.add_row(Text(e.kind, style=VERDICT_STYLE.get(e.kind, "")), e.severity, Text(str(e.layer)),
-                       Text(e.message))
+            ft.add_row(Text(e.kind, style=VERDICT_STYLE.get(e.kind, "")), e.severity, Text(safe_text(e.layer)),
+                       Text(safe_text(e.message)))
         parts.append(ft)
     if result.prescriptions:
         pt = Table(title="prescriptions (try in this order)", title_justify="left", header_style="bold",
@@ -184,10 +185,11 @@ def render(result: ProbeResult):
             pt.add_column(col, no_wrap=col == "#", overflow="fold" if col == "code" else "ellipsis",
                           min_width=30 if col == "code" else None)
         for p in result.prescriptions:
-            pt.add_row(str(p.rank), Text(p.action), Text(p.code, style="bold"), Text(p.reason))
+            pt.add_row(str(p.rank), Text(safe_text(p.action)), Text(safe_text(p.code), style="bold"),
+                       Text(safe_text(p.reason)))
         parts.append(pt)
     for n in result.notes:
-        parts.append(Text("note: " + n, style="dim"))
+        parts.append(Text("note: " + safe_text(n), style="dim"))
     return Group(*parts)
 
 

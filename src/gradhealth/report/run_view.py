@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._text import safe_text
 from ..events import Event, jsonable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -152,7 +153,7 @@ def _nonfinite(x) -> bool:
 def _text(s: Any, style: str = ""):
     from rich.text import Text
 
-    return Text("-" if s is None else str(s), style=style)
+    return Text("-" if s is None else safe_text(s), style=style)
 
 
 def events_table(events: Iterable[Event], title: str | None = None, max_rows: int | None = None,
@@ -188,7 +189,7 @@ def events_table(events: Iterable[Event], title: str | None = None, max_rows: in
             msg = _text(e.message)
             if e.remedy:
                 msg.append("\nfix: ", style="bold")
-                msg.append(Text(e.remedy, style="bold"))
+                msg.append(_text(e.remedy, style="bold"))
             cells.append(msg)
         else:
             cells += [_text(e.message), _text(e.remedy or "")]
@@ -227,7 +228,7 @@ def render_summary(summary: dict):
     st = summary["steps"]
     head = Text()
     head.append("run ", style="bold")
-    head.append(summary["run_dir"] or "(in memory)")
+    head.append(safe_text(summary["run_dir"] or "(in memory)"))
     head.append(f"  [{summary['status']}]  ", style="dim")
     if st["count"]:
         head.append(f"{st['count']} steps ({st['first']}..{st['last']}), "
@@ -248,17 +249,17 @@ def render_summary(summary: dict):
     f = summary["first"]
     first = Text()
     first.append("first problem: ", style="bold red")
-    first.append(f"{f['kind']}")
+    first.append(safe_text(f["kind"]))
     first.append(" in ")
-    first.append(f["layer"] if f["layer"] is not None else "the model", style="bold")
+    first.append(safe_text(f["layer"]) if f["layer"] is not None else "the model", style="bold")
     when = f["since"] if f["since"] is not None else f["step"]
     first.append(f" at step {when}" if when is not None else "")
     if f["since"] is not None and f["step"] is not None and f["since"] != f["step"]:
         first.append(f" (seen at step {f['step']})")
-    first.append(f" — {f['message']}")
+    first.append(f" — {safe_text(f['message'])}")
     parts.append(first)
     counts = Text("events: ", style="bold")
-    counts.append(", ".join(f"{k} {v}" for k, v in summary["counts"].items()))
+    counts.append(safe_text(", ".join(f"{k} {v}" for k, v in summary["counts"].items())))
     counts.append(f"  ({summary['n_pathologies']} pathological of {summary['n_events']})", style="dim")
     parts.append(counts)
     if summary["worst_layers"]:
@@ -274,8 +275,8 @@ def render_summary(summary: dict):
         parts.append(Text("what to change:", style="bold"))
         for i, r in enumerate(summary["remedies"], 1):
             line = Text(f"  {i}. ")
-            line.append(r["remedy"])
-            line.append(f"  ({r['kind']}" + (f" in {r['layer']})" if r["layer"] else ")"), style="dim")
+            line.append(safe_text(r["remedy"]))
+            line.append(safe_text(f"  ({r['kind']}" + (f" in {r['layer']})" if r["layer"] else ")")), style="dim")
             parts.append(line)
     return Group(*parts)
 
@@ -320,8 +321,8 @@ class StatusLine:
         if self.alarm is not None:
             e = self.alarm
             t.append(f"  ⚠ {self.n_alarms} alarm(s), newest: ", style="yellow")
-            t.append(f"{e.kind}", style=_SEVERITY_STYLE.get(e.severity, "yellow"))
-            t.append(f" in {e.layer if e.layer is not None else 'the model'} at step {e.step}")
+            t.append(safe_text(e.kind), style=_SEVERITY_STYLE.get(e.severity, "yellow"))
+            t.append(f" in {safe_text(e.layer) if e.layer is not None else 'the model'} at step {e.step}")
         else:
             t.append("  no alarm", style="green")
         return t
