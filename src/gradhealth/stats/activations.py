@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from .. import _vocab
 from .._checks import check_int
 from ..errors import ParameterError
 
@@ -29,52 +30,19 @@ __all__ = ["activation_stats", "activation_family", "ACTIVATION_FAMILIES", "STAT
 #: Keys of the dict returned by :func:`activation_stats`, always all present.
 STAT_KEYS = ("mean", "std", "zero_frac", "dead_frac", "saturated_frac", "nonfinite")
 
-_TANH_BOUNDS = (-1.0, 1.0)
-_SIGMOID_BOUNDS = (0.0, 1.0)
-
-#: Activation name -> (family, bounds of the output or None).
+#: Activation name -> (family, bounds of the output or None); from :mod:`gradhealth._vocab`.
 ACTIVATION_FAMILIES: dict[str, tuple[str, tuple[float, float] | None]] = {
-    "relu": ("relu", None),
-    "relu6": ("relu", None),
-    "tanh": ("saturating", _TANH_BOUNDS),
-    "hard_tanh": ("saturating", _TANH_BOUNDS),
-    "softsign": ("saturating", _TANH_BOUNDS),
-    "sigmoid": ("saturating", _SIGMOID_BOUNDS),
-    "hard_sigmoid": ("saturating", _SIGMOID_BOUNDS),
-    "leaky_relu": ("smooth", None),
-    "prelu": ("smooth", None),
-    "rrelu": ("smooth", None),
-    "elu": ("smooth", None),
-    "celu": ("smooth", None),
-    "selu": ("smooth", None),
-    "gelu": ("smooth", None),
-    "swish": ("smooth", None),
-    "mish": ("smooth", None),
-    "softplus": ("smooth", None),
-    "hard_swish": ("smooth", None),
-    "linear": ("linear", None),
-}
-_ALIASES = {"silu": "swish", "hardtanh": "hard_tanh", "hardsigmoid": "hard_sigmoid",
-            "hardswish": "hard_swish", "identity": "linear", "logistic": "sigmoid",
-            "leakyrelu": "leaky_relu"}
-_FAMILY_ONLY = {"relu": None, "saturating": _TANH_BOUNDS, "smooth": None, "linear": None}
+    name: (a.family, a.bounds) for name, a in _vocab.ACTIVATIONS.items()}
 
 
 def activation_family(name: str | None) -> tuple[str | None, tuple[float, float] | None]:
     """``(family, bounds)`` of an activation name (torch or gradhealth spelling) or family name.
 
     ``"saturating"`` alone assumes tanh-like bounds (-1, 1); pass ``"sigmoid"`` for (0, 1).
-    Unknown names and ``None`` give ``(None, None)``.
+    Unknown names and ``None`` give ``(None, None)``. The spellings and families are those of
+    :mod:`gradhealth._vocab` (:func:`gradhealth._vocab.family_of`).
     """
-    if name is None:
-        return None, None
-    key = str(name).strip().lower().replace("-", "_")
-    key = _ALIASES.get(key.replace("_", ""), _ALIASES.get(key, key))
-    if key in ACTIVATION_FAMILIES:
-        return ACTIVATION_FAMILIES[key]
-    if key in _FAMILY_ONLY:
-        return key, _FAMILY_ONLY[key]
-    return None, None
+    return _vocab.family_of(name)
 
 
 def activation_stats(t: torch.Tensor, family: str | None = None, *, unit_dim: int = -1,
