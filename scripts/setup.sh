@@ -12,4 +12,4 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 FIND=""
 [ -d /opt/wheels ] && FIND="--find-links /opt/wheels"
 python -m pip install -q $FIND "torch==2.13.0"
-python -m pip install -q $FIND -e ".[test]"
+python -m pip install -q $FIND -e ".[test,demo]"
