@@ -25,6 +25,8 @@ KINDS = (
     "grad_spike",
     "loss_spike",
     "update_ratio",
+    "divergence",   # the run diverges in its first steps, before any baseline exists
+    "overflow",     # finite gradient entries whose norm overflows, or a non-finite optimizer state
     "guard",        # an action the guard took (skip, rollback, raise)
     "internal",     # gradhealth itself failed; training went on
 )

@@ -62,6 +62,8 @@ EVIDENCE_KEYS = (
 )
 
 _R = "gradhealth.remedies."
+#: Activations whose tails pass (almost) no gradient: a tiny update there is a vanishing signal.
+_SATURATING = frozenset({"sigmoid", "hard_sigmoid", "tanh", "hard_tanh", "softsign"})
 
 # Activations whose torch.nn.init gain is defined and whose He init is exactly critical.
 _RELU_FAMILY = {"relu", "leaky_relu", "relu6"}
@@ -531,6 +533,17 @@ def _rule_update_ratio(b: _Builder, ev: Mapping, act: str | None, layer: str | N
     target = 1e-3  # the usual healthy ||update|| / ||W|| per step (Karpathy's rule of thumb)
     if r is not None and r < target / 10:
         s = f"update/weight ratio {_g(r)}{where}, far below ~1e-3: the layer barely moves"
+        gn = _num(ev, "grad_norm")
+        if act in _SATURATING or (gn is not None and gn < 1e-6):
+            # the gradient itself vanished (saturation): a larger lr multiplies ~0 and then
+            # blows up the layers that still learn; fix the signal, not the step size
+            why = (f"{s}, because its gradient vanished" + (f" through saturating {act} units" if act in
+                   _SATURATING else f" (gradient norm {_g(gn)})") + ": raising the learning rate cannot help")
+            if act in ("sigmoid", "hard_sigmoid"):
+                b.add(f"replace {act} by relu and re-initialise with He init",
+                      f"{_R}replace_activation_(model, {act!r}, 'relu'); {_R}he_(model)", why)
+            b.add("re-initialise with He (Kaiming) init, activation detected per layer", f"{_R}he_(model)", why)
+            return
         if lr is not None:
             b.add("raise the learning rate",
                   f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * (min(target / r, 10.0) if r > 0 else 10.0))!r}",
@@ -551,6 +564,42 @@ def _rule_update_ratio(b: _Builder, ev: Mapping, act: str | None, layer: str | N
           f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})", f"{s}: {why}")
 
 
+def _rule_divergence(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
+    """divergence: the step is too large for the start of training: warm the learning rate up,
+    lower it, and clip."""
+    lr = _num(ev, "lr")
+    s = "the run diverges in its first steps"
+    loss, l0 = _num(ev, "loss"), _num(ev, "initial_loss")
+    if loss is not None and l0:
+        s += f" (loss {_g(loss)} from {_g(l0)})"
+    b.add("warm the learning rate up over the first steps",
+          "scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=500)"
+          "  # call scheduler.step() after each optimizer.step()",
+          s + "; a warm-up keeps the first, largest steps small while the statistics settle "
+              "(the usual fix for Transformers)")
+    if lr is not None:
+        b.add("lower the learning rate", f"for g in optimizer.param_groups: g['lr'] = {_nice(lr / 10)!r}",
+              f"{s} at lr = {_g(lr)}; a tenth of it is the first thing to try")
+    t, why = _clip_threshold(ev)
+    b.add("clip the global gradient norm", f"{_R}clip_grad_norm_(model.parameters(), max_norm={t!r})",
+          f"{s}; clipping bounds each step while the learning rate is fixed: {why}")
+
+
+def _rule_overflow(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
+    """overflow: the gradient's norm overflowed though its entries are finite: clip (overflow-safe),
+    look for huge inputs, lower the learning rate. Skipping non-finite steps cannot help."""
+    s = "the gradient norm overflows the float range although every entry is finite"
+    b.add("clip the global gradient norm", f"{_R}clip_grad_norm_(model.parameters(), max_norm=1.0)",
+          s + "; gradhealth's clipping computes the norm without overflow, so it bounds this step")
+    b.add("check the batch for huge (finite) inputs",
+          "# e.g. assert x.abs().max() < 1e6, x.abs().max()  before model(x); normalise the inputs",
+          s + "; one input of 1e30 is enough, and it passes every isfinite check")
+    lr = _num(ev, "lr")
+    if lr is not None:
+        b.add("lower the learning rate", f"for g in optimizer.param_groups: g['lr'] = {_nice(lr / 10)!r}",
+              s + f"; after such a step Adam's second moment can itself overflow (lr = {_g(lr)})")
+
+
 _Rule = Callable[[_Builder, Mapping, "str | None", "str | None"], None]  # (builder, evidence, activation, layer)
 
 #: kind -> the rule that prescribes for it (None: nothing to prescribe). Every kind of
@@ -567,4 +616,6 @@ _RULES: dict[str, _Rule | None] = {
     "grad_spike": _rule_grad_spike,
     "loss_spike": _rule_loss_spike,
     "update_ratio": _rule_update_ratio,
+    "divergence": _rule_divergence,
+    "overflow": _rule_overflow,
 }
