@@ -100,3 +100,31 @@ def test_inactive_after_horizon_and_on_scaler_skips():
     assert run_detectors(early_divergence(), seq) == []
     seq = [StepStats(step=s, layers=_T, loss=l, skip_reason="scaler") for s, l in enumerate([2.0, 50.0, 60.0, 70.0])]
     assert run_detectors(early_divergence(), seq) == []
+
+
+def test_watch_reports_an_early_divergence_with_its_remedy():
+    """End to end: the default detectors under watch, on a run with a far too high lr."""
+    import warnings
+
+    import gradhealth
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(m.parameters(), lr=10.0, momentum=0.9)
+    from sklearn.datasets import load_digits
+
+    X, Y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    Y = torch.tensor(Y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(m, opt) as w:
+            for s in range(12):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(m(X[s * 64:(s + 1) * 64]), Y[s * 64:(s + 1) * 64])
+                loss.backward()
+                opt.step()
+                w.observe(loss)
+    div = [e for e in w.events if e.kind == "divergence"]
+    assert len(div) == 1 and div[0].step <= 6
+    assert "LinearLR" in div[0].remedy

@@ -17,6 +17,7 @@ detector                         kinds it emits
 :func:`update_ratio`             ``update_ratio`` (a layer stops learning / jumps)
 :func:`grad_spikes`              ``grad_spike``
 :func:`loss_spikes`              ``loss_spike``
+:func:`early_divergence`         ``divergence`` (before the spike detectors have a baseline)
 :func:`dead_units`               ``dead_units``
 :func:`saturation`               ``saturated``
 ================================ =========================================================
@@ -32,6 +33,7 @@ from .base import (
     safe_text,
     theil_sen_slope,
 )
+from .divergence import early_divergence
 from .depth import depth_trend, exploding_vanishing, update_ratio
 from .nonfinite import nonfinite
 from .spikes import grad_spikes, loss_spikes
@@ -49,6 +51,7 @@ __all__ = [
     "update_ratio",
     "grad_spikes",
     "loss_spikes",
+    "early_divergence",
     "dead_units",
     "saturation",
     "depth_trend",
@@ -61,4 +64,4 @@ __all__ = [
 def default_detectors() -> Detector:
     """Every detector with its default thresholds, chained (the watcher's default)."""
     return chain(nonfinite(), exploding_vanishing(), update_ratio(), grad_spikes(), loss_spikes(),
-                 dead_units(), saturation(), name="default")
+                 early_divergence(), dead_units(), saturation(), name="default")
