@@ -339,3 +339,11 @@ def test_on_nonfinite_raise_stops_the_script_with_the_diagnosis(script, tmp_path
     assert "NonFiniteError" in err and "Traceback" in err
     assert "first problem: nonfinite in fc2 at step 7" in " ".join(err.split())
     assert len(load_run(tmp_path / "run").steps) == 8
+
+
+def test_on_nonfinite_choices_are_the_watch_configs():
+    """The CLI lists the policies without importing torch; they must be WatchConfig's."""
+    from gradhealth.cli.run import _GUARDS
+    from gradhealth.watch.config import ON_NONFINITE_CHOICES
+
+    assert sorted(_GUARDS) == sorted(ON_NONFINITE_CHOICES)

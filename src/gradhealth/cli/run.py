@@ -49,6 +49,10 @@ Examples:
   gradhealth summary runs/exp1
 """
 
+# The policies of gradhealth.watch.config.OnNonFinite, in the order the help shows them. Not
+# imported from there: building the parser of every subcommand must not import torch (the
+# watch package does); tests/cli/test_cli_run.py keeps the two lists equal. The values are
+# validated by WatchConfig when the watcher is created.
 _GUARDS = ("skip", "raise", "warn", "rollback")
 
 

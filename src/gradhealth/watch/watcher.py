@@ -41,6 +41,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterable
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,13 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .._checks import check_choice, check_int, check_real
-from ..detectors import default_detectors
 from ..detectors.base import Detector, LayerTable, StepStats, safe_text
 from ..errors import ModelError, NonFiniteError, ParameterError
 from ..events import Event
 from . import guard as _guard
 from .hooks import CopyInertHook, HookSet, LayerMap, WeakMethodHook, act_stats, discover_layers
 from .replay import Capture, ReplayReport, replay_step
-from .schedule import Schedule, as_schedule, every as _every, log_spaced
+from .config import OnNonFinite, RollbackStorage, ScheduleLike, WatchConfig, default_detail_schedule
 
 __all__ = ["Watcher", "watch", "WatchWarning", "default_detail_schedule"]
 
@@ -71,11 +70,6 @@ _ACTIVE: list[weakref.ref] = []
 
 class WatchWarning(UserWarning):
     """Something the watcher found, or could not do, while training went on."""
-
-
-def default_detail_schedule() -> Schedule:
-    """Steps 0, 1, 2, 4, ..., 64 and then every 100th step."""
-    return log_spaced(until=64) | _every(100)
 
 
 def _stats_tensors():
@@ -151,6 +145,12 @@ class _Record:
         self.host_done = False
 
 
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise ParameterError("model", _OWNER, "a torch.nn.Module", type(model).__name__,
+                             "pass the model itself, e.g. gradhealth.watch(model, optimizer).")
+
+
 class Watcher:
     """Watches a model while it trains. Create it with :func:`watch`; see there for arguments.
 
@@ -164,50 +164,15 @@ class Watcher:
         store: the run store when ``run_dir`` was given, else None.
     """
 
-    def __init__(self, model: nn.Module, optimizer=None, *, run_dir=None, on_nonfinite: str = "warn",
-                 every=1, detail_every=None, scaler=None, detectors: Detector | Iterable[Detector] | None = None,
-                 replay: bool = True, max_consecutive_skips: int | None = 10, rollback_every: int = 100,
-                 rollback_lr_factor: float | None = 0.5, rollback_storage: str = "memory",
-                 update_ratio: bool = True, forward_stats: bool = True, history_size: int = 1000,
-                 meta: dict | None = None):
-        if not isinstance(model, nn.Module):
-            raise ParameterError("model", _OWNER, "a torch.nn.Module", type(model).__name__,
-                                 "pass the model itself, e.g. gradhealth.watch(model, optimizer).")
-        self.on_nonfinite = check_choice(on_nonfinite, "on_nonfinite", _OWNER, _guard.POLICIES,
-                                         fix="pass on_nonfinite='warn', 'skip', 'rollback' or 'raise'.")
-        self._every = as_schedule(every, "every", _OWNER)
-        self._detail = default_detail_schedule() if detail_every is None else as_schedule(
-            detail_every, "detail_every", _OWNER)
-        if max_consecutive_skips is not None:
-            max_consecutive_skips = check_int(max_consecutive_skips, "max_consecutive_skips", _OWNER,
-                                              min_value=0)
-        self.max_consecutive_skips = max_consecutive_skips
-        self.rollback_every = check_int(rollback_every, "rollback_every", _OWNER, min_value=1)
-        if rollback_lr_factor is not None:
-            rollback_lr_factor = check_real(rollback_lr_factor, "rollback_lr_factor", _OWNER, low=0.0,
-                                            high=1.0, low_inclusive=False,
-                                            fix="pass a factor in (0, 1], e.g. 0.5, or None to keep the lr.")
-        self.rollback_lr_factor = rollback_lr_factor
-        self.rollback_storage = check_choice(rollback_storage, "rollback_storage", _OWNER, ("memory", "disk"))
-        if self.rollback_storage == "disk" and run_dir is None:
-            raise ParameterError("rollback_storage", _OWNER, "'memory' when no run_dir is given",
-                                 "disk", "pass run_dir='runs/exp1' or rollback_storage='memory'.")
-        self.history_size = check_int(history_size, "history_size", _OWNER, min_value=1)
-        if scaler is not None and not (hasattr(scaler, "get_scale") and hasattr(scaler, "update")):
-            raise ParameterError("scaler", _OWNER, "a torch.amp.GradScaler or None", type(scaler).__name__,
-                                 "pass the GradScaler you call scaler.step(optimizer) with.")
-        if detectors is None:
-            det = default_detectors()
-        elif isinstance(detectors, Detector):
-            det = detectors
-        else:
-            from ..detectors import chain
-
-            dl = list(detectors)
-            if not all(isinstance(d, Detector) for d in dl):
-                raise ParameterError("detectors", _OWNER, "a Detector, a list of Detectors or None",
-                                     detectors, "pass e.g. [gradhealth.detectors.nonfinite()].")
-            det = chain(*dl)
+    def __init__(self, model: nn.Module, optimizer=None, config: WatchConfig | None = None, **options):
+        _check_model(model)
+        if config is None:
+            config = WatchConfig(**options)
+        elif options:
+            raise ParameterError("config", "Watcher", "a WatchConfig or keyword options, not both",
+                                 f"a WatchConfig and {sorted(options)}",
+                                 "pass Watcher(model, optimizer, WatchConfig(...)) or gradhealth.watch(...).")
+        self.config = config
         opts = [] if optimizer is None else (list(optimizer) if isinstance(optimizer, (list, tuple))
                                              else [optimizer])
         for o in opts:
@@ -216,14 +181,10 @@ class Watcher:
                                      type(o).__name__, "pass the optimizer that steps the model.")
 
         self.model = model
-        self.scaler = scaler
-        self.replay_enabled = bool(replay)
-        self.update_ratio_enabled = bool(update_ratio)
-        self.forward_stats = bool(forward_stats)
-        self._detector = det
-        self._det_state = det.init()
+        self._detector = config.detectors
+        self._det_state = self._detector.init()
         self.events: list[Event] = []
-        self.history: deque[StepStats] = deque(maxlen=self.history_size)
+        self.history: deque[StepStats] = deque(maxlen=config.history_size)
         self.replays: list[ReplayReport] = []
         self.step = 0
         self._active = False
@@ -270,13 +231,18 @@ class Watcher:
         self._nf_active = False
 
         self.store = None
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        if run_dir is not None:
-            self._open_store(run_dir, meta)
+        self.run_dir = Path(config.run_dir) if config.run_dir is not None else None
+        if config.run_dir is not None:
+            self._open_store(config.run_dir, config.meta)
 
         self._attach(opts)
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def on_nonfinite(self) -> str:
+        """The non-finite policy (``config.on_nonfinite``)."""
+        return self.config.on_nonfinite
 
     @property
     def layers(self) -> LayerTable:
@@ -438,8 +404,8 @@ class Watcher:
 
             self._hooks.add(register_optimizer_step_pre_hook(self._on_global_pre))
             self._hooks.add(register_optimizer_step_post_hook(self._on_global_post))
-        if self.scaler is not None:
-            self._scaler_states = getattr(self.scaler, "_per_optimizer_states", None)
+        if self.config.scaler is not None:
+            self._scaler_states = getattr(self.config.scaler, "_per_optimizer_states", None)
         if self.store is not None:
             self.store.write_layers(self._map.rows())
 
@@ -460,14 +426,14 @@ class Watcher:
         if register:
             self._hooks.add(opt.register_step_pre_hook(self._on_pre_step))
             self._hooks.add(opt.register_step_post_hook(self._on_post_step))
-        if self.on_nonfinite in ("skip", "rollback", "raise"):
+        if self.config.on_nonfinite in ("skip", "rollback", "raise"):
             self._install_guard(opt)
         return True
 
     def _install_guard(self, opt) -> None:
         from ..remedies.guards import StepGuard
 
-        limit = 0 if self.on_nonfinite == "raise" else self.max_consecutive_skips
+        limit = 0 if self.config.on_nonfinite == "raise" else self.config.max_consecutive_skips
         self._guards[id(opt)] = StepGuard(opt, max_consecutive_skips=limit,
                                           on_skip=lambda info, _o=opt: self._on_guard_skip(_o, info),
                                           model=self.model)
@@ -479,8 +445,8 @@ class Watcher:
             self._internal("store", exc)
             return
         self.store = RunStore(run_dir)
-        m = {"model": type(self.model).__name__, "started_at": time.time(), "on_nonfinite": self.on_nonfinite,
-             "every": repr(self._every), "detail_every": repr(self._detail), "torch": torch.__version__,
+        m = {"model": type(self.model).__name__, "started_at": time.time(), "on_nonfinite": self.config.on_nonfinite,
+             "every": repr(self.config.every), "detail_every": repr(self.config.detail_every), "torch": torch.__version__,
              "n_layers": len(self._map.table), "n_params": int(sum(p.numel() for p in self._map.params)),
              "source": "gradhealth.watch"}
         try:
@@ -536,11 +502,11 @@ class Watcher:
     # ------------------------------------------------------------------ schedules & records
 
     def _is_logged(self, step: int) -> bool:
-        return self._every(step) or self._detail(step)
+        return self.config.every(step) or self.config.detail_every(step)
 
     def _get_record(self) -> _Record:
         if self._record is None:
-            self._record = _Record(self.step, bool(self._detail(self.step)))
+            self._record = _Record(self.step, bool(self.config.detail_every(self.step)))
             pending, self._pending_loss = self._pending_loss, None
             if pending is not None and pending[0] == self.step:
                 self._record.loss = pending[1]
@@ -568,15 +534,15 @@ class Watcher:
                 self._internal("statistics", exc)
         self.step += 1
         self._clear_iteration()
-        if self.scaler is not None:
-            self._scaler_states = getattr(self.scaler, "_per_optimizer_states", None)
+        if self.config.scaler is not None:
+            self._scaler_states = getattr(self.config.scaler, "_per_optimizer_states", None)
 
     def _boundary_at_forward(self) -> None:
         if self._stepped:
             self._end_iteration()
             return
-        if self.scaler is not None and self._fwd_in_iter:
-            states = getattr(self.scaler, "_per_optimizer_states", None)
+        if self.config.scaler is not None and self._fwd_in_iter:
+            states = getattr(self.config.scaler, "_per_optimizer_states", None)
             if states is not None and states is not self._scaler_states:
                 # update() ran without an optimizer step: the scaler skipped this step
                 rec = self._get_record() if self._is_logged(self.step) else None
@@ -593,7 +559,7 @@ class Watcher:
         try:
             self._boundary_at_forward()
             step = self.step
-            if self.replay_enabled:
+            if self.config.replay:
                 cuda_rng = None
                 if torch.cuda.is_available() and torch.cuda.is_initialized():
                     cuda_rng = torch.cuda.get_rng_state_all()
@@ -606,7 +572,7 @@ class Watcher:
                         pass
                 self._captures.append(Capture(args, dict(kwargs), torch.get_rng_state(), cuda_rng, ac,
                                               module.training, torch.is_grad_enabled()))
-            if self._detail(step) and not self._module_hooks_on and torch.is_grad_enabled():
+            if self.config.detail_every(step) and not self._module_hooks_on and torch.is_grad_enabled():
                 self._get_record()
                 self._install_module_hooks()
             self._fwd_in_iter = True
@@ -619,7 +585,7 @@ class Watcher:
             return None
         try:
             logged = self._is_logged(self.step)
-            cap = self._captures[-1] if (self.replay_enabled and self._captures) else None
+            cap = self._captures[-1] if (self.config.replay and self._captures) else None
             if cap is None and not logged:
                 return None
             leaves = pytree.tree_leaves(output)
@@ -654,9 +620,9 @@ class Watcher:
         try:
             rec = self._get_record()
             rec.fp_end = self._fingerprint(self._map.params)
-            if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None \
-                    and self.scaler.is_enabled():
-                rec.scale_end = self.scaler._scale.detach().clone().float().reshape(1)
+            if self.config.scaler is not None and getattr(self.config.scaler, "_scale", None) is not None \
+                    and self.config.scaler.is_enabled():
+                rec.scale_end = self.config.scaler._scale.detach().clone().float().reshape(1)
         except Exception as exc:
             self._internal("backward", exc)
 
@@ -755,7 +721,7 @@ class Watcher:
                 if t is None or not t.is_floating_point():
                     return None
                 rec = self._get_record()
-                if self.forward_stats:
+                if self.config.forward_stats:
                     rec.pending.append(("act", i, act_stats(t, mod, family, act, self._after_conv)))
                 if t.requires_grad:
                     n = t.numel()
@@ -860,7 +826,7 @@ class Watcher:
                         self._on_nonfinite_stats(opt, rec)
                 elif rec.post:
                     self._nf_active = False
-            if self.on_nonfinite == "rollback":
+            if self.config.on_nonfinite == "rollback":
                 self._maybe_snapshot()
         except NonFiniteError:
             raise
@@ -926,7 +892,7 @@ class Watcher:
         if not params:
             return
         rec.pending.append(("pnorm", [self._map.param_pos[id(p)] for p in params], _norms(params)))
-        if self.update_ratio_enabled:
+        if self.config.update_ratio:
             upd = [p for p in params if p.grad is not None]
             if upd:
                 with torch.no_grad():
@@ -1058,7 +1024,7 @@ class Watcher:
     # ------------------------------------------------------------------ non-finite handling
 
     def _replay(self, rec: _Record) -> ReplayReport | None:
-        if not self.replay_enabled or rec.step in self._replayed_steps:
+        if not self.config.replay or rec.step in self._replayed_steps:
             return rec.origin
         self._replayed_steps.add(rec.step)
         self._in_replay = True
@@ -1083,12 +1049,12 @@ class Watcher:
         """Non-finite gradients seen in the statistics of a logged step (pre-step hook)."""
         self._replay(rec)
         n_bad = sum(1 for v in rec.nf.values() if v > 0)
-        if self.on_nonfinite == "warn":
+        if self.config.on_nonfinite == "warn":
             warnings.warn(f"gradhealth: non-finite gradients in {n_bad} parameter tensors at step {rec.step}."
                           + self._diagnosis_text(rec), WatchWarning, stacklevel=4)
         elif id(opt) not in self._guards or not self._guards[id(opt)].active:
             # an optimizer adopted mid-step: its guard acts from the next step on
-            if self.on_nonfinite == "raise":
+            if self.config.on_nonfinite == "raise":
                 self._raise(rec, n_bad)
             warnings.warn(f"gradhealth: non-finite gradients at step {rec.step} of an optimizer adopted "
                           "during this step; the guard acts from its next step." + self._diagnosis_text(rec),
@@ -1100,13 +1066,13 @@ class Watcher:
         ev = Event(step=rec.step, kind="guard", layer=diag.module if diag and diag.found else None,
                    severity="critical",
                    message=(f"Stopped training at step {rec.step}: non-finite gradients in {n_bad} parameter "
-                            + ("tensors (on_nonfinite='raise')." if self.on_nonfinite == "raise" else
+                            + ("tensors (on_nonfinite='raise')." if self.config.on_nonfinite == "raise" else
                                f"tensors, {info.get('n_consecutive', '?')} steps in a row: on_nonfinite="
-                               f"{self.on_nonfinite!r} spent its budget (max_consecutive_skips="
+                               f"{self.config.on_nonfinite!r} spent its budget (max_consecutive_skips="
                                f"{info.get('max_consecutive_skips')}).") + self._diagnosis_text(rec)),
                    evidence={"action": "raise", "n_nonfinite_params": n_bad,
                              **({"replay": diag.to_dict()} if diag else {})},
-                   remedy="" if self.on_nonfinite != "raise" else
+                   remedy="" if self.config.on_nonfinite != "raise" else
                    "gradhealth.watch(model, optimizer, on_nonfinite='skip')")
         ev = self._with_remedy(ev)
         self._emit([ev])
@@ -1145,7 +1111,7 @@ class Watcher:
             self._internal("guard", exc)
             rec = self._get_record()
         n_bad = len(info.get("nonfinite", ())) or sum(1 for v in rec.nf.values() if v > 0)
-        if action == "raise" or self.on_nonfinite == "raise":
+        if action == "raise" or self.config.on_nonfinite == "raise":
             self._raise(rec, n_bad, info)
         self._skipped_total += 1
         rec.skipped = True
@@ -1155,7 +1121,7 @@ class Watcher:
         if diag is not None:
             ev_base["replay"] = diag.to_dict()
         layer = diag.module if (diag is not None and diag.found) else None
-        if self.on_nonfinite == "rollback":
+        if self.config.on_nonfinite == "rollback":
             rec.skip_reason = "rollback"
             msg, ev = self._rollback(rec)
             ev_base.update(ev)
@@ -1168,13 +1134,13 @@ class Watcher:
                               message=(f"Skipped the optimizer step at step {rec.step}: non-finite gradients in "
                                        f"{n_bad} parameter tensors (parameters and optimizer state untouched; "
                                        f"{info.get('n_consecutive', 1)} in a row, budget "
-                                       f"{self.max_consecutive_skips})." + self._diagnosis_text(rec)),
+                                       f"{self.config.max_consecutive_skips})." + self._diagnosis_text(rec)),
                               evidence=ev_base))])
 
     def _maybe_snapshot(self) -> None:
-        if self._snapshot is not None and self.step - self._snapshot.step < self.rollback_every:
+        if self._snapshot is not None and self.step - self._snapshot.step < self.config.rollback_every:
             return
-        directory = self.run_dir if self.rollback_storage == "disk" else None
+        directory = self.run_dir if self.config.rollback_storage == "disk" else None
         try:
             self._snapshot = _guard.take_snapshot(self.step, self._state_tensors(), self._optimizers, directory)
         except Exception as exc:
@@ -1192,8 +1158,8 @@ class Watcher:
             return (f"Skipped the optimizer step at step {rec.step}; restoring the step-{snap.step} state failed.",
                     {"action": "skip", "to_step": None})
         lrs = []
-        if self.rollback_lr_factor is not None and self.rollback_lr_factor != 1.0:
-            lrs = _guard.scale_lr(self._optimizers, self.rollback_lr_factor)
+        if self.config.rollback_lr_factor is not None and self.config.rollback_lr_factor != 1.0:
+            lrs = _guard.scale_lr(self._optimizers, self.config.rollback_lr_factor)
         lr_txt = (f"; learning rate {lrs[0][0]:.3g} -> {lrs[0][1]:.3g}" if lrs else "")
         return (f"Rolled back at step {rec.step}: non-finite gradients; restored the parameters and optimizer "
                 f"state of step {snap.step}{lr_txt}.",
@@ -1374,10 +1340,11 @@ class Watcher:
             self._internal("store", exc)
 
 
-def watch(model: nn.Module, optimizer=None, *, run_dir=None, on_nonfinite: str = "warn", every=1,
-          detail_every=None, scaler=None, detectors=None, replay: bool = True,
+def watch(model: nn.Module, optimizer=None, *, run_dir: str | PathLike | None = None,
+          on_nonfinite: OnNonFinite = "warn", every: ScheduleLike = 1, detail_every: ScheduleLike | None = None,
+          scaler=None, detectors: Detector | Iterable[Detector] | None = None, replay: bool = True,
           max_consecutive_skips: int | None = 10, rollback_every: int = 100,
-          rollback_lr_factor: float | None = 0.5, rollback_storage: str = "memory",
+          rollback_lr_factor: float | None = 0.5, rollback_storage: RollbackStorage = "memory",
           update_ratio: bool = True, forward_stats: bool = True, history_size: int = 1000,
           meta: dict | None = None) -> Watcher:
     """Watch ``model`` while it trains: per-layer statistics, detectors, guard, forensic replay.
@@ -1436,9 +1403,11 @@ def watch(model: nn.Module, optimizer=None, *, run_dir=None, on_nonfinite: str =
         ModelError: the model (or some of its parameters) is already watched.
         ParameterError: an argument breaks its rule.
     """
-    return Watcher(model, optimizer, run_dir=run_dir, on_nonfinite=on_nonfinite, every=every,
-                   detail_every=detail_every, scaler=scaler, detectors=detectors, replay=replay,
-                   max_consecutive_skips=max_consecutive_skips, rollback_every=rollback_every,
-                   rollback_lr_factor=rollback_lr_factor, rollback_storage=rollback_storage,
-                   update_ratio=update_ratio, forward_stats=forward_stats, history_size=history_size,
-                   meta=meta)
+    _check_model(model)   # the model is checked first, as before the options were a dataclass
+    config = WatchConfig(run_dir=run_dir, on_nonfinite=on_nonfinite, every=every, detail_every=detail_every,
+                         scaler=scaler, detectors=detectors, replay=replay,
+                         max_consecutive_skips=max_consecutive_skips, rollback_every=rollback_every,
+                         rollback_lr_factor=rollback_lr_factor, rollback_storage=rollback_storage,
+                         update_ratio=update_ratio, forward_stats=forward_stats, history_size=history_size,
+                         meta=meta)
+    return Watcher(model, optimizer, config)

@@ -1,0 +1,132 @@
+"""The options of :func:`gradhealth.watch`, their defaults and their rules, in one place.
+
+:class:`WatchConfig` is what :func:`~gradhealth.watch.watch` (and ``gradhealth run``) turn
+their keyword arguments into: a frozen dataclass that validates every option once, in
+``__post_init__``, and normalises it (schedules become :class:`~gradhealth.watch.schedule.Schedule`,
+``detectors`` one :class:`~gradhealth.detectors.Detector`). The watcher reads only the
+config, so an option's rule is written here and nowhere else.
+
+The string options are :data:`typing.Literal` aliases, so a type checker catches
+``on_nonfinite="skp"`` at the call site::
+
+    OnNonFinite = Literal["warn", "skip", "rollback", "raise"]
+    RollbackStorage = Literal["memory", "disk"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Any, Literal, Union, get_args
+
+from .._checks import check_choice, check_int, check_real
+from ..detectors import default_detectors
+from ..detectors.base import Detector
+from ..errors import ParameterError
+from .schedule import Schedule, as_schedule, every as _every, log_spaced
+
+__all__ = ["WatchConfig", "OnNonFinite", "RollbackStorage", "ScheduleLike", "ON_NONFINITE_CHOICES",
+           "ROLLBACK_STORAGE_CHOICES", "default_detail_schedule"]
+
+OWNER = "gradhealth.watch"
+
+OnNonFinite = Literal["warn", "skip", "rollback", "raise"]
+"""What to do with a step whose gradients are NaN/Inf (see :mod:`gradhealth.watch.guard`)."""
+RollbackStorage = Literal["memory", "disk"]
+"""Where ``on_nonfinite="rollback"`` keeps its known-good snapshot."""
+ScheduleLike = Union[int, Literal["log"], Schedule, Callable[[int], bool]]
+"""An int N (every N steps), ``"log"`` (log-spaced), a Schedule or a ``step -> bool`` callable."""
+
+ON_NONFINITE_CHOICES: tuple[str, ...] = get_args(OnNonFinite)
+ROLLBACK_STORAGE_CHOICES: tuple[str, ...] = get_args(RollbackStorage)
+
+
+def default_detail_schedule() -> Schedule:
+    """Steps 0, 1, 2, 4, ..., 64 and then every 100th step."""
+    return log_spaced(until=64) | _every(100)
+
+
+def _as_detector(detectors: Detector | Iterable[Detector] | None) -> Detector:
+    if detectors is None:
+        return default_detectors()
+    if isinstance(detectors, Detector):
+        return detectors
+    from ..detectors import chain
+
+    dl = list(detectors)
+    if not all(isinstance(d, Detector) for d in dl):
+        raise ParameterError("detectors", OWNER, "a Detector, a list of Detectors or None",
+                             detectors, "pass e.g. [gradhealth.detectors.nonfinite()].")
+    return chain(*dl)
+
+
+@dataclass(frozen=True, eq=False)
+class WatchConfig:
+    """Every option of :func:`~gradhealth.watch.watch`, validated and normalised once.
+
+    The meaning of each option is documented at :func:`~gradhealth.watch.watch`; the
+    defaults here are the defaults there (a test keeps them equal). After construction
+    ``every`` and ``detail_every`` are :class:`~gradhealth.watch.schedule.Schedule` objects
+    (``detail_every=None`` becomes :func:`default_detail_schedule`), ``detectors`` is one
+    :class:`~gradhealth.detectors.Detector` (a list is chained), and the numbers are plain
+    ``int`` / ``float``.
+
+    Raises:
+        ParameterError: an option breaks its rule (the message names the option, the rule,
+            the value and a fix).
+    """
+
+    run_dir: str | PathLike | None = None
+    on_nonfinite: OnNonFinite = "warn"
+    every: ScheduleLike = 1
+    detail_every: ScheduleLike | None = None
+    scaler: Any = None
+    detectors: Detector | Iterable[Detector] | None = None
+    replay: bool = True
+    max_consecutive_skips: int | None = 10
+    rollback_every: int = 100
+    rollback_lr_factor: float | None = 0.5
+    rollback_storage: RollbackStorage = "memory"
+    update_ratio: bool = True
+    forward_stats: bool = True
+    history_size: int = 1000
+    meta: dict | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        # the order of the checks is the order of the options in watch()'s signature, so the
+        # first wrong option is the one reported
+        put = object.__setattr__
+        put(self, "on_nonfinite", check_choice(self.on_nonfinite, "on_nonfinite", OWNER, ON_NONFINITE_CHOICES,
+                                               fix="pass on_nonfinite='warn', 'skip', 'rollback' or 'raise'."))
+        put(self, "every", as_schedule(self.every, "every", OWNER))
+        put(self, "detail_every", default_detail_schedule() if self.detail_every is None
+            else as_schedule(self.detail_every, "detail_every", OWNER))
+        if self.max_consecutive_skips is not None:
+            put(self, "max_consecutive_skips", check_int(self.max_consecutive_skips, "max_consecutive_skips",
+                                                         OWNER, min_value=0))
+        put(self, "rollback_every", check_int(self.rollback_every, "rollback_every", OWNER, min_value=1))
+        if self.rollback_lr_factor is not None:
+            put(self, "rollback_lr_factor", check_real(
+                self.rollback_lr_factor, "rollback_lr_factor", OWNER, low=0.0, high=1.0, low_inclusive=False,
+                fix="pass a factor in (0, 1], e.g. 0.5, or None to keep the lr."))
+        put(self, "rollback_storage", check_choice(self.rollback_storage, "rollback_storage", OWNER,
+                                                   ROLLBACK_STORAGE_CHOICES))
+        if self.rollback_storage == "disk" and self.run_dir is None:
+            raise ParameterError("rollback_storage", OWNER, "'memory' when no run_dir is given",
+                                 "disk", "pass run_dir='runs/exp1' or rollback_storage='memory'.")
+        put(self, "history_size", check_int(self.history_size, "history_size", OWNER, min_value=1))
+        s = self.scaler
+        if s is not None and not (hasattr(s, "get_scale") and hasattr(s, "update")):
+            raise ParameterError("scaler", OWNER, "a torch.amp.GradScaler or None", type(s).__name__,
+                                 "pass the GradScaler you call scaler.step(optimizer) with.")
+        put(self, "detectors", _as_detector(self.detectors))
+        put(self, "replay", bool(self.replay))
+        put(self, "update_ratio", bool(self.update_ratio))
+        put(self, "forward_stats", bool(self.forward_stats))
+
+    @property
+    def guarded(self) -> bool:
+        """Whether a :class:`~gradhealth.remedies.StepGuard` checks every step (all policies
+        but ``"warn"``)."""
+        return self.on_nonfinite in ("skip", "rollback", "raise")
