@@ -56,6 +56,8 @@ from ..events import Event
 from . import guard as _guard
 from .hooks import CopyInertHook, HookSet, LayerMap, WeakMethodHook, act_stats, discover_layers
 from .replay import Capture, ReplayReport, replay_step
+from ._record import (ActStats, ClipSamples, GradNorms, Loss, LossScale, OutGrad, ParamNorms, StepRecord,
+                      TimeGrad, UpdateNorms, absorb)
 from .config import OnNonFinite, RollbackStorage, ScheduleLike, WatchConfig, default_detail_schedule
 
 __all__ = ["Watcher", "watch", "WatchWarning", "default_detail_schedule"]
@@ -106,43 +108,6 @@ def _nanmean_rows(rows: list[np.ndarray]) -> np.ndarray:
     n = ok.sum(axis=0)
     tot = np.where(ok, a, 0.0).sum(axis=0)
     return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
-
-
-class _Record:
-    """What is being measured for one logged step (device tensors until read back)."""
-
-    __slots__ = ("step", "detail", "pending", "post", "clip", "clip_exact", "nf", "pnorm", "upd",
-                 "outg", "outn", "time", "act", "loss", "lr", "stepped", "skipped", "skip_reason", "skipped_ids",
-                 "fp_end", "scale_end", "origin", "upd_buffers", "t", "nf_loss", "clipped", "host_done")
-
-    def __init__(self, step: int, detail: bool):
-        self.step = step
-        self.detail = detail
-        self.pending: list[tuple] = []     # (kind, meta, tensor) awaiting the host
-        self.post: dict[int, float] = {}   # param pos -> applied (post-clip) grad norm
-        self.clip: dict[int, float] = {}   # param pos -> clip coefficient
-        self.clip_exact = True
-        self.clipped = False
-        self.nf: dict[int, int] = {}       # param pos -> NaN/Inf count of its gradient
-        self.pnorm: dict[int, float] = {}
-        self.upd: dict[int, float] = {}
-        self.outg: dict[int, float] = {}   # layer -> sum of squared output-grad norms
-        self.outn: dict[int, int] = {}     # layer -> number of output entries
-        self.time: dict[int, np.ndarray] = {}
-        self.act: dict[int, list] = {}
-        self.loss: Any = None
-        self.lr: float | None = None
-        self.stepped = False
-        self.skipped = False
-        self.skip_reason: str | None = None
-        self.skipped_ids: set[int] = set()  # parameters whose optimizer step was skipped
-        self.fp_end = None
-        self.scale_end = None
-        self.origin: ReplayReport | None = None
-        self.upd_buffers: dict[int, tuple] = {}
-        self.t = time.time()
-        self.nf_loss = False
-        self.host_done = False
 
 
 def _check_model(model) -> None:
@@ -206,7 +171,7 @@ class Watcher:
         self._opt_cache: dict[int, tuple] = {}
         self._guards: dict[int, Any] = {}
         self._global_hooks = optimizer is None
-        self._record: _Record | None = None
+        self._record: StepRecord | None = None
         self._pending_loss: tuple[int, Any] | None = None  # observe() on an unlogged step
         self._captures: list[Capture] = []
         self._stepped = False
@@ -226,7 +191,7 @@ class Watcher:
         self._idx_cache: dict[tuple, torch.Tensor] = {}
         self._info = self._model_info()
         self._replayed_steps: set[int] = set()
-        self._deferred: list[_Record] = []
+        self._deferred: list[StepRecord] = []
         self._defer_always = False   # tests: exercise the accelerator path on the CPU
         self._nf_active = False
 
@@ -504,9 +469,9 @@ class Watcher:
     def _is_logged(self, step: int) -> bool:
         return self.config.every(step) or self.config.detail_every(step)
 
-    def _get_record(self) -> _Record:
+    def _get_record(self) -> StepRecord:
         if self._record is None:
-            self._record = _Record(self.step, bool(self.config.detail_every(self.step)))
+            self._record = StepRecord(self.step, bool(self.config.detail_every(self.step)))
             pending, self._pending_loss = self._pending_loss, None
             if pending is not None and pending[0] == self.step:
                 self._record.loss = pending[1]
@@ -698,7 +663,7 @@ class Watcher:
                 gf = g.detach().float()
                 dims = [d for d in range(gf.dim()) if d != tdim]
                 sq = gf.square().sum(dim=dims) if dims else gf.square()
-                self._get_record().pending.append(("time", i, sq))
+                self._get_record().pending.append(TimeGrad(sq, layer=i))
             except Exception as exc:
                 self._internal("layer backward", exc)
             return None
@@ -722,7 +687,7 @@ class Watcher:
                     return None
                 rec = self._get_record()
                 if self.config.forward_stats:
-                    rec.pending.append(("act", i, act_stats(t, mod, family, act, self._after_conv)))
+                    rec.pending.append(ActStats(act_stats(t, mod, family, act, self._after_conv), layer=i))
                 if t.requires_grad:
                     n = t.numel()
                     self._iter_hooks.add(t.register_hook(self._make_outgrad_hook(i, n)))
@@ -737,7 +702,7 @@ class Watcher:
                 return None
             try:
                 sq = torch.linalg.vector_norm(g.detach(), dtype=torch.float32).square().reshape(1)
-                self._get_record().pending.append(("outg", (i, n), sq))
+                self._get_record().pending.append(OutGrad(sq, layer=i, n=n))
             except Exception as exc:
                 self._internal("layer backward", exc)
             return None
@@ -794,7 +759,7 @@ class Watcher:
                                    + "; they are measured from now on."),
                           evidence={"new_params": n_new, "new_layers": new_layers})])
 
-    def _step_begin(self, opt) -> _Record | None:
+    def _step_begin(self, opt) -> StepRecord | None:
         primary = bool(self._optimizers) and opt is self._optimizers[0]
         if primary and self._primary_stepped:
             self._end_iteration()   # a second primary step without a forward in between
@@ -842,7 +807,7 @@ class Watcher:
             if rec is not None and id(opt) in rec.upd_buffers:
                 params, before = rec.upd_buffers.pop(id(opt))
                 torch._foreach_sub_(before, [p.detach() for p in params])
-                rec.pending.append(("upd", [self._map.param_pos[id(p)] for p in params], _norms(before)))
+                rec.pending.append(UpdateNorms(_norms(before), positions=[self._map.param_pos[id(p)] for p in params]))
         except Exception as exc:
             self._internal("optimizer", exc)
         return None
@@ -855,7 +820,7 @@ class Watcher:
         except Exception:
             return None
 
-    def _measure_grads(self, rec: _Record, params: list[torch.Tensor], opt=None) -> None:
+    def _measure_grads(self, rec: StepRecord, params: list[torch.Tensor], opt=None) -> None:
         withg = [p for p in params if p.grad is not None]
         if not withg:
             return
@@ -868,7 +833,7 @@ class Watcher:
         norms = _norms([p.grad for p in withg])
         if unscale is not None:
             norms = norms / unscale.to(norms.device, norms.dtype)
-        rec.pending.append(("gnorm", pos, norms))
+        rec.pending.append(GradNorms(norms, positions=pos))
         if rec.fp_end is not None and rec.fp_end[2] is not None:
             fparams, fpos, samples = rec.fp_end
             mine = {id(p) for p in withg}
@@ -884,14 +849,14 @@ class Watcher:
             if cur is not None and unscale is not None:
                 cur = cur / unscale.to(cur.device, cur.dtype)
             if cur is not None and len(cparams) == len(sub):
-                rec.pending.append(("fp", cpos, torch.cat([end, cur.to(end.device)])))
+                rec.pending.append(ClipSamples(torch.cat([end, cur.to(end.device)]), positions=cpos))
                 if rec.scale_end is not None:
-                    rec.pending.append(("scale", None, rec.scale_end))
+                    rec.pending.append(LossScale(rec.scale_end))
 
-    def _measure_params(self, rec: _Record, opt, params: list[torch.Tensor]) -> None:
+    def _measure_params(self, rec: StepRecord, opt, params: list[torch.Tensor]) -> None:
         if not params:
             return
-        rec.pending.append(("pnorm", [self._map.param_pos[id(p)] for p in params], _norms(params)))
+        rec.pending.append(ParamNorms(_norms(params), positions=[self._map.param_pos[id(p)] for p in params]))
         if self.config.update_ratio:
             upd = [p for p in params if p.grad is not None]
             if upd:
@@ -901,7 +866,7 @@ class Watcher:
 
     # ------------------------------------------------------------------ reading back
 
-    def _read(self, rec: _Record, now: bool = True) -> None:
+    def _read(self, rec: StepRecord, now: bool = True) -> None:
         """Move every pending device tensor of ``rec`` (and of the steps whose reading was
         deferred) to the host: one transfer per device."""
         recs = self._deferred + [rec] if self._deferred else [rec]
@@ -917,7 +882,7 @@ class Watcher:
             for r in recs:
                 self._complete(r)
 
-    def _read_many(self, recs: list[_Record]) -> None:
+    def _read_many(self, recs: list[StepRecord]) -> None:
         items_all = []
         for r in recs:
             items_all.extend((r, it) for it in r.pending)
@@ -926,8 +891,8 @@ class Watcher:
             return
         by_dev: dict[Any, list[int]] = {}
         flat = []
-        for k, (_, (_, _, t)) in enumerate(items_all):
-            f = t.detach().reshape(-1).float()
+        for k, (_, it) in enumerate(items_all):
+            f = it.tensor.detach().reshape(-1).float()
             flat.append(f)
             by_dev.setdefault(f.device, []).append(k)
         host_all: list[np.ndarray | None] = [None] * len(items_all)
@@ -943,36 +908,10 @@ class Watcher:
             if pairs:
                 self._apply(r, [it for it, _ in pairs], [v for _, v in pairs])
 
-    def _apply(self, rec: _Record, items: list, host: list) -> None:
-        scale = None
-        for (kind, meta, _), v in zip(items, host):
-            if kind == "scale":
-                scale = float(v[0])
-        for (kind, meta, _), v in zip(items, host):
-            if kind == "gnorm":
-                for p, x in zip(meta, v):
-                    rec.post[p] = float(x)
-            elif kind == "fp":
-                self._clip_from_fp(rec, meta, v, scale)
-            elif kind == "pnorm":
-                for p, x in zip(meta, v):
-                    rec.pnorm[p] = float(x)
-            elif kind == "upd":
-                for p, x in zip(meta, v):
-                    rec.upd[p] = float(x)
-            elif kind == "outg":
-                i, n = meta
-                rec.outg[i] = rec.outg.get(i, 0.0) + float(v[0])
-                rec.outn[i] = rec.outn.get(i, 0) + n
-            elif kind == "time":
-                prev = rec.time.get(meta)
-                rec.time[meta] = v.astype(float) if prev is None or prev.shape != v.shape else prev + v
-            elif kind == "act":
-                rec.act.setdefault(meta, []).append(v.astype(float))
-            elif kind == "loss":
-                rec.loss = float(v[0])
+    def _apply(self, rec: StepRecord, items: list, host: list) -> None:
+        absorb(rec, items, host)
         # exact NaN/Inf counts, only for gradients whose norm is not finite (slow path)
-        bad = [p for p, x in rec.post.items() if not math.isfinite(x) and p not in rec.nf]
+        bad = rec.nonfinite_unknown()
         if bad:
             params = self._map.params
             for p in bad:
@@ -982,48 +921,9 @@ class Watcher:
         for p in rec.post:
             rec.nf.setdefault(p, 0)
 
-    def _clip_from_fp(self, rec: _Record, pos, v: np.ndarray, scale: float | None) -> None:
-        if not pos:
-            return
-        half = v.size // 2
-        e = v[:half].astype(float).reshape(len(pos), 4)
-        k = v[half:].astype(float).reshape(len(pos), 4)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ok = np.isfinite(e) & np.isfinite(k) & (e != 0)
-            # per tensor, the sample with the largest |entry| at the end of backward
-            j = np.argmax(np.where(ok, np.abs(e), -1.0), axis=1)
-            rows = np.arange(len(pos))
-            has = ok[rows, j]
-            r = k[rows, j] / e[rows, j]
-            # uniform scaling of a tensor gives the same ratio for every sample
-            bad = ok & (np.abs(k / e - r[:, None]) > 1e-3 * np.maximum(np.abs(r[:, None]), 1e-30))
-        if bad.any():
-            rec.clip_exact = False
-        segs = np.flatnonzero(has)
-        r_seg = r[segs]
-        ratios = {pos[j]: float(r) for j, r in zip(segs, r_seg)}
-        if not ratios:
-            return
-        vals = np.array(list(ratios.values()))
-        if scale is not None and scale > 0:
-            vals_c = vals * scale
-            ratios = {p: r * scale for p, r in ratios.items()}
-        else:
-            # Without a scaler argument, a common exact power-of-two factor on every tensor is
-            # AMP unscaling done by a GradScaler we were not told about, not clipping.
-            m = float(np.median(vals))
-            if m > 0 and np.allclose(vals, m, rtol=1e-6) and abs(math.log2(m) - round(math.log2(m))) < 1e-9:
-                ratios = {p: 1.0 for p in ratios}
-            vals_c = np.array(list(ratios.values()))
-        for p, r in ratios.items():
-            if r > 0 and math.isfinite(r):
-                rec.clip[p] = r
-        if np.any(np.abs(vals_c - 1.0) > 1e-5):
-            rec.clipped = True
-
     # ------------------------------------------------------------------ non-finite handling
 
-    def _replay(self, rec: _Record) -> ReplayReport | None:
+    def _replay(self, rec: StepRecord) -> ReplayReport | None:
         if not self.config.replay or rec.step in self._replayed_steps:
             return rec.origin
         self._replayed_steps.add(rec.step)
@@ -1039,13 +939,13 @@ class Watcher:
         self.replays.append(report)
         return report
 
-    def _diagnosis_text(self, rec: _Record) -> str:
+    def _diagnosis_text(self, rec: StepRecord) -> str:
         r = rec.origin
         if r is None:
             return ""
         return f" Forensic replay: {r.summary}."
 
-    def _on_nonfinite_stats(self, opt, rec: _Record) -> None:
+    def _on_nonfinite_stats(self, opt, rec: StepRecord) -> None:
         """Non-finite gradients seen in the statistics of a logged step (pre-step hook)."""
         self._replay(rec)
         n_bad = sum(1 for v in rec.nf.values() if v > 0)
@@ -1060,7 +960,7 @@ class Watcher:
                           "during this step; the guard acts from its next step." + self._diagnosis_text(rec),
                           WatchWarning, stacklevel=4)
 
-    def _raise(self, rec: _Record, n_bad: int, info: dict | None = None):
+    def _raise(self, rec: StepRecord, n_bad: int, info: dict | None = None):
         info = info or {}
         diag = rec.origin
         ev = Event(step=rec.step, kind="guard", layer=diag.module if diag and diag.found else None,
@@ -1146,7 +1046,7 @@ class Watcher:
         except Exception as exc:
             self._internal("rollback snapshot", exc)
 
-    def _rollback(self, rec: _Record) -> tuple[str, dict]:
+    def _rollback(self, rec: StepRecord) -> tuple[str, dict]:
         snap = self._snapshot
         if snap is None:
             return (f"Skipped the optimizer step at step {rec.step} (on_nonfinite='rollback'): no known-good "
@@ -1168,12 +1068,12 @@ class Watcher:
 
     # ------------------------------------------------------------------ finishing a step
 
-    def _finalize(self, rec: _Record, defer_ok: bool = True) -> None:
+    def _finalize(self, rec: StepRecord, defer_ok: bool = True) -> None:
         # what is left to read: update norms, loss, output gradients, forward statistics
         if isinstance(rec.loss, torch.Tensor):
-            rec.pending.append(("loss", None, rec.loss))
+            rec.pending.append(Loss(rec.loss))
             rec.loss = None
-        if defer_ok and (self._defer_always or any(t.device.type != "cpu" for _, _, t in rec.pending)):
+        if defer_ok and (self._defer_always or any(it.tensor.device.type != "cpu" for it in rec.pending)):
             # on an accelerator, ride along with the next logged step's transfer (one sync per
             # logged step); the step's events come out then, or at remove()
             self._deferred.append(rec)
@@ -1181,7 +1081,7 @@ class Watcher:
         self._read_many([rec])
         self._complete(rec)
 
-    def _complete(self, rec: _Record) -> None:
+    def _complete(self, rec: StepRecord) -> None:
         loss = rec.loss if (rec.loss is None or isinstance(rec.loss, float)) else float(rec.loss)
         stats = self._build_stats(rec, loss)
         try:
@@ -1195,7 +1095,7 @@ class Watcher:
         if self.store is not None:
             self._store_rows(stats, rec)
 
-    def _build_stats(self, rec: _Record, loss: float | None) -> StepStats:
+    def _build_stats(self, rec: StepRecord, loss: float | None) -> StepStats:
         m = self._map
         t = m.table
         L = len(t)
@@ -1307,7 +1207,7 @@ class Watcher:
             self._internal("prescribe", exc)
         return e
 
-    def _store_rows(self, s: StepStats, rec: _Record) -> None:
+    def _store_rows(self, s: StepStats, rec: StepRecord) -> None:
         def num(x):
             return None if x is None else float(x)
 

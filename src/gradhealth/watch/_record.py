@@ -1,0 +1,216 @@
+"""What one logged step measured: a typed record, and the device values it waits for.
+
+A logged step's measurements start as device tensors (no host sync in the hot path). Each
+is queued on the step's :class:`StepRecord` as one typed *pending item* (:class:`GradNorms`,
+:class:`ClipSamples`, ...) that knows which parameters or layer its numbers belong to. The
+read-back (:mod:`gradhealth.watch._readback`) moves every pending tensor to the host at
+once and hands each item its slice of host values; :meth:`Pending.store` writes them into the
+record's host fields, keyed by *parameter position* (index into ``LayerMap.params``) or
+*layer index*. A key that is absent means "not measured"; a NaN value means "measured, and
+not finite" -- the assembly (:mod:`gradhealth.watch._assemble`) keeps the two apart.
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["StepRecord", "Pending", "GradNorms", "ClipSamples", "LossScale", "ParamNorms", "UpdateNorms",
+           "OutGrad", "TimeGrad", "ActStats", "Loss", "absorb", "decode_clip"]
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One logged step: device tensors until read back, host numbers after.
+
+    Host fields (filled by :func:`absorb`): ``post`` applied (post-clip) gradient norm, ``clip``
+    clip coefficient, ``nf`` NaN/Inf count of the gradient, ``pnorm`` parameter norm, ``upd``
+    update norm (all by parameter position); ``outg`` sum of squared output-gradient norms and
+    ``outn`` number of output entries, ``time`` per-time-step squared gradient norms, ``act``
+    ``[std, dead, saturated]`` rows (by layer index).
+    """
+
+    step: int
+    detail: bool
+    pending: list[Pending] = field(default_factory=list)
+    post: dict[int, float] = field(default_factory=dict)
+    clip: dict[int, float] = field(default_factory=dict)
+    clip_exact: bool = True
+    clipped: bool = False
+    nf: dict[int, int] = field(default_factory=dict)
+    pnorm: dict[int, float] = field(default_factory=dict)
+    upd: dict[int, float] = field(default_factory=dict)
+    outg: dict[int, float] = field(default_factory=dict)
+    outn: dict[int, int] = field(default_factory=dict)
+    time: dict[int, np.ndarray] = field(default_factory=dict)
+    act: dict[int, list] = field(default_factory=dict)
+    loss: Any = None
+    lr: float | None = None
+    stepped: bool = False
+    skipped: bool = False
+    skip_reason: str | None = None
+    skipped_ids: set[int] = field(default_factory=set)   # id(param) whose optimizer step was skipped
+    fp_end: tuple | None = None       # (params, positions, samples) at the end of the backward
+    scale_end: torch.Tensor | None = None
+    origin: Any = None                # the ReplayReport of this step, if one ran
+    upd_buffers: dict[int, tuple] = field(default_factory=dict)  # id(opt) -> (params, copies before)
+    t: float = field(default_factory=_time.time)
+
+    def nonfinite_unknown(self) -> list[int]:
+        """Positions whose gradient norm is not finite and whose NaN/Inf count is not known yet."""
+        return [p for p, x in self.post.items() if not math.isfinite(x) and p not in self.nf]
+
+
+@dataclass(slots=True)
+class Pending:
+    """A device tensor waiting for the host, and where its numbers go."""
+
+    tensor: torch.Tensor
+
+    def store(self, rec: StepRecord, v: np.ndarray, scale: float | None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class GradNorms(Pending):
+    """Applied gradient norms, one per position."""
+
+    positions: list[int] = field(default_factory=list)
+
+    def store(self, rec, v, scale):
+        for p, x in zip(self.positions, v):
+            rec.post[p] = float(x)
+
+
+@dataclass(slots=True)
+class ClipSamples(Pending):
+    """Four gradient entries per position at the end of the backward, then the same four at
+    the optimizer's pre-hook (see :func:`decode_clip`)."""
+
+    positions: list[int] = field(default_factory=list)
+
+    def store(self, rec, v, scale):
+        decode_clip(rec, self.positions, v, scale)
+
+
+@dataclass(slots=True)
+class LossScale(Pending):
+    """The GradScaler's scale at the end of the backward (separates unscaling from clipping)."""
+
+    def store(self, rec, v, scale):
+        pass   # read by absorb() before the clip samples
+
+
+@dataclass(slots=True)
+class ParamNorms(Pending):
+    positions: list[int] = field(default_factory=list)
+
+    def store(self, rec, v, scale):
+        for p, x in zip(self.positions, v):
+            rec.pnorm[p] = float(x)
+
+
+@dataclass(slots=True)
+class UpdateNorms(Pending):
+    positions: list[int] = field(default_factory=list)
+
+    def store(self, rec, v, scale):
+        for p, x in zip(self.positions, v):
+            rec.upd[p] = float(x)
+
+
+@dataclass(slots=True)
+class OutGrad(Pending):
+    """Squared norm of the gradient w.r.t. one output of a layer (a layer may run twice)."""
+
+    layer: int = -1
+    n: int = 0
+
+    def store(self, rec, v, scale):
+        rec.outg[self.layer] = rec.outg.get(self.layer, 0.0) + float(v[0])
+        rec.outn[self.layer] = rec.outn.get(self.layer, 0) + self.n
+
+
+@dataclass(slots=True)
+class TimeGrad(Pending):
+    """Per-time-step squared gradient norms of a recurrent layer's input."""
+
+    layer: int = -1
+
+    def store(self, rec, v, scale):
+        prev = rec.time.get(self.layer)
+        rec.time[self.layer] = v.astype(float) if prev is None or prev.shape != v.shape else prev + v
+
+
+@dataclass(slots=True)
+class ActStats(Pending):
+    """``[std, dead_frac, sat_frac]`` of one output of a layer."""
+
+    layer: int = -1
+
+    def store(self, rec, v, scale):
+        rec.act.setdefault(self.layer, []).append(v.astype(float))
+
+
+@dataclass(slots=True)
+class Loss(Pending):
+    def store(self, rec, v, scale):
+        rec.loss = float(v[0])
+
+
+def absorb(rec: StepRecord, items: list[Pending], host: list[np.ndarray]) -> None:
+    """Write the host values of ``items`` (read back together) into ``rec``."""
+    scale = None
+    for it, v in zip(items, host):
+        if isinstance(it, LossScale):
+            scale = float(v[0])
+    for it, v in zip(items, host):
+        it.store(rec, v, scale)
+
+
+def decode_clip(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float | None) -> None:
+    """Clip coefficients from the gradient samples at the end of the backward and at the
+    optimizer's pre-hook: a clip by norm scales each tensor uniformly, so the ratio of its
+    samples is its clip coefficient (see the watcher's module docstring)."""
+    if not pos:
+        return
+    half = v.size // 2
+    e = v[:half].astype(float).reshape(len(pos), 4)
+    k = v[half:].astype(float).reshape(len(pos), 4)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ok = np.isfinite(e) & np.isfinite(k) & (e != 0)
+        # per tensor, the sample with the largest |entry| at the end of backward
+        j = np.argmax(np.where(ok, np.abs(e), -1.0), axis=1)
+        rows = np.arange(len(pos))
+        has = ok[rows, j]
+        r = k[rows, j] / e[rows, j]
+        # uniform scaling of a tensor gives the same ratio for every sample
+        bad = ok & (np.abs(k / e - r[:, None]) > 1e-3 * np.maximum(np.abs(r[:, None]), 1e-30))
+    if bad.any():
+        rec.clip_exact = False
+    segs = np.flatnonzero(has)
+    r_seg = r[segs]
+    ratios = {pos[j]: float(r) for j, r in zip(segs, r_seg)}
+    if not ratios:
+        return
+    vals = np.array(list(ratios.values()))
+    if scale is not None and scale > 0:
+        vals_c = vals * scale
+        ratios = {p: r * scale for p, r in ratios.items()}
+    else:
+        # Without a scaler argument, a common exact power-of-two factor on every tensor is
+        # AMP unscaling done by a GradScaler we were not told about, not clipping.
+        m = float(np.median(vals))
+        if m > 0 and np.allclose(vals, m, rtol=1e-6) and abs(math.log2(m) - round(math.log2(m))) < 1e-9:
+            ratios = {p: 1.0 for p in ratios}
+        vals_c = np.array(list(ratios.values()))
+    for p, r in ratios.items():
+        if r > 0 and math.isfinite(r):
+            rec.clip[p] = r
+    if np.any(np.abs(vals_c - 1.0) > 1e-5):
+        rec.clipped = True
