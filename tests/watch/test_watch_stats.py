@@ -275,7 +275,7 @@ def test_deferred_reading_gives_the_same_statistics():
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         g = torch.Generator().manual_seed(0)
         w = watch(model, opt)
-        w._defer_always = defer
+        w._readback.defer_always = defer
         for _ in range(5):
             loss = model(torch.randn(8, 6, generator=g)).pow(2).mean()
             loss.backward()

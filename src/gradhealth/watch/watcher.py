@@ -56,8 +56,9 @@ from ..events import Event
 from . import guard as _guard
 from .hooks import CopyInertHook, HookSet, LayerMap, WeakMethodHook, act_stats, discover_layers
 from .replay import Capture, ReplayReport, replay_step
-from ._record import (ActStats, ClipSamples, GradNorms, Loss, LossScale, OutGrad, ParamNorms, StepRecord,
-                      TimeGrad, UpdateNorms, absorb)
+from ._readback import ReadbackQueue
+from ._record import (ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad,
+                      UpdateNorms)
 from .config import OnNonFinite, RollbackStorage, ScheduleLike, WatchConfig, default_detail_schedule
 
 __all__ = ["Watcher", "watch", "WatchWarning", "default_detail_schedule"]
@@ -191,8 +192,7 @@ class Watcher:
         self._idx_cache: dict[tuple, torch.Tensor] = {}
         self._info = self._model_info()
         self._replayed_steps: set[int] = set()
-        self._deferred: list[StepRecord] = []
-        self._defer_always = False   # tests: exercise the accelerator path on the CPU
+        self._readback = ReadbackQueue()
         self._nf_active = False
 
         self.store = None
@@ -784,7 +784,7 @@ class Watcher:
                 self._measure_grads(rec, params, opt)
                 if rec.detail:
                     self._measure_params(rec, opt, params)
-                self._read(rec, now=True)
+                self._read(rec)
                 if any(v > 0 for v in rec.nf.values()):
                     if not self._nf_active:
                         self._nf_active = True
@@ -866,50 +866,23 @@ class Watcher:
 
     # ------------------------------------------------------------------ reading back
 
-    def _read(self, rec: StepRecord, now: bool = True) -> None:
-        """Move every pending device tensor of ``rec`` (and of the steps whose reading was
-        deferred) to the host: one transfer per device."""
-        recs = self._deferred + [rec] if self._deferred else [rec]
-        self._deferred = []
-        self._read_many(recs)
-        for r in recs[:-1]:
-            self._complete(r)
+    def _read(self, rec: StepRecord) -> None:
+        """Read ``rec``'s pending values now, with the deferred records (which complete)."""
+        done = self._readback.read_now(rec)
+        self._completed(done, also=rec)
 
     def _flush_deferred(self) -> None:
-        recs, self._deferred = self._deferred, []
-        if recs:
-            self._read_many(recs)
-            for r in recs:
-                self._complete(r)
+        self._completed(self._readback.flush())
 
-    def _read_many(self, recs: list[StepRecord]) -> None:
-        items_all = []
-        for r in recs:
-            items_all.extend((r, it) for it in r.pending)
-            r.pending = []
-        if not items_all:
-            return
-        by_dev: dict[Any, list[int]] = {}
-        flat = []
-        for k, (_, it) in enumerate(items_all):
-            f = it.tensor.detach().reshape(-1).float()
-            flat.append(f)
-            by_dev.setdefault(f.device, []).append(k)
-        host_all: list[np.ndarray | None] = [None] * len(items_all)
-        for dev, ks in by_dev.items():
-            cat = torch.cat([flat[k] for k in ks]).cpu().numpy()
-            o = 0
-            for k in ks:
-                n = flat[k].numel()
-                host_all[k] = cat[o:o + n]
-                o += n
-        for r in recs:
-            pairs = [(it, v) for (rr, it), v in zip(items_all, host_all) if rr is r]
-            if pairs:
-                self._apply(r, [it for it, _ in pairs], [v for _, v in pairs])
+    def _completed(self, done: list[StepRecord], also: StepRecord | None = None) -> None:
+        """Records whose values reached the host: exact NaN/Inf counts, then (``done`` only)
+        detectors, history and store."""
+        for r in (done if also is None else [*done, also]):
+            self._count_nonfinite(r)
+        for r in done:
+            self._complete(r)
 
-    def _apply(self, rec: StepRecord, items: list, host: list) -> None:
-        absorb(rec, items, host)
+    def _count_nonfinite(self, rec: StepRecord) -> None:
         # exact NaN/Inf counts, only for gradients whose norm is not finite (slow path)
         bad = rec.nonfinite_unknown()
         if bad:
@@ -1005,7 +978,7 @@ class Watcher:
             params = self._opt_params(opt)
             rec.skipped_ids.update(id(p) for p in params)
             self._measure_grads(rec, params, opt)
-            self._read(rec, now=True)
+            self._read(rec)
             self._replay(rec)
         except Exception as exc:
             self._internal("guard", exc)
@@ -1070,16 +1043,7 @@ class Watcher:
 
     def _finalize(self, rec: StepRecord, defer_ok: bool = True) -> None:
         # what is left to read: update norms, loss, output gradients, forward statistics
-        if isinstance(rec.loss, torch.Tensor):
-            rec.pending.append(Loss(rec.loss))
-            rec.loss = None
-        if defer_ok and (self._defer_always or any(it.tensor.device.type != "cpu" for it in rec.pending)):
-            # on an accelerator, ride along with the next logged step's transfer (one sync per
-            # logged step); the step's events come out then, or at remove()
-            self._deferred.append(rec)
-            return
-        self._read_many([rec])
-        self._complete(rec)
+        self._completed(self._readback.finish(rec, defer_ok))
 
     def _complete(self, rec: StepRecord) -> None:
         loss = rec.loss if (rec.loss is None or isinstance(rec.loss, float)) else float(rec.loss)
