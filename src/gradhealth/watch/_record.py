@@ -54,7 +54,7 @@ class StepRecord:
     stepped: bool = False
     skipped: bool = False
     skip_reason: str | None = None
-    skipped_ids: set[int] = field(default_factory=set)   # id(param) whose optimizer step was skipped
+    skipped_pos: set[int] = field(default_factory=set)   # positions whose optimizer step was skipped
     fp_end: tuple | None = None       # (params, positions, samples) at the end of the backward
     scale_end: torch.Tensor | None = None
     origin: Any = None                # the ReplayReport of this step, if one ran

@@ -24,7 +24,8 @@ from .._checks import check_choice, check_int, check_real
 from ..detectors import default_detectors
 from ..detectors.base import Detector
 from ..errors import ParameterError
-from .schedule import Schedule, as_schedule, every as _every, log_spaced
+from .schedule import Schedule, as_schedule, log_spaced
+from .schedule import every as _every
 
 __all__ = ["WatchConfig", "OnNonFinite", "RollbackStorage", "ScheduleLike", "ON_NONFINITE_CHOICES",
            "ROLLBACK_STORAGE_CHOICES", "default_detail_schedule"]

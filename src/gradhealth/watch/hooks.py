@@ -157,6 +157,7 @@ class LayerMap:
     param_names: list[str]
     n_modules: int = 0
     conv: list[bool] = field(default_factory=list)
+    pos_layer: list[int] = field(default_factory=list)   # position in params -> layer index (-1: none)
 
     def rows(self) -> list[dict]:
         t = self.table
@@ -213,19 +214,21 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
     param_layer: dict[int, int] = {}
     param_pos: dict[int, int] = {}
     pnames: list[str] = []
+    pos_layer: list[int] = []
     for mname, mod in model.named_modules(remove_duplicate=True):
         li = index_of_module.get(id(mod))
         for pn, p in mod.named_parameters(recurse=False):
             if id(p) in param_layer:   # shared (tied) parameter: first owner keeps it
                 continue
             param_layer[id(p)] = li if li is not None else -1
+            pos_layer.append(param_layer[id(p)])
             param_pos[id(p)] = len(params)
             params.append(p)
             pnames.append(f"{mname}.{pn}" if mname else pn)
     table = LayerTable(tuple(names), tuple(types), tuple(roles), tuple(fams), tuple(acts),
                        tuple(depth), tuple(nparams))
     return LayerMap(table, modules, index_of_module, params, param_layer, param_pos, pnames,
-                    n_modules, conv)
+                    n_modules, conv, pos_layer)
 
 
 def unit_dim(t: torch.Tensor, after_conv: bool) -> int:

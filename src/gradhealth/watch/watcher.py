@@ -35,7 +35,6 @@ guard or the scaler skipped still counts, so step numbers follow the training lo
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 import weakref
@@ -45,7 +44,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
@@ -54,12 +52,12 @@ from ..detectors.base import Detector, LayerTable, StepStats, safe_text
 from ..errors import ModelError, NonFiniteError, ParameterError
 from ..events import Event
 from . import guard as _guard
+from ._assemble import forward_depth, model_info, step_stats, store_rows
+from ._readback import ReadbackQueue
+from ._record import ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad, UpdateNorms
+from .config import OnNonFinite, RollbackStorage, ScheduleLike, WatchConfig, default_detail_schedule
 from .hooks import CopyInertHook, HookSet, LayerMap, WeakMethodHook, act_stats, discover_layers
 from .replay import Capture, ReplayReport, replay_step
-from ._readback import ReadbackQueue
-from ._record import (ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad,
-                      UpdateNorms)
-from .config import OnNonFinite, RollbackStorage, ScheduleLike, WatchConfig, default_detail_schedule
 
 __all__ = ["Watcher", "watch", "WatchWarning", "default_detail_schedule"]
 
@@ -100,15 +98,6 @@ def _dense_values(g: torch.Tensor) -> torch.Tensor:
     if g.is_sparse:
         return g.coalesce().values()
     return g.values()
-
-
-def _nanmean_rows(rows: list[np.ndarray]) -> np.ndarray:
-    """Column means over the finite entries (NaN where a column has none), warning-free."""
-    a = np.stack(rows)
-    ok = np.isfinite(a)
-    n = ok.sum(axis=0)
-    tot = np.where(ok, a, 0.0).sum(axis=0)
-    return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
 
 
 def _check_model(model) -> None:
@@ -190,7 +179,7 @@ class Watcher:
         self._skipped_total = 0
         self._t0 = time.time()
         self._idx_cache: dict[tuple, torch.Tensor] = {}
-        self._info = self._model_info()
+        self._info = model_info(self._map.table)
         self._replayed_steps: set[int] = set()
         self._readback = ReadbackQueue()
         self._nf_active = False
@@ -410,8 +399,9 @@ class Watcher:
             self._internal("store", exc)
             return
         self.store = RunStore(run_dir)
-        m = {"model": type(self.model).__name__, "started_at": time.time(), "on_nonfinite": self.config.on_nonfinite,
-             "every": repr(self.config.every), "detail_every": repr(self.config.detail_every), "torch": torch.__version__,
+        c = self.config
+        m = {"model": type(self.model).__name__, "started_at": time.time(), "on_nonfinite": c.on_nonfinite,
+             "every": repr(c.every), "detail_every": repr(c.detail_every), "torch": torch.__version__,
              "n_layers": len(self._map.table), "n_params": int(sum(p.numel() for p in self._map.params)),
              "source": "gradhealth.watch"}
         try:
@@ -423,16 +413,6 @@ class Watcher:
         if meta:
             m.update(meta)
         self.store.write_meta(m)
-
-    def _model_info(self) -> dict:
-        t = self._map.table
-        acts = [a for a in t.activations if a]
-        info: dict[str, Any] = {"depth": int(sum(r in ("weight", "recurrent") for r in t.roles)),
-                                "has_norm": "norm" in t.roles,
-                                "is_recurrent": "recurrent" in t.roles}
-        if acts:
-            info["activation"] = max(acts, key=acts.count)
-        return info
 
     # ------------------------------------------------------------------ faults
 
@@ -751,7 +731,7 @@ class Watcher:
         new_layers = list(self._map.table.names[old:])
         if self.store is not None:
             self.store.write_layers(self._map.rows()[old:])
-        self._info = self._model_info()
+        self._info = model_info(self._map.table)
         shown = ", ".join(repr(safe_text(n)) for n in new_layers[:5])
         self._emit([Event(step=self.step, kind="internal", layer=None, severity="info",
                           message=(f"The model changed structure at step {self.step}: {n_new} new parameters"
@@ -976,7 +956,7 @@ class Watcher:
             if rec.lr is None:
                 rec.lr = self._lr(opt)
             params = self._opt_params(opt)
-            rec.skipped_ids.update(id(p) for p in params)
+            rec.skipped_pos.update(self._map.param_pos[id(p)] for p in params)
             self._measure_grads(rec, params, opt)
             self._read(rec)
             self._replay(rec)
@@ -1047,7 +1027,11 @@ class Watcher:
 
     def _complete(self, rec: StepRecord) -> None:
         loss = rec.loss if (rec.loss is None or isinstance(rec.loss, float)) else float(rec.loss)
-        stats = self._build_stats(rec, loss)
+        # forward depth: the first detail step fixes the order of the layers seen running
+        if self._depth_seen and not self._depth_known:
+            self._map.table = forward_depth(self._map.table, self._depth_seen)
+            self._depth_known = True
+        stats, measured = step_stats(rec, self._map.table, self._map.pos_layer, loss, self._info)
         try:
             events, self._det_state = self._detector.update(stats, self._det_state)
         except Exception as exc:
@@ -1057,98 +1041,13 @@ class Watcher:
         self.history.append(stats)
         self._emit(events)
         if self.store is not None:
-            self._store_rows(stats, rec)
-
-    def _build_stats(self, rec: StepRecord, loss: float | None) -> StepStats:
-        m = self._map
-        t = m.table
-        L = len(t)
-        pl = m.param_layer
-        params = m.params
-        sq = np.zeros(L)
-        has = np.zeros(L, dtype=bool)
-        sq_post = 0.0
-        sq_pre = 0.0
-        nfg = np.full(L, -1, dtype=np.int64)
-        for p, post in rec.post.items():
-            li = pl.get(id(params[p]), -1)
-            c = rec.clip.get(p, 1.0)
-            pre = post / c if (c > 0 and math.isfinite(c)) else post
-            sq_pre += pre * pre
-            sq_post += post * post
-            if li >= 0:
-                sq[li] += pre * pre
-                has[li] = True
-                nfg[li] = max(nfg[li], 0) + rec.nf.get(p, 0)
-        grad_norm = np.where(has, np.sqrt(sq), np.nan)
-        pn_sq = np.zeros(L)
-        pn_has = np.zeros(L, dtype=bool)
-        nfp = np.full(L, -1, dtype=np.int64)
-        for p, v in rec.pnorm.items():
-            li = pl.get(id(params[p]), -1)
-            if li >= 0:
-                pn_sq[li] += v * v
-                pn_has[li] = True
-                nfp[li] = max(nfp[li], 0) + (0 if math.isfinite(v) else 1)
-        param_norm = np.where(pn_has, np.sqrt(pn_sq), np.nan)
-        up_sq = np.zeros(L)
-        up_has = np.zeros(L, dtype=bool)
-        for p, v in rec.upd.items():
-            li = pl.get(id(params[p]), -1)
-            if li >= 0:
-                up_sq[li] += v * v
-                up_has[li] = True
-        with np.errstate(divide="ignore", invalid="ignore"):
-            update_ratio = np.where(up_has & pn_has, np.sqrt(up_sq) / param_norm, np.nan)
-            if rec.skipped:
-                # the layers of a skipped optimizer did not move; with several optimizers the
-                # others may have (and keep their measured ratio). Unknown which: all of them.
-                skipped = np.zeros(L, dtype=bool)
-                for pid in rec.skipped_ids:
-                    li = pl.get(pid, -1)
-                    if li >= 0:
-                        skipped[li] = True
-                if not rec.skipped_ids:
-                    skipped[:] = pn_has
-                update_ratio = np.where(skipped, 0.0, update_ratio)
-        outg = np.full(L, np.nan)
-        outr = np.full(L, np.nan)
-        for i, v in rec.outg.items():
-            if i < L:
-                outg[i] = math.sqrt(v)
-                outr[i] = math.sqrt(v / max(rec.outn.get(i, 1), 1))
-        act = np.full((L, 3), np.nan)
-        for i, vs in rec.act.items():
-            if i < L:
-                act[i] = _nanmean_rows(vs)
-        time_grad = {}
-        for i, v in rec.time.items():
-            if i < L:
-                time_grad[t.names[i]] = np.sqrt(np.maximum(v, 0))
-        # forward depth: the first detail step fixes the order of the layers seen running
-        if self._depth_seen and not self._depth_known:
-            depth = list(t.depth)
-            for i, d in self._depth_seen.items():
-                if i < len(depth):
-                    depth[i] = d
-            new_t = LayerTable(t.names, t.types, t.roles, t.families, t.activations, tuple(depth), t.n_params)
-            self._map.table = new_t
-            t = new_t
-            self._depth_known = True
-        g_pre = math.sqrt(sq_pre) if rec.post else math.nan
-        g_post = math.sqrt(sq_post) if (rec.post and rec.clipped) else math.nan
-        origin = None
-        if rec.origin is not None:
-            o = rec.origin
-            origin = {"found": o.found, "module": o.module, "direction": o.direction, "cause": o.cause,
-                      "summary": o.summary}
-        return StepStats(step=rec.step, layers=t, loss=loss, global_grad_norm=g_pre,
-                         global_grad_norm_clipped=g_post, lr=rec.lr, skipped=rec.skipped,
-                         skip_reason=rec.skip_reason, grad_norm=grad_norm, param_norm=param_norm,
-                         update_ratio=update_ratio, nonfinite_grad=nfg, nonfinite_param=nfp,
-                         out_grad_norm=outg, out_grad_rms=outr, act_std=act[:, 0], dead_frac=act[:, 1],
-                         sat_frac=act[:, 2], time_grad=time_grad, origin=origin, full=rec.detail,
-                         info=self._info)
+            row, rows = store_rows(stats, measured, rec.t - self._t0)
+            try:
+                self.store.append_steps([row])
+                if rows:
+                    self.store.append_layer_stats(rows)
+            except Exception as exc:  # pragma: no cover - never raises by contract
+                self._internal("store", exc)
 
     def _with_remedy(self, e: Event) -> Event:
         from dataclasses import replace
@@ -1171,40 +1070,9 @@ class Watcher:
             self._internal("prescribe", exc)
         return e
 
-    def _store_rows(self, s: StepStats, rec: StepRecord) -> None:
-        def num(x):
-            return None if x is None else float(x)
 
-        nfc = int(np.maximum(s.nonfinite_grad, 0).sum()) if (s.nonfinite_grad >= 0).any() else None
-        row = {"step": s.step, "loss": num(s.loss), "lr": num(s.lr), "skipped": int(s.skipped),
-               "nonfinite_count": nfc, "time": rec.t - self._t0,
-               "global_grad_norm": None if not rec.post else s.global_grad_norm,
-               "global_grad_norm_clipped": s.global_grad_norm_clipped if rec.clipped else None}
-        rows = []
-        measured_grad = np.isfinite(s.grad_norm) | (s.nonfinite_grad > 0)
-        for i in range(len(s.layers)):
-            vals = {"grad_norm": s.grad_norm[i] if measured_grad[i] else None,
-                    "param_norm": s.param_norm[i] if (s.nonfinite_param[i] >= 0) else None,
-                    "update_ratio": s.update_ratio[i] if np.isfinite(s.update_ratio[i]) else None,
-                    "nonfinite": int(s.nonfinite_grad[i]) if s.nonfinite_grad[i] >= 0 else None,
-                    "out_grad_norm": s.out_grad_norm[i] if i in rec.outg else None,
-                    "act_std": s.act_std[i] if i in rec.act else None,
-                    "dead_frac": s.dead_frac[i] if (i in rec.act and np.isfinite(s.dead_frac[i])) else None,
-                    "sat_frac": s.sat_frac[i] if (i in rec.act and np.isfinite(s.sat_frac[i])) else None}
-            if all(v is None for v in vals.values()):
-                continue
-            vals["step"] = s.step
-            vals["layer"] = i
-            rows.append(vals)
-        try:
-            self.store.append_steps([row])
-            if rows:
-                self.store.append_layer_stats(rows)
-        except Exception as exc:  # pragma: no cover - never raises by contract
-            self._internal("store", exc)
-
-
-def watch(model: nn.Module, optimizer=None, *, run_dir: str | PathLike | None = None,
+def watch(model: nn.Module, optimizer=None, *, run_dir: str | PathLike | None = None,  # noqa: PLR0913
+          # (the public keyword options, one per WatchConfig field, spelled out for help() and type checkers)
           on_nonfinite: OnNonFinite = "warn", every: ScheduleLike = 1, detail_every: ScheduleLike | None = None,
           scaler=None, detectors: Detector | Iterable[Detector] | None = None, replay: bool = True,
           max_consecutive_skips: int | None = 10, rollback_every: int = 100,

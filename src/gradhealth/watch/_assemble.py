@@ -1,0 +1,219 @@
+"""From a step record to :class:`~gradhealth.detectors.StepStats` and run-store rows (pure).
+
+Nothing here touches a tensor, the model or the watcher: the inputs are a read-back
+:class:`~gradhealth.watch._record.StepRecord`, the layer table and the layer of each
+parameter position. :func:`step_stats` also returns :class:`Measured`, the explicit "was it
+measured at this step" masks, so :func:`store_rows` writes NULL for "not measured" and a
+number (NaN included) for "measured" without looking at the raw record again.
+
+Per-layer numbers combine the parameters of a layer in quadrature: the layer's gradient norm
+is ``sqrt(sum of its parameters' squared norms)``, before clipping (the applied norm divided
+by the clip coefficient).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..detectors.base import LayerTable, StepStats
+from ._record import StepRecord
+
+__all__ = ["Measured", "step_stats", "store_rows", "forward_depth", "model_info"]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one step measured, apart from the values (NaN can be a measured value).
+
+    Attributes:
+        grads: gradient norms were measured (the global norms are not NULL).
+        clipped: a clip was detected (the post-clip global norm is not NULL).
+        out_grad: per layer, the output-gradient norm was measured.
+        act: per layer, the forward statistics were measured.
+    """
+
+    grads: bool
+    clipped: bool
+    out_grad: np.ndarray
+    act: np.ndarray
+
+
+def model_info(t: LayerTable) -> dict:
+    """Model facts the prescriptions use: depth, normalisation, recurrence, the activation
+    used most (the first in layer order on a tie)."""
+    acts = [a for a in t.activations if a]
+    info: dict[str, Any] = {"depth": int(sum(r in ("weight", "recurrent") for r in t.roles)),
+                            "has_norm": "norm" in t.roles,
+                            "is_recurrent": "recurrent" in t.roles}
+    if acts:
+        info["activation"] = max(acts, key=acts.count)
+    return info
+
+
+def forward_depth(t: LayerTable, seen: dict[int, int]) -> LayerTable:
+    """``t`` with the forward execution order ``seen`` (layer -> order) as its depth."""
+    depth = list(t.depth)
+    for i, d in seen.items():
+        if i < len(depth):
+            depth[i] = d
+    return LayerTable(t.names, t.types, t.roles, t.families, t.activations, tuple(depth), t.n_params)
+
+
+def _nanmean_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Column means over the finite entries (NaN where a column has none), warning-free."""
+    a = np.stack(rows)
+    ok = np.isfinite(a)
+    n = ok.sum(axis=0)
+    tot = np.where(ok, a, 0.0).sum(axis=0)
+    return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
+
+
+def _gradients(rec: StepRecord, layer_of: Sequence[int], L: int):
+    """Per-layer pre-clip gradient norms and NaN/Inf counts, global squared norms pre/post."""
+    sq = np.zeros(L)
+    has = np.zeros(L, dtype=bool)
+    sq_post = 0.0
+    sq_pre = 0.0
+    nfg = np.full(L, -1, dtype=np.int64)
+    for p, post in rec.post.items():
+        li = layer_of[p]
+        c = rec.clip.get(p, 1.0)
+        pre = post / c if (c > 0 and math.isfinite(c)) else post
+        sq_pre += pre * pre
+        sq_post += post * post
+        if li >= 0:
+            sq[li] += pre * pre
+            has[li] = True
+            nfg[li] = max(nfg[li], 0) + rec.nf.get(p, 0)
+    return np.where(has, np.sqrt(sq), np.nan), nfg, sq_pre, sq_post
+
+
+def _params_and_updates(rec: StepRecord, layer_of: Sequence[int], L: int):
+    """Per-layer parameter norms, their NaN/Inf counts and update ratios."""
+    pn_sq = np.zeros(L)
+    pn_has = np.zeros(L, dtype=bool)
+    nfp = np.full(L, -1, dtype=np.int64)
+    for p, v in rec.pnorm.items():
+        li = layer_of[p]
+        if li >= 0:
+            pn_sq[li] += v * v
+            pn_has[li] = True
+            nfp[li] = max(nfp[li], 0) + (0 if math.isfinite(v) else 1)
+    param_norm = np.where(pn_has, np.sqrt(pn_sq), np.nan)
+    up_sq = np.zeros(L)
+    up_has = np.zeros(L, dtype=bool)
+    for p, v in rec.upd.items():
+        li = layer_of[p]
+        if li >= 0:
+            up_sq[li] += v * v
+            up_has[li] = True
+    with np.errstate(divide="ignore", invalid="ignore"):
+        update_ratio = np.where(up_has & pn_has, np.sqrt(up_sq) / param_norm, np.nan)
+        if rec.skipped:
+            # the layers of a skipped optimizer did not move; with several optimizers the
+            # others may have (and keep their measured ratio). Unknown which: all of them.
+            skipped = np.zeros(L, dtype=bool)
+            for p in rec.skipped_pos:
+                li = layer_of[p]
+                if li >= 0:
+                    skipped[li] = True
+            if not rec.skipped_pos:
+                skipped[:] = pn_has
+            update_ratio = np.where(skipped, 0.0, update_ratio)
+    return param_norm, nfp, update_ratio
+
+
+def _signals(rec: StepRecord, t: LayerTable):
+    """Output-gradient norm and rms, forward statistics, per-time-step gradients, and the
+    masks of what was measured."""
+    L = len(t)
+    outg = np.full(L, np.nan)
+    outr = np.full(L, np.nan)
+    out_has = np.zeros(L, dtype=bool)
+    for i, v in rec.outg.items():
+        if i < L:
+            outg[i] = math.sqrt(v)
+            outr[i] = math.sqrt(v / max(rec.outn.get(i, 1), 1))
+            out_has[i] = True
+    act = np.full((L, 3), np.nan)
+    act_has = np.zeros(L, dtype=bool)
+    for i, vs in rec.act.items():
+        if i < L:
+            act[i] = _nanmean_rows(vs)
+            act_has[i] = True
+    time_grad = {t.names[i]: np.sqrt(np.maximum(v, 0)) for i, v in rec.time.items() if i < L}
+    return outg, outr, act, time_grad, out_has, act_has
+
+
+def step_stats(rec: StepRecord, t: LayerTable, layer_of: Sequence[int], loss: float | None,
+               info: dict) -> tuple[StepStats, Measured]:
+    """The :class:`StepStats` of a read-back record, and what it measured.
+
+    Args:
+        rec: the record, every value on the host.
+        t: the layer table (depth as known now).
+        layer_of: the layer index of each parameter position (-1: owned by no layer).
+        loss: the observed loss as a float, or None.
+        info: model facts (:func:`model_info`).
+    """
+    L = len(t)
+    grad_norm, nfg, sq_pre, sq_post = _gradients(rec, layer_of, L)
+    param_norm, nfp, update_ratio = _params_and_updates(rec, layer_of, L)
+    outg, outr, act, time_grad, out_has, act_has = _signals(rec, t)
+    g_pre = math.sqrt(sq_pre) if rec.post else math.nan
+    g_post = math.sqrt(sq_post) if (rec.post and rec.clipped) else math.nan
+    origin = None
+    if rec.origin is not None:
+        o = rec.origin
+        origin = {"found": o.found, "module": o.module, "direction": o.direction, "cause": o.cause,
+                  "summary": o.summary}
+    stats = StepStats(step=rec.step, layers=t, loss=loss, global_grad_norm=g_pre,
+                      global_grad_norm_clipped=g_post, lr=rec.lr, skipped=rec.skipped,
+                      skip_reason=rec.skip_reason, grad_norm=grad_norm, param_norm=param_norm,
+                      update_ratio=update_ratio, nonfinite_grad=nfg, nonfinite_param=nfp,
+                      out_grad_norm=outg, out_grad_rms=outr, act_std=act[:, 0], dead_frac=act[:, 1],
+                      sat_frac=act[:, 2], time_grad=time_grad, origin=origin, full=rec.detail, info=info)
+    return stats, Measured(grads=bool(rec.post), clipped=rec.clipped, out_grad=out_has, act=act_has)
+
+
+def _num(x):
+    return None if x is None else float(x)
+
+
+def store_rows(s: StepStats, m: Measured, seconds: float) -> tuple[dict, list[dict]]:
+    """The run store's ``steps`` row and ``layer_stats`` rows of one step.
+
+    NULL (None) where nothing was measured; a layer with nothing measured gets no row.
+
+    Args:
+        s: the step's statistics.
+        m: what it measured (:func:`step_stats`).
+        seconds: wall-clock time of the step since the watcher started.
+    """
+    nfc = int(np.maximum(s.nonfinite_grad, 0).sum()) if (s.nonfinite_grad >= 0).any() else None
+    row = {"step": s.step, "loss": _num(s.loss), "lr": _num(s.lr), "skipped": int(s.skipped),
+           "nonfinite_count": nfc, "time": seconds,
+           "global_grad_norm": None if not m.grads else s.global_grad_norm,
+           "global_grad_norm_clipped": s.global_grad_norm_clipped if m.clipped else None}
+    rows = []
+    measured_grad = np.isfinite(s.grad_norm) | (s.nonfinite_grad > 0)
+    for i in range(len(s.layers)):
+        vals = {"grad_norm": s.grad_norm[i] if measured_grad[i] else None,
+                "param_norm": s.param_norm[i] if (s.nonfinite_param[i] >= 0) else None,
+                "update_ratio": s.update_ratio[i] if np.isfinite(s.update_ratio[i]) else None,
+                "nonfinite": int(s.nonfinite_grad[i]) if s.nonfinite_grad[i] >= 0 else None,
+                "out_grad_norm": s.out_grad_norm[i] if m.out_grad[i] else None,
+                "act_std": s.act_std[i] if m.act[i] else None,
+                "dead_frac": s.dead_frac[i] if (m.act[i] and np.isfinite(s.dead_frac[i])) else None,
+                "sat_frac": s.sat_frac[i] if (m.act[i] and np.isfinite(s.sat_frac[i])) else None}
+        if all(v is None for v in vals.values()):
+            continue
+        vals["step"] = s.step
+        vals["layer"] = i
+        rows.append(vals)
+    return row, rows
