@@ -28,8 +28,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from gradhealth.watch import WatchWarning, watch
 from gradhealth.store import load_run
+from gradhealth.watch import WatchWarning, watch
 
 SMOKE = os.environ.get("GRADHEALTH_SMOKE") == "1"
 STEPS = 30 if SMOKE else 120

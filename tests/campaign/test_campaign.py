@@ -9,9 +9,9 @@ import warnings
 import pytest
 import torch
 
-from campaign_faults import MODELS, SITES, Fault, _Clock, data, inject, same_state, state_of, train
-
 import gradhealth
+
+from campaign_faults import MODELS, SITES, Fault, _Clock, data, inject, same_state, state_of, train
 
 
 def _ids(c):

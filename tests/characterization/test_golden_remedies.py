@@ -32,8 +32,18 @@ from torch import nn
 
 from gradhealth.errors import ParameterError
 from gradhealth.events import KINDS
-from gradhealth.remedies import (critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, prescribe,
-                                 replace_activation_, xavier_, zero_init_residual_)
+from gradhealth.remedies import (
+    critical_,
+    gaussian_,
+    he_,
+    lecun_,
+    lsuv_,
+    orthogonal_,
+    prescribe,
+    replace_activation_,
+    xavier_,
+    zero_init_residual_,
+)
 
 GOLDEN = Path(__file__).with_name("golden_remedies.json")
 

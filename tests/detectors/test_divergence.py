@@ -42,7 +42,10 @@ def _train(lr, opt="sgd", steps=40, seed=0, postln=False):
         m = Tx()
     else:
         m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    o = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) if opt == "sgd" else torch.optim.Adam(m.parameters(), lr=lr)
+    if opt == "sgd":
+        o = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
+    else:
+        o = torch.optim.Adam(m.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     losses, norms = [], []
     for _ in range(steps):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch.distributed as dist
+
 from dist_harness import run_ranks
 from dist_workers import close, ddp_worker, fsdp_worker, single_process
 

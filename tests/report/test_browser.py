@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from .conftest import ANSI_NAME, POISON_NAME, POISON_STEP, SCRIPT_NAME
+from .conftest import POISON_NAME, POISON_STEP, SCRIPT_NAME
 
 CHROMIUM = os.environ.get("GRADHEALTH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

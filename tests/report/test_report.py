@@ -8,7 +8,6 @@ import math
 import re
 
 import numpy as np
-import pytest
 
 from gradhealth.events import Event
 from gradhealth.report import Report, visible

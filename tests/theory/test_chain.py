@@ -13,9 +13,18 @@ import torch.nn.functional as F
 
 from gradhealth.errors import ParameterError
 from gradhealth.theory.activations import activation_names
-from gradhealth.theory.chain import (FLOAT_LIMITS, bumps, crossing_depth, deep_linear, power_limits,
-                                     power_table, scalar_chain, slope_bound, textbook_numbers,
-                                     weight_claim)
+from gradhealth.theory.chain import (
+    FLOAT_LIMITS,
+    bumps,
+    crossing_depth,
+    deep_linear,
+    power_limits,
+    power_table,
+    scalar_chain,
+    slope_bound,
+    textbook_numbers,
+    weight_claim,
+)
 
 TORCH = {
     "linear": lambda x: x, "relu": F.relu, "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
@@ -298,7 +307,7 @@ def test_power_limits_near_one_within_accumulated_rounding():
         lim = FLOAT_LIMITS[dtype]
         vals = _repeated(w, dtype, 3000)
         if w < 1:
-            got, want = _first(vals, lambda v: v < lim.tiny), p.subnormal_depth
+            got, want = _first(vals, lambda v, tiny=lim.tiny: v < tiny), p.subnormal_depth
         else:
             got, want = _first(vals, math.isinf), p.overflow_depth
         assert abs(got - want) <= max(1, 0.005 * want), (dtype, w, got, want)
@@ -378,8 +387,10 @@ def test_deep_linear_gaussian_mean_and_lognormal_spread():
 def test_deep_linear_backprop_matches_autograd():
     r = deep_linear(6, 5, init="gaussian", trials=1, seed=7)
     rng = np.random.default_rng(7)  # replay the documented draw order: x, g, then W_1..W_L
-    x = rng.standard_normal((1, 5)); x /= np.linalg.norm(x)
-    g = rng.standard_normal((1, 5)); g /= np.linalg.norm(g)
+    x = rng.standard_normal((1, 5))
+    x /= np.linalg.norm(x)
+    g = rng.standard_normal((1, 5))
+    g /= np.linalg.norm(g)
     Ws = [torch.tensor(rng.standard_normal((1, 5, 5))[0] / math.sqrt(5), requires_grad=True)
           for _ in range(6)]
     hs = [torch.tensor(x[0], requires_grad=True)]

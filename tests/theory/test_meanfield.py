@@ -326,5 +326,5 @@ def test_random_networks_follow_the_maps(name, sw2, sb2):
 def test_quadrature_rule_integrates_polynomials_exactly():
     # E[z^2k] = (2k - 1)!! : a check of the rule itself, independent of any activation
     for k, moment in [(0, 1.0), (1, 1.0), (2, 3.0), (4, 105.0)]:
-        assert quad.expect(lambda u: u ** (2 * k), 1.0) == pytest.approx(moment, rel=1e-13)
+        assert quad.expect(lambda u, k=k: u ** (2 * k), 1.0) == pytest.approx(moment, rel=1e-13)
     assert quad.expect_pair(lambda u: u, lambda u: u, 2.0, 0.3) == pytest.approx(0.6, rel=1e-13)

@@ -176,8 +176,6 @@ def _load_inputs(path: str, owner: str = _OWNER):
 def run(args) -> int:
     """Run ``gradhealth probe`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
     was found, 2 usage error)."""
-    import torch
-
     from ..probe import probe
     from ._common import console, print_json
 

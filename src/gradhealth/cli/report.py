@@ -53,8 +53,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from . import EXIT_OK, EXIT_PATHOLOGY, EXIT_USAGE
     from ..report.html import visible
+    from . import EXIT_OK, EXIT_PATHOLOGY, EXIT_USAGE
 
     fmt = args.format
     if fmt is None:

@@ -33,8 +33,8 @@ from .base import (
     safe_text,
     theil_sen_slope,
 )
-from .divergence import early_divergence
 from .depth import depth_trend, exploding_vanishing, update_ratio
+from .divergence import early_divergence
 from .nonfinite import nonfinite
 from .spikes import grad_spikes, loss_spikes
 from .units import dead_units, saturation

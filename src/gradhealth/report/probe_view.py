@@ -99,7 +99,8 @@ def layers_table(result, width: int | None = None):
         if lr.calls > 1:
             shape += f" ×{lr.calls}"
         gnorm = fmt(lr.grad_norm) if lr.trainable != "frozen" else "frozen"
-        rows.append([str(lr.index), Text(safe_text(lr.name)), Text(safe_text(lr.type)), shape, Text(safe_text(_act_cell(lr))), gnorm,
+        rows.append([str(lr.index), Text(safe_text(lr.name)), Text(safe_text(lr.type)), shape,
+                     Text(safe_text(_act_cell(lr))), gnorm,
                      fmt(lr.grad_to_weight), fmt(lr.gain), fmt(lr.gain_ratio), fmt(lr.growth),
                      fmt(lr.gsc), Text(lr.verdict, style=style)])
     keep = list(range(len(columns)))

@@ -165,7 +165,6 @@ def events_table(events: Iterable[Event], title: str | None = None, max_rows: in
     so that the code stays on whole lines in an 80-column terminal.
     """
     from rich.table import Table
-    from rich.text import Text
 
     evs = list(events)
     narrow = width is not None and width < 110

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ParameterError
 
-__all__ = ["tensor_norms", "grad_norms", "nonfinite_counts", "segment_norms"]
+__all__ = ["tensor_norms", "grad_norms", "nonfinite_counts", "segment_norms", "dense_values"]
 
 
 def _out_device(tensors: Sequence, device) -> torch.device:
@@ -27,12 +27,23 @@ def _out_device(tensors: Sequence, device) -> torch.device:
     return torch.device("cpu")
 
 
-def _dense(t: torch.Tensor) -> torch.Tensor:
+def dense_values(t: torch.Tensor) -> torch.Tensor:
+    """The stored values of a maybe-sparse tensor, as a strided tensor; ``t`` itself if strided.
+
+    A sparse COO tensor (an ``nn.Embedding(sparse=True)`` gradient) is coalesced first, so
+    repeated indices are summed into one value, as in ``t.to_dense()``; sparse CSR / CSC /
+    BSR / BSC give their ``values()``. Norms and NaN/Inf counts of the result are those of
+    the tensor (its implicit zeros add nothing), without materialising the dense tensor.
+    No host synchronisation (``coalesce`` runs on the device).
+    """
+    if t.layout == torch.strided:
+        return t
     if t.is_sparse:
         return t.coalesce().values()
-    if t.layout != torch.strided:  # sparse CSR and friends
-        return t.values()
-    return t
+    return t.values()  # sparse CSR and friends
+
+
+_dense = dense_values
 
 
 def tensor_norms(tensors: Iterable[torch.Tensor | None], norm_type: float = 2.0, *,
@@ -66,7 +77,7 @@ def tensor_norms(tensors: Iterable[torch.Tensor | None], norm_type: float = 2.0,
     for i, t in enumerate(ts):
         if t is None:
             continue
-        t = _dense(t.detach())
+        t = dense_values(t.detach())
         if not (t.is_floating_point() or t.is_complex()):
             t = t.to(torch.float32)
         groups[(t.device, t.dtype)].append((i, t))
@@ -115,7 +126,7 @@ def nonfinite_counts(tensors: Iterable[torch.Tensor | None], *,
         if t is None:
             parts.append(zero)
             continue
-        t = _dense(t.detach())
+        t = dense_values(t.detach())
         if not (t.is_floating_point() or t.is_complex()):
             parts.append(zero)
             continue

@@ -29,8 +29,8 @@ Degenerate cases, said rather than hidden:
   ``sigma_w2 = 2 rho`` with ``sigma_b2 > 0``; linear with ``sigma_w2 >= rho``; gelu, swish and
   softplus once ``sigma_w2 / rho`` exceeds about 2): pre-activations grow without bound.
   ``chi_1`` is its limit, ``chi_q`` and ``xi_q`` are ``nan`` (nothing to converge to), and
-  ``c*``/``chi_c`` come from the ``q -> inf`` limit of the correlation map (for activations that grow linearly, without dropout:
-  ``c* = 1``, ``chi_c = 1``, ``xi_c = inf``: correlations approach 1 only polynomially).
+  ``c*``/``chi_c`` come from the ``q -> inf`` limit of the correlation map (for activations that
+  grow linearly, without dropout: ``c* = 1``, ``chi_c = 1``, ``xi_c = inf``: correlations approach 1 only polynomially).
 * every ``q`` a fixed point (relu at ``sigma_w2 = 2 rho``, linear at ``sigma_w2 = rho``, both
   with ``sigma_b2 = 0``: lengths are preserved exactly): ``q*`` is reported as the starting
   length ``Q0 = 1`` and ``chi_q = 1``, ``xi_q = inf``.
