@@ -7,8 +7,7 @@
 The tables, columns and versioning rules are documented in ``docs/store.md``.
 """
 
-from .export import to_pandas, to_records
-from .reader import Run, load_run
+from .reader import Run, load_run, to_pandas, to_records
 from .schema import DB_NAME, SCHEMA_VERSION
 from .writer import RunStore, StoreWarning
 

@@ -1,4 +1,5 @@
-"""Reading a run directory back: :func:`load_run` -> :class:`Run`.
+"""Reading a run directory back: :func:`load_run` -> :class:`Run`; exporting it
+(:func:`to_pandas` DataFrames, :func:`to_records` JSON-safe plain data).
 
 The reader opens the database read-only, in one read transaction, so it sees a consistent
 snapshot even while the training process is still writing (WAL mode), and it never writes
@@ -15,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..events import Event
+from ..events import Event, jsonable
 from .schema import DB_NAME, LAYER_STAT_COLUMNS, SCHEMA_VERSION, STEP_COLUMNS, decode_value, loads_evidence
 
-__all__ = ["Run", "load_run"]
+__all__ = ["Run", "load_run", "to_pandas", "to_records"]
 
 
 @dataclass
@@ -104,8 +105,6 @@ class Run:
         ``layer_stats`` gains a ``layer_name`` column. Needs pandas
         (``pip install 'gradhealth[pandas]'``).
         """
-        from .export import to_pandas
-
         return to_pandas(self)
 
     def __repr__(self) -> str:
@@ -224,3 +223,53 @@ def _rows(conn, table: str, keys: tuple[str, ...], cols, order: str) -> list[dic
             d.update(zip(names, r[nk:-1]))
         out.append(d)
     return out
+
+
+# -- exporters --------------------------------------------------------------------------------
+
+def to_pandas(run: Run) -> dict:
+    """The run as ``{"meta", "layers", "steps", "layer_stats", "events"}`` DataFrames.
+
+    ``meta`` has columns ``key``, ``value``; ``layer_stats`` gains ``layer_name``; ``events``
+    keeps ``evidence`` as dicts. NaN stays NaN, a value never recorded is NaN / None too
+    (pandas has one missing marker for floats).
+
+    Raises:
+        ImportError: pandas is not installed (with the command that installs it).
+    """
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("Run.to_pandas needs pandas, which is not installed. "
+                          "Fix: pip install 'gradhealth[pandas]' (or pip install pandas).") from None
+
+    def frame(rows, keys, cols):
+        # Typed columns: float64 (missing -> NaN) and nullable Int64, never 'object'.
+        df = pd.DataFrame(rows, columns=[*keys, *(c for c, _ in cols)])
+        types = {k: "int64" for k in keys}
+        types.update({c: ("float64" if kind == "real" else "Int64") for c, kind in cols})
+        return df.astype(types)
+
+    stats = frame(run.layer_stats, ("step", "layer"), LAYER_STAT_COLUMNS)
+    stats.insert(2, "layer_name", stats["layer"].map(run.layer_names))
+    return {
+        "meta": pd.DataFrame(sorted(run.meta.items()), columns=["key", "value"]),
+        "layers": pd.DataFrame(run.layers, columns=["index", "name", "type", "n_params"]),
+        "steps": frame(run.steps, ("step",), STEP_COLUMNS),
+        "layer_stats": stats,
+        "events": pd.DataFrame([e.to_dict() | {"evidence": e.evidence} for e in run.events],
+                               columns=["step", "kind", "layer", "severity", "message",
+                                        "evidence", "remedy", "since"]),
+    }
+
+
+def to_records(run: Run) -> dict:
+    """The whole run as JSON-safe plain data (NaN/Inf as strings, as in ``Event.to_dict``)."""
+    return jsonable({
+        "run_dir": str(run.run_dir),
+        "meta": run.meta,
+        "layers": run.layers,
+        "steps": run.steps,
+        "layer_stats": run.layer_stats,
+        "events": [e.to_dict() for e in run.events],
+    })
