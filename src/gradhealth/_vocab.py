@@ -240,7 +240,7 @@ def _resolve(path: str) -> Any:
     parts = path.split(".")
     for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
         try:
-            obj = importlib.import_module(".".join(parts[:cut]))
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
         except ImportError:
             continue
         for attr in parts[cut:]:

@@ -237,7 +237,7 @@ def robust_center_scale(values: Sequence[float] | np.ndarray) -> tuple[float, fl
     return med, MAD_TO_SIGMA * float(np.median(np.abs(v - med)))
 
 
-def theil_sen_slope(x: Sequence[float], y: Sequence[float]) -> float:
+def theil_sen_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Median of the pairwise slopes ``(y_j - y_i) / (x_j - x_i)`` (Theil 1950, Sen 1968).
 
     A straight-line trend that ignores up to ~29% outlying points: the jump of the output

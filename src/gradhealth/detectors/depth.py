@@ -108,8 +108,7 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
 
         def handle(key: str, tr: dict | None, verdict: str | None, idx: np.ndarray | None,
                    what: str, layer: str | None, extra: dict):
-            measured = tr is not None
-            if not measured:
+            if tr is None:
                 return  # keep the state: nothing was measured here
             prev = state.get(key)
             if verdict is None:

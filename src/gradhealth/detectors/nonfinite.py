@@ -8,6 +8,8 @@ is a new event.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..events import Event
@@ -58,7 +60,7 @@ def nonfinite(*, max_listed: int = 8) -> Detector:
         if nf_param.sum() > 0:
             active["param"] = tuple(_layer_list(stats, nf_param))
         events: list[Event] = []
-        base_ev = {"lr": stats.lr, "grad_norm": stats.global_grad_norm}
+        base_ev: dict[str, Any] = {"lr": stats.lr, "grad_norm": stats.global_grad_norm}
         if origin:
             base_ev.update({"origin_module": o_layer, "origin_direction": origin.get("direction")})
         for key in ("param", "grad", "loss"):

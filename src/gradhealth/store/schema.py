@@ -106,7 +106,8 @@ def encode_row(row: dict, cols: tuple[tuple[str, str], ...], keys: tuple[str, ..
     Raises:
         TypeError, ValueError: a value is not a number (the writer counts and drops the row).
     """
-    values, bits = [], 0
+    values: list[int | float | None] = []
+    bits = 0
     positions = _positions(cols)
     for k in keys:
         v = row[k]

@@ -80,8 +80,8 @@ def _round_to(value: float, dtype: str) -> float:
             return float(np.array(value, dtype=dtype))
         # bfloat16 = the top 16 bits of a float32; round the low 16 bits to nearest even.
         bits = np.array([value], dtype=np.float32).view(np.uint32).astype(np.uint64)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return float(bits.astype(np.uint32).view(np.float32)[0])
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return float(rounded.astype(np.uint32).view(np.float32)[0])
 
 
 @dataclass(frozen=True, eq=False)

@@ -183,9 +183,14 @@ def get_activation(activation: str | Activation | Callable, derivative: Callable
                                  "pass derivative=<phi'(x) as a function> alongside the callable, "
                                  "or set fn.derivative = <function>.")
         name = getattr(activation, "__name__", "custom")
-        return Activation(name if name != "<lambda>" else "custom",
-                          lambda x, f=activation: np.asarray(f(x), dtype=float),
-                          lambda x, g=d: np.asarray(g(x), dtype=float) * np.ones_like(x),
-                          "smooth")
+        f, g = activation, d
+
+        def fn(x: np.ndarray) -> np.ndarray:
+            return np.asarray(f(x), dtype=float)
+
+        def dfn(x: np.ndarray) -> np.ndarray:
+            return np.asarray(g(x), dtype=float) * np.ones_like(x)
+
+        return Activation(name if name != "<lambda>" else "custom", fn, dfn, "smooth")
     raise ParameterError(param, owner, "an activation name or a callable", activation,
                          "pass e.g. 'tanh' or a function with derivative=...")

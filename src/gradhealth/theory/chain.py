@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from scipy import special
@@ -291,8 +292,8 @@ def _per_layer(value, name: str, depth: int | None) -> np.ndarray | None:
 
 
 def scalar_chain(activation: str | Activation | Callable = "tanh",
-                 weight: float | Sequence[float] = 8.0, depth: int | None = None,
-                 bias: float | Sequence[float] = 0.0, *, x=None,
+                 weight: float | Sequence[float] | np.ndarray = 8.0, depth: int | None = None,
+                 bias: float | Sequence[float] | np.ndarray = 0.0, *, x=None,
                  x_range: tuple[float, float] = (-1.0, 1.0), points: int = 1001,
                  derivative: Callable | None = None) -> ChainResult:
     """Evaluate ``y_l(x) = phi(w_l * y_{l-1}(x) + b_l)``, ``y_0 = x``, for l = 1..depth.
@@ -330,8 +331,9 @@ def scalar_chain(activation: str | Activation | Callable = "tanh",
             raise ParameterError("depth", owner, "an integer >= 1 when weight and bias are numbers",
                                  None, "pass depth=3 (or lists of per-layer weights).")
         depth = len(given)
-    w = w_list if w_list is not None else np.full(depth, float(weight))
-    b = b_list if b_list is not None else np.full(depth, float(bias))
+    # _per_layer returned None: the value is a scalar
+    w = w_list if w_list is not None else np.full(depth, float(cast(float, weight)))
+    b = b_list if b_list is not None else np.full(depth, float(cast(float, bias)))
 
     if x is None:
         if len(x_range) != 2:

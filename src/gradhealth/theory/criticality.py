@@ -72,8 +72,8 @@ def _critical(kern: Kernel, sb2, rho: float, *, bisect: int = 32,
     at0 = np.flatnonzero(np.abs(h[0] - sb2) <= 1e-14)
     if at0.size:
         with np.errstate(all="ignore"):
-            w0 = rho / float(kern.D(0.0))
-        w0 = np.full(at0.size, w0)
+            w0_scalar = rho / float(kern.D(0.0))
+        w0 = np.full(at0.size, w0_scalar)
         ok0, q0 = _check_reached(kern, w0, sb2[at0], rho)
         best_w[at0[ok0]], best_q[at0[ok0]] = w0[ok0], q0[ok0]
     for _ in range(max_roots):

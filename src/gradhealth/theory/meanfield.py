@@ -472,7 +472,7 @@ def _mehler_funcs(kern: Kernel, q, sw2, rho):
         w, qq = sw2[sel], q[sel]
         return 1.0 + w * (p - vq[sel] / rho) / qq, w * dp / qq
 
-    fdf.tail = tail
+    fdf.tail = tail  # type: ignore[attr-defined]  # a function attribute, read in _analyze_arrays
     return fdf
 
 
