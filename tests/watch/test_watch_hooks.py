@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from torch.optim import optimizer as optim_mod
 
-from gradhealth.watch import (WatchWarning, Watcher, default_detail_schedule, every, log_spaced, never, steps, watch)
+from gradhealth.watch import (WatchWarning, default_detail_schedule, every, log_spaced, never, steps, watch)
 from gradhealth.errors import ModelError, ParameterError
+from gradhealth.watch.instruments import Instruments
 
 
 def small(seed=0):
@@ -117,7 +118,7 @@ def test_exception_inside_a_hook_is_reported_once_and_training_continues(monkeyp
 
     def broken(*a, **k):
         raise ValueError("injected")
-    monkeypatch.setattr(Watcher, "_measure_grads", broken)
+    monkeypatch.setattr(Instruments, "measure_grads", broken)
     with pytest.warns(WatchWarning, match="injected") as rec:
         with watch(model, opt) as w:
             run(model, opt, w, 5)

@@ -200,7 +200,7 @@ def test_replay_leaves_rng_buffers_grads_and_params_untouched():
 def test_replay_disabled_keeps_no_references():
     model = model_with(InfAfter())
     w = train_until(model, 1, arm=arm_mid, steps=3, replay=False)
-    assert w.replays == [] and w._captures == []
+    assert w.replays == [] and w._it.captures == []
     assert [e for e in w.events if e.kind == "nonfinite"]
 
 

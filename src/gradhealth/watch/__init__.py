@@ -8,11 +8,13 @@ goes non-finite, replays it to name the first module where it happened.
 
 from .replay import Capture, ReplayReport, replay_step
 from .schedule import Schedule, every, log_spaced, never, steps
+from .session import WatchSession
 from .watcher import Watcher, WatchWarning, default_detail_schedule, watch
 
 __all__ = [
     "watch",
     "Watcher",
+    "WatchSession",
     "WatchWarning",
     "ReplayReport",
     "replay_step",

@@ -23,7 +23,7 @@ import numpy as np
 from ..detectors.base import LayerTable, StepStats
 from ._record import StepRecord
 
-__all__ = ["Measured", "step_stats", "store_rows", "forward_depth", "model_info"]
+__all__ = ["run_meta", "Measured", "step_stats", "store_rows", "forward_depth", "model_info"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,22 @@ class Measured:
     clipped: bool
     out_grad: np.ndarray
     act: np.ndarray
+
+
+def run_meta(model, config, layer_map, extra: dict | None = None) -> dict:
+    """The run store's metadata of a watched run (``extra``: the user's ``meta``, last)."""
+    import time
+
+    import torch
+
+    from .. import __version__
+
+    m = {"model": type(model).__name__, "started_at": time.time(), "on_nonfinite": config.on_nonfinite,
+         "every": repr(config.every), "detail_every": repr(config.detail_every), "torch": torch.__version__,
+         "n_layers": len(layer_map.table), "n_params": int(sum(p.numel() for p in layer_map.params)),
+         "source": "gradhealth.watch", "gradhealth": __version__}
+    m.update(extra or {})
+    return m
 
 
 def model_info(t: LayerTable) -> dict:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["StepRecord", "Pending", "GradNorms", "ClipSamples", "LossScale", "ParamNorms", "UpdateNorms",
+__all__ = ["StepRecord", "Iteration", "Pending", "GradNorms", "ClipSamples", "LossScale", "ParamNorms", "UpdateNorms",
            "OutGrad", "TimeGrad", "ActStats", "Loss", "absorb", "decode_clip"]
 
 
@@ -214,3 +214,18 @@ def decode_clip(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float | N
             rec.clip[p] = r
     if np.any(np.abs(vals_c - 1.0) > 1e-5):
         rec.clipped = True
+
+
+@dataclass(slots=True)
+class Iteration:
+    """The state of the training iteration in progress (reset when it ends)."""
+
+    record: StepRecord | None = None
+    pending_loss: tuple[int, Any] | None = None    # observe() on an unlogged step
+    captures: list = field(default_factory=list)
+    stepped: bool = False
+    primary_stepped: bool = False
+    forward: bool = False
+    bwd_queued: bool = False
+    layer_hooks: bool = False
+    replayed: bool = False

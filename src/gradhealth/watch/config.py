@@ -15,10 +15,13 @@ The string options are :data:`typing.Literal` aliases, so a type checker catches
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any, Literal, Union, get_args
+
+import torch
 
 from .._checks import check_choice, check_int, check_real
 from ..detectors import default_detectors
@@ -27,7 +30,8 @@ from ..errors import ParameterError
 from .schedule import Schedule, as_schedule, log_spaced
 from .schedule import every as _every
 
-__all__ = ["WatchConfig", "OnNonFinite", "RollbackStorage", "ScheduleLike", "ON_NONFINITE_CHOICES",
+__all__ = ["WatchConfig", "check_model", "check_optimizer", "as_optimizers", "as_loss",
+           "OnNonFinite", "RollbackStorage", "ScheduleLike", "ON_NONFINITE_CHOICES",
            "ROLLBACK_STORAGE_CHOICES", "default_detail_schedule"]
 
 OWNER = "gradhealth.watch"
@@ -131,3 +135,45 @@ class WatchConfig:
         """Whether a :class:`~gradhealth.remedies.StepGuard` checks every step (all policies
         but ``"warn"``)."""
         return self.on_nonfinite in ("skip", "rollback", "raise")
+
+
+def check_model(model) -> None:
+    """ParameterError unless ``model`` is an ``nn.Module`` (checked before any option)."""
+    if not isinstance(model, torch.nn.Module):
+        raise ParameterError("model", OWNER, "a torch.nn.Module", type(model).__name__,
+                             "pass the model itself, e.g. gradhealth.watch(model, optimizer).")
+
+
+def check_optimizer(o, owner: str = OWNER) -> None:
+    """ParameterError unless ``o`` looks like a ``torch.optim.Optimizer``."""
+    if not (hasattr(o, "param_groups") and hasattr(o, "step")):
+        raise ParameterError("optimizer", owner, "a torch.optim.Optimizer, a list of them, or None",
+                             type(o).__name__, "pass the optimizer that steps the model.")
+
+
+def as_optimizers(optimizer) -> list:
+    """``watch``'s ``optimizer`` argument as a list (None: empty), each one checked."""
+    opts = [] if optimizer is None else (list(optimizer) if isinstance(optimizer, (list, tuple))
+                                         else [optimizer])
+    for o in opts:
+        check_optimizer(o)
+    return opts
+
+
+def as_loss(loss) -> Any:
+    """``observe``'s argument as a detached 0-dim tensor or a float (ParameterError otherwise)."""
+    rule = "a scalar (a tensor with one element or a float)"
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ParameterError("loss", "Watcher.observe", rule, f"a tensor of shape {tuple(loss.shape)}",
+                                 "pass the reduced loss, e.g. watcher.observe(loss) with "
+                                 "loss = loss_fn(out, y) (reduction='mean'), or loss.mean().")
+        return loss.detach().reshape(())
+    if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
+        raise ParameterError("loss", "Watcher.observe", rule, type(loss).__name__,
+                             "pass loss (a 0-dim tensor) or loss.item().")
+    try:
+        return float(loss)
+    except (TypeError, ValueError):
+        raise ParameterError("loss", "Watcher.observe", rule, type(loss).__name__,
+                             "pass loss (a 0-dim tensor) or loss.item().") from None

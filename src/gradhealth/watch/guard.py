@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["POLICIES", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr"]
+from ..events import Event
+from .replay import ReplayReport, replay_step
+
+__all__ = ["POLICIES", "NonFinitePolicy", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
+           "diagnosis_text"]
 
 POLICIES = ("warn", "skip", "rollback", "raise")
 
@@ -101,3 +106,166 @@ def scale_lr(optimizers: list[Any], factor: float) -> list[tuple[float, float]]:
                 g["lr"] = after
             out.append((before, after))
     return out
+
+
+def diagnosis_text(rec) -> str:
+    """The replay's one-line diagnosis of a step record, as a sentence to append (or "")."""
+    r = rec.origin
+    return "" if r is None else f" Forensic replay: {r.summary}."
+
+
+class NonFinitePolicy:
+    """The ``on_nonfinite`` policy of one watcher: the guards, the known-good snapshot, the events.
+
+    The watcher keeps the step clock and the records; this object decides what a non-finite
+    step does to the training state (skip, restore, lower the learning rate) and says so in
+    an :class:`~gradhealth.events.Event`.
+
+    Args:
+        config: the watcher's :class:`~gradhealth.watch.config.WatchConfig`.
+        model: the watched module.
+        state_tensors: returns what a rollback restores (parameters and buffers).
+        internal: the watcher's ``_internal(site, exc)`` (an exception becomes an event).
+        run_dir: the run directory (``rollback_storage="disk"``), or None.
+    """
+
+    def __init__(self, config, model, state_tensors: Callable[[], list[torch.Tensor]],
+                 internal: Callable[[str, BaseException], None], run_dir: Path | None):
+        self.config = config
+        self.model = model
+        self._state_tensors = state_tensors
+        self._internal = internal
+        self._run_dir = run_dir
+        self.guards: dict[int, Any] = {}
+        self.snapshot: Snapshot | None = None
+        self.episode = False   # inside a run of non-finite logged steps (warn once per run)
+        self.replays: list[ReplayReport] = []
+        self.replaying = False  # the watcher's hooks stand still while a replay runs
+
+    # ------------------------------------------------------------------ guards
+
+    def install(self, opt, on_skip: Callable[[Any, dict], None]) -> None:
+        """Put a :class:`~gradhealth.remedies.StepGuard` on ``opt`` (skip, rollback, raise)."""
+        if not self.config.guarded:
+            return
+        from ..remedies.guards import StepGuard
+
+        limit = 0 if self.config.on_nonfinite == "raise" else self.config.max_consecutive_skips
+        self.guards[id(opt)] = StepGuard(opt, max_consecutive_skips=limit,
+                                         on_skip=lambda info, _o=opt: on_skip(_o, info), model=self.model)
+
+    def guarding(self, opt) -> bool:
+        """Whether ``opt``'s steps are checked by an active guard."""
+        g = self.guards.get(id(opt))
+        return g is not None and g.active
+
+    def remove(self) -> None:
+        """Take every guard off (``optimizer.step`` is the optimizer's own again)."""
+        for g in self.guards.values():
+            try:
+                g.remove()
+            except Exception:
+                pass
+        self.guards.clear()
+        self.snapshot = None
+
+    # ------------------------------------------------------------------ forensic replay
+
+    def replay(self, rec, captures: list, names: dict[int, str]) -> None:
+        """Replay ``rec``'s step (``config.replay``); the report becomes ``rec.origin``."""
+        if not self.config.replay:
+            return
+        self.replaying = True
+        try:
+            report = replay_step(self.model, captures, rec.step, names)
+        except Exception as exc:
+            self._internal("replay", exc)
+            return
+        finally:
+            self.replaying = False
+        rec.origin = report
+        self.replays.append(report)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def before_step(self, step: int, optimizers: list) -> None:
+        """``"rollback"``: refresh the known-good snapshot every ``rollback_every`` steps."""
+        if self.config.on_nonfinite != "rollback":
+            return
+        if self.snapshot is not None and step - self.snapshot.step < self.config.rollback_every:
+            return
+        directory = self._run_dir if self.config.rollback_storage == "disk" else None
+        try:
+            self.snapshot = take_snapshot(step, self._state_tensors(), optimizers, directory)
+        except Exception as exc:
+            self._internal("rollback snapshot", exc)
+
+    def _rollback(self, rec, optimizers: list) -> tuple[str, dict]:
+        snap = self.snapshot
+        if snap is None:
+            return (f"Skipped the optimizer step at step {rec.step} (on_nonfinite='rollback'): no known-good "
+                    "state saved yet, nothing to roll back to.", {"action": "skip", "to_step": None})
+        try:
+            restore_snapshot(snap, self._state_tensors(), optimizers)
+        except Exception as exc:
+            self._internal("rollback", exc)
+            return (f"Skipped the optimizer step at step {rec.step}; restoring the step-{snap.step} state failed.",
+                    {"action": "skip", "to_step": None})
+        lrs = []
+        factor = self.config.rollback_lr_factor
+        if factor is not None and factor != 1.0:
+            lrs = scale_lr(optimizers, factor)
+        lr_txt = (f"; learning rate {lrs[0][0]:.3g} -> {lrs[0][1]:.3g}" if lrs else "")
+        return (f"Rolled back at step {rec.step}: non-finite gradients; restored the parameters and optimizer "
+                f"state of step {snap.step}{lr_txt}.",
+                {"action": "rollback", "to_step": snap.step,
+                 "lr_before": lrs[0][0] if lrs else None, "lr_after": lrs[0][1] if lrs else None})
+
+    # ------------------------------------------------------------------ events
+
+    def stats_warning(self, rec, n_bad: int) -> str:
+        """The warning of a logged step whose statistics show non-finite gradients."""
+        if self.config.on_nonfinite == "warn":
+            return (f"gradhealth: non-finite gradients in {n_bad} parameter tensors at step {rec.step}."
+                    + diagnosis_text(rec))
+        return (f"gradhealth: non-finite gradients at step {rec.step} of an optimizer adopted "
+                "during this step; the guard acts from its next step." + diagnosis_text(rec))
+
+    def stop_event(self, rec, n_bad: int, info: dict | None = None) -> Event:
+        """The critical ``guard`` event of a step that stops training (NonFiniteError)."""
+        info = info or {}
+        diag = rec.origin
+        policy = self.config.on_nonfinite
+        why = ("tensors (on_nonfinite='raise')." if policy == "raise" else
+               f"tensors, {info.get('n_consecutive', '?')} steps in a row: on_nonfinite="
+               f"{policy!r} spent its budget (max_consecutive_skips={info.get('max_consecutive_skips')}).")
+        return Event(step=rec.step, kind="guard", layer=diag.module if diag and diag.found else None,
+                     severity="critical",
+                     message=(f"Stopped training at step {rec.step}: non-finite gradients in {n_bad} parameter "
+                              + why + diagnosis_text(rec)),
+                     evidence={"action": "raise", "n_nonfinite_params": n_bad,
+                               **({"replay": diag.to_dict()} if diag else {})},
+                     remedy="" if policy != "raise" else "gradhealth.watch(model, optimizer, on_nonfinite='skip')")
+
+    def skip_event(self, rec, n_bad: int, info: dict, optimizers: list) -> Event:
+        """Act on a step the guard skipped (``"rollback"``: restore the snapshot) and say so."""
+        diag = rec.origin
+        evidence = {"n_nonfinite_params": n_bad, "n_consecutive": info.get("n_consecutive"),
+                    "skipped_steps": info.get("skipped_steps"), "lr": rec.lr}
+        if diag is not None:
+            evidence["replay"] = diag.to_dict()
+        layer = diag.module if (diag is not None and diag.found) else None
+        if self.config.on_nonfinite == "rollback":
+            rec.skip_reason = "rollback"
+            msg, ev = self._rollback(rec, optimizers)
+            evidence.update(ev)
+            return Event(step=rec.step, kind="guard", layer=layer, severity="warning",
+                         message=msg + diagnosis_text(rec), evidence=evidence)
+        rec.skip_reason = "guard"
+        evidence["action"] = "skip"
+        return Event(step=rec.step, kind="guard", layer=layer, severity="warning",
+                     message=(f"Skipped the optimizer step at step {rec.step}: non-finite gradients in "
+                              f"{n_bad} parameter tensors (parameters and optimizer state untouched; "
+                              f"{info.get('n_consecutive', 1)} in a row, budget "
+                              f"{self.config.max_consecutive_skips})." + diagnosis_text(rec)),
+                     evidence=evidence)

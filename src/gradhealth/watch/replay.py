@@ -59,6 +59,24 @@ class Capture:
     grad_enabled: bool
     grad_outputs: list | None = None   # [(output leaf index, grad tensor)], set in backward
 
+    @classmethod
+    def of_call(cls, module: torch.nn.Module, args: tuple, kwargs: dict) -> Capture:
+        """What a forward pre-hook of the root module keeps: references to the batch, the RNG
+        states (CPU, and CUDA when initialised), the autocast state and the train/eval and
+        grad modes."""
+        cuda_rng = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            cuda_rng = torch.cuda.get_rng_state_all()
+        ac = {}
+        for dev in ("cpu", "cuda"):
+            try:
+                if torch.is_autocast_enabled(dev):
+                    ac[dev] = (True, torch.get_autocast_dtype(dev))
+            except Exception:  # pragma: no cover - older torch
+                pass
+        return cls(args, dict(kwargs), torch.get_rng_state(), cuda_rng, ac, module.training,
+                   torch.is_grad_enabled())
+
 
 @dataclass
 class ReplayReport:

@@ -1,0 +1,290 @@
+"""The watcher's device-side instruments: what a logged step measures, queued without a host sync.
+
+Every measurement here starts as a device tensor and is queued on the step's
+:class:`~gradhealth.watch._record.StepRecord` as a typed pending item; the read-back
+(:mod:`gradhealth.watch._readback`) moves them to the host later, all at once.
+
+* gradient norms at the optimizer's pre-hook (one fused ``torch._foreach_norm`` per
+  device/dtype group) and the four-entry gradient *fingerprints* that tell the clip
+  coefficient (:meth:`Instruments.measure_grads`);
+* on detail steps: parameter norms and update norms around the optimizer step
+  (:meth:`Instruments.measure_params`, :meth:`Instruments.finish_updates`), and the per-layer
+  forward hooks -- activation statistics, output-gradient norms, per-time-step gradients of
+  recurrent layers (:meth:`Instruments.install_layer_hooks`).
+
+Clipping: the gradients at the optimizer's pre-hook are the ones applied (after any clipping
+or AMP unscaling the user did). To also report the norm *before* clipping, the watcher
+samples four entries of each gradient at the end of the backward pass and again at the
+pre-hook: a clip by global or per-layer norm scales each tensor uniformly, so the ratio of
+the samples is that tensor's clip coefficient, and the pre-clip norm is the applied norm
+divided by it (exact for norm clipping, an estimate for element-wise value clipping).
+
+Every hook an instrument registers goes through :func:`shielded`: it does nothing once the
+watcher is removed or while a forensic replay runs, and an exception inside it becomes one
+``internal`` event instead of reaching the training loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ..stats.tensors import dense_values, tensor_norms
+from ._record import ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad, UpdateNorms
+from .hooks import CopyInertHook, HookSet, LayerMap, act_stats
+
+__all__ = ["Instruments", "shielded", "hook_method"]
+
+
+class Host(Protocol):
+    """What an instrument needs from the watcher that owns it."""
+
+    config: Any
+    _map: LayerMap
+    _iter_hooks: HookSet
+
+    def _live(self) -> bool: ...
+    def _internal(self, site: str, exc: BaseException) -> None: ...
+    def _get_record(self) -> StepRecord: ...
+
+
+def shielded(host: Host, site: str, fn: Callable) -> Callable:
+    """``fn`` as a hook: a no-op unless ``host._live()``; an exception becomes
+    ``host._internal(site, exc)`` and the hook returns None (training goes on)."""
+
+    def hook(*args, **kwargs):
+        if not host._live():
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            host._internal(site, exc)
+            return None
+
+    return hook
+
+
+def hook_method(site: str, passthrough: tuple[type[BaseException], ...] = ()) -> Callable:
+    """Decorator: the method version of :func:`shielded` (``self`` is the host). Exceptions of
+    the ``passthrough`` types propagate (the ``"raise"`` policy's NonFiniteError)."""
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def method(self, *args, **kwargs):
+            if not self._live():
+                return None
+            try:
+                return fn(self, *args, **kwargs)
+            except passthrough:
+                raise
+            except Exception as exc:
+                self._internal(site, exc)
+                return None
+
+        return method
+
+    return deco
+
+
+def norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor 2-norms (float32, on the first tensor's device), fused per device/dtype."""
+    return tensor_norms(tensors)
+
+
+class Instruments:
+    """The measurements of one watcher (see the module docstring)."""
+
+    def __init__(self, host: Host):
+        self._host = host
+        self._idx_cache: dict[tuple, torch.Tensor] = {}
+        self.depth_seen: dict[int, int] = {}   # layer index -> order of its first forward (detail steps)
+        self.depth_known = False               # the forward order is fixed after the first detail step
+        self._after_conv = False
+
+    # ------------------------------------------------------------------ gradients
+
+    def fingerprint(self, params) -> tuple[list, list[int], torch.Tensor | None]:
+        """Four entries of each dense gradient (flat positions 0, n/3, 2n/3, n-1).
+
+        Returns ``(params sampled, their positions, samples)``; ``samples`` is float32, of
+        length ``4 * len(params)``, on the first gradient's device.
+        """
+        plist, pos_l, parts = [], [], []
+        ppos = self._host._map.param_pos
+        dev = None
+        for p in params:
+            g = p.grad
+            if g is None or g.layout != torch.strided or g.numel() == 0:
+                continue
+            n = g.numel()
+            key = (n, g.device)
+            idx = self._idx_cache.get(key)
+            if idx is None:
+                idx = torch.tensor([0, n // 3, (2 * n) // 3, n - 1], dtype=torch.long, device=g.device)
+                self._idx_cache[key] = idx
+            sm = torch.take(g, idx)
+            if dev is None:
+                dev = sm.device
+            elif sm.device != dev:
+                sm = sm.to(dev, non_blocking=True)
+            parts.append(sm if sm.dtype == torch.float32 else sm.float())
+            plist.append(p)
+            pos_l.append(ppos[id(p)])
+        return plist, pos_l, (torch.cat(parts) if parts else None)
+
+    def backward_end(self, rec: StepRecord) -> None:
+        """At the end of the backward pass: the fingerprint (and the loss scale) to compare
+        with the optimizer's pre-hook, where a clip shows as a uniform rescale."""
+        rec.fp_end = self.fingerprint(self._host._map.params)
+        scaler = self._host.config.scaler
+        if scaler is not None and getattr(scaler, "_scale", None) is not None and scaler.is_enabled():
+            rec.scale_end = scaler._scale.detach().clone().float().reshape(1)
+
+    def measure_grads(self, rec: StepRecord, params: list[torch.Tensor], opt=None) -> None:
+        """Queue the norms of the gradients about to be applied, and the clip samples."""
+        withg = [p for p in params if p.grad is not None]
+        if not withg:
+            return
+        # GradScaler hands fused optimizers (fused Adam/AdamW/SGD) still-scaled gradients and
+        # sets opt.grad_scale; unscale here (on device, no sync) so the numbers are the real ones
+        # and the scale is not mistaken for clipping
+        gs = getattr(opt, "grad_scale", None)
+        unscale = gs if isinstance(gs, torch.Tensor) else None
+        pos = [self._host._map.param_pos[id(p)] for p in withg]
+        n = norms([p.grad for p in withg])
+        if unscale is not None:
+            n = n / unscale.to(n.device, n.dtype)
+        rec.pending.append(GradNorms(n, positions=pos))
+        if rec.fp_end is not None and rec.fp_end[2] is not None:
+            self._clip_samples(rec, withg, unscale)
+
+    def _clip_samples(self, rec: StepRecord, withg: list[torch.Tensor], unscale) -> None:
+        fparams, fpos, samples = rec.fp_end
+        mine = {id(p) for p in withg}
+        if len(fparams) == len(withg) and all(id(p) in mine for p in fparams):
+            sub, end = fparams, samples           # the usual case: one optimizer, same grads
+        else:
+            keep = [k for k, p in enumerate(fparams) if id(p) in mine]
+            sub = [fparams[k] for k in keep]
+            sel = torch.tensor([4 * k + j for k in keep for j in range(4)], dtype=torch.long,
+                               device=samples.device)
+            end = samples.index_select(0, sel)
+        cparams, cpos, cur = self.fingerprint(sub)
+        if cur is not None and unscale is not None:
+            cur = cur / unscale.to(cur.device, cur.dtype)
+        if cur is not None and len(cparams) == len(sub):
+            rec.pending.append(ClipSamples(torch.cat([end, cur.to(end.device)]), positions=cpos))
+            if rec.scale_end is not None:
+                rec.pending.append(LossScale(rec.scale_end))
+
+    def count_nonfinite(self, rec: StepRecord) -> None:
+        """Exact NaN/Inf counts, only for gradients whose norm came back non-finite (slow path,
+        after the read-back)."""
+        bad = rec.nonfinite_unknown()
+        if bad:
+            params = self._host._map.params
+            for p in bad:
+                g = params[p].grad
+                rec.nf[p] = int(torch.logical_not(torch.isfinite(dense_values(g).detach())).sum()) \
+                    if g is not None else 0
+        for p in rec.post:
+            rec.nf.setdefault(p, 0)
+
+    # ------------------------------------------------------------------ parameters and updates
+
+    def measure_params(self, rec: StepRecord, opt, params: list[torch.Tensor]) -> None:
+        """Detail steps: parameter norms now, and a copy of the parameters the optimizer is
+        about to update (the update norm is taken at its post-hook)."""
+        if not params:
+            return
+        ppos = self._host._map.param_pos
+        rec.pending.append(ParamNorms(norms(params), positions=[ppos[id(p)] for p in params]))
+        if self._host.config.update_ratio:
+            upd = [p for p in params if p.grad is not None]
+            if upd:
+                with torch.no_grad():
+                    before = [p.detach().clone() for p in upd]
+                rec.upd_buffers[id(opt)] = (upd, before)
+
+    def finish_updates(self, rec: StepRecord | None, opt) -> None:
+        """At the optimizer's post-hook: queue ``|p_before - p_after|`` per parameter."""
+        if rec is None or id(opt) not in rec.upd_buffers:
+            return
+        params, before = rec.upd_buffers.pop(id(opt))
+        torch._foreach_sub_(before, [p.detach() for p in params])
+        ppos = self._host._map.param_pos
+        rec.pending.append(UpdateNorms(norms(before), positions=[ppos[id(p)] for p in params]))
+
+    # ------------------------------------------------------------------ detail-step layer hooks
+
+    def install_layer_hooks(self) -> None:
+        """Forward pre/post hooks on every layer, for this iteration only."""
+        self.depth_seen = {}
+        self._after_conv = False
+        host = self._host
+        t = host._map.table
+        for i, mod in enumerate(host._map.modules):
+            host._iter_hooks.add(mod.register_forward_pre_hook(CopyInertHook(
+                shielded(host, "layer forward", self._layer_pre(i)))))
+            host._iter_hooks.add(mod.register_forward_hook(CopyInertHook(
+                shielded(host, "layer forward", self._layer_post(i, t.families[i], t.activations[i])))))
+
+    def _layer_pre(self, i: int):
+        host = self._host
+        recurrent = host._map.table.roles[i] == "recurrent" and isinstance(host._map.modules[i], nn.RNNBase)
+
+        def pre(mod, args):
+            if i not in self.depth_seen:
+                self.depth_seen[i] = len(self.depth_seen)
+            if recurrent and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+                x = args[0]
+                if not x.requires_grad:
+                    x = x.detach().requires_grad_(True)
+                bf = getattr(mod, "batch_first", False)
+                tdim = 0 if (x.dim() == 2 or not bf) else 1
+                host._iter_hooks.add(x.register_hook(shielded(host, "layer backward", self._time_hook(i, tdim))))
+                if x is not args[0]:
+                    return (x,) + tuple(args[1:])
+            return None
+        return pre
+
+    def _time_hook(self, i: int, tdim: int):
+        def hook(g):
+            gf = g.detach().float()
+            dims = [d for d in range(gf.dim()) if d != tdim]
+            sq = gf.square().sum(dim=dims) if dims else gf.square()
+            self._host._get_record().pending.append(TimeGrad(sq, layer=i))
+        return hook
+
+    def _layer_post(self, i: int, family: str, act: str):
+        host = self._host
+        is_conv = host._map.conv[i] if i < len(host._map.conv) else False
+        role = host._map.table.roles[i]
+
+        def post(mod, args, out):
+            if role != "activation":
+                self._after_conv = is_conv
+            t = out
+            if not isinstance(t, torch.Tensor):
+                leaves = [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
+                t = leaves[0] if leaves else None
+            if t is None or not t.is_floating_point():
+                return None
+            rec = host._get_record()
+            if host.config.forward_stats:
+                rec.pending.append(ActStats(act_stats(t, mod, family, act, self._after_conv), layer=i))
+            if t.requires_grad:
+                hook = shielded(host, "layer backward", self._outgrad_hook(i, t.numel()))
+                host._iter_hooks.add(t.register_hook(hook))
+            return None
+        return post
+
+    def _outgrad_hook(self, i: int, n: int):
+        def hook(g):
+            sq = torch.linalg.vector_norm(g.detach(), dtype=torch.float32).square().reshape(1)
+            self._host._get_record().pending.append(OutGrad(sq, layer=i, n=n))
+        return hook

@@ -1,0 +1,147 @@
+"""What a watched run records: its events, the history of logged steps, and the run store.
+
+The watcher measures; :class:`RunLog` keeps. Every event (detectors, guard, replay,
+gradhealth's own failures) goes through :meth:`RunLog.emit` into ``events`` and, when a run
+directory was given, into the store; every completed step goes through
+:meth:`RunLog.record` (detectors, ``history``, store rows). A failure of the store, the
+detectors or the prescriber never reaches the training loop: it becomes one ``internal``
+event per site and a :class:`WatchWarning`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from ..detectors.base import StepStats, safe_text
+from ..events import Event
+from ._advice import with_remedy
+from ._assemble import Measured, store_rows
+
+__all__ = ["RunLog", "WatchWarning"]
+
+
+class WatchWarning(UserWarning):
+    """Something the watcher found, or could not do, while training went on."""
+
+
+class RunLog:
+    """Events, history and store of one watched run.
+
+    Args:
+        config: the watcher's :class:`~gradhealth.watch.config.WatchConfig` (detectors,
+            ``history_size``).
+        clock: returns the current training step (stamped on ``internal`` events).
+    """
+
+    def __init__(self, config, clock):
+        self.config = config
+        self._clock = clock
+        self.events: list[Event] = []
+        self.history: deque[StepStats] = deque(maxlen=config.history_size)
+        self.store: Any = None
+        self.model_info: dict = {}          # what the prescriptions know about the model
+        self._det_state = config.detectors.init()
+        self._sites: dict[str, int] = {}
+        self._t0 = time.time()
+
+    # ------------------------------------------------------------------ the store
+
+    def open_store(self, run_dir: str | Path, meta: dict) -> None:
+        """Open ``run_dir/run.sqlite`` and write the run's metadata."""
+        from ..store import RunStore
+
+        self.store = RunStore(run_dir)
+        self.store.write_meta(meta)
+
+    def write_layers(self, rows: list[dict]) -> None:
+        if self.store is not None:
+            self.store.write_layers(rows)
+
+    def flush(self) -> None:
+        if self.store is not None:
+            try:
+                self.store.flush()
+            except Exception as exc:  # pragma: no cover - never raises by contract
+                self.internal("store", exc)
+
+    def close(self, final_meta: dict) -> None:
+        """Write the final metadata and close the store (idempotent)."""
+        if self.store is None:
+            return
+        try:
+            self.store.write_meta(final_meta)
+            self.store.close()
+        except Exception as exc:  # pragma: no cover - the store never raises by contract
+            self.internal("store", exc)
+
+    # ------------------------------------------------------------------ events
+
+    def internal(self, site: str, exc: BaseException) -> None:
+        """Report an exception raised inside gradhealth's own code, once per site."""
+        n = self._sites.get(site, 0)
+        self._sites[site] = n + 1
+        if n:
+            return
+        msg = (f"gradhealth's {site} hook failed ({type(exc).__name__}: {safe_text(exc)}); training "
+               "continues, but the statistics that hook collects are missing from now on where it fails.")
+        try:
+            warnings.warn(msg, WatchWarning, stacklevel=4)
+        except WatchWarning:
+            raise
+        except Exception:  # pragma: no cover
+            pass
+        self.emit([Event(step=self._clock(), kind="internal", layer=None, severity="warning", message=msg,
+                         evidence={"site": site, "error": f"{type(exc).__name__}: {exc}"[:500]})])
+
+    def emit(self, events: list[Event]) -> None:
+        """Append ``events`` (and mirror them to the store)."""
+        if not events:
+            return
+        self.events.extend(events)
+        if self.store is not None:
+            try:
+                self.store.append_events(events)
+            except Exception:  # pragma: no cover - never raises by contract
+                pass
+
+    def with_remedy(self, e: Event) -> Event:
+        """``e`` with the code of its first prescription as ``remedy``."""
+        try:
+            return with_remedy(e, self.model_info)
+        except Exception as exc:
+            self.internal("prescribe", exc)
+            return e
+
+    def summary(self, steps: int, skipped: int) -> str:
+        """A few plain-text lines: steps, skipped steps, the first 20 events (names escaped)."""
+        lines = [f"{steps} steps watched, {skipped} skipped, {len(self.events)} events"]
+        for e in self.events[:20]:
+            where = f" [{safe_text(e.layer)}]" if e.layer else ""
+            lines.append(f"  step {e.step}: {e.kind}{where}: {e.message}")
+        if len(self.events) > 20:
+            lines.append(f"  ... and {len(self.events) - 20} more")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ steps
+
+    def record(self, stats: StepStats, measured: Measured, t: float) -> None:
+        """A completed step: detectors (their events, with remedies), history, store rows."""
+        try:
+            events, self._det_state = self.config.detectors.update(stats, self._det_state)
+        except Exception as exc:
+            self.internal("detectors", exc)
+            events = []
+        self.history.append(stats)
+        self.emit([self.with_remedy(e) for e in events])
+        if self.store is not None:
+            row, rows = store_rows(stats, measured, t - self._t0)
+            try:
+                self.store.append_steps([row])
+                if rows:
+                    self.store.append_layer_stats(rows)
+            except Exception as exc:  # pragma: no cover - never raises by contract
+                self.internal("store", exc)
