@@ -214,7 +214,7 @@ def test_end_to_end_subprocess(script, tmp_path):
 def test_find_models_picks_the_smallest_module_holding_all_parameters():
     from torch import nn
 
-    from gradhealth.cli.run import find_models
+    from gradhealth.watch.session import find_models
 
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
     wrapper = nn.ModuleDict({"inner": model})  # noqa: F841 - a second parent must not be chosen
@@ -228,7 +228,7 @@ def test_find_models_picks_the_smallest_module_holding_all_parameters():
 def test_find_models_with_two_separate_models_and_with_raw_tensors():
     from torch import nn
 
-    from gradhealth.cli.run import find_models
+    from gradhealth.watch.session import find_models
 
     gen, disc = nn.Linear(3, 3), nn.Linear(3, 1)
     found, name = find_models(torch.optim.Adam([*gen.parameters(), *disc.parameters()]))
