@@ -70,6 +70,24 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _describe(verdict: str, what: str, tr: dict, worst: str | None, step: int) -> tuple[str, str]:
+    """``(severity, message)`` of an exploding / vanishing event on signal ``what``."""
+    g = tr["growth_per_layer"]
+    sev = "error" if (tr["gsc"] >= 1e6 or tr["gsc"] <= 1e-6) else "warning"
+    where = f" in {safe_text(worst)!r}" if (what == "time" and worst) else ""
+    unit = "time step" if what == "time" else "layer"
+    if verdict == "exploding":
+        desc = (f"The backward signal{where} grows {_fmt(g)}x per {unit} going back "
+                f"({_fmt(tr['gsc'])}x over {tr['n']} {unit}s)")
+    else:
+        desc = (f"The backward signal{where} shrinks {_fmt(1 / g)}x per {unit} going back "
+                f"(to {_fmt(tr['gsc'])} of its size over {tr['n']} {unit}s)")
+    src = {"out_grad": "gradients w.r.t. layer outputs",
+           "param_grad": "weight-gradient norms",
+           "time": "gradients reaching each time step"}[what]
+    return sev, f"{desc} at step {step} (measured on {src})."
+
+
 def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_ratio: float = 100.0,
                         min_layers: int = 4, min_steps: int = 4, min_growth: float = 1.05,
                         cooldown: int = 100) -> Detector:
@@ -131,22 +149,9 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
             ev.update({"growth_per_layer": g, "gsc": tr["gsc"], "ends_ratio": tr["ends_ratio"],
                        "depth": tr["n"], "signal": what, "worst_layer": worst, "lr": stats.lr})
             ev.update(extra)
-            sev = "error" if (tr["gsc"] >= 1e6 or tr["gsc"] <= 1e-6) else "warning"
-            where = f" in {safe_text(worst)!r}" if (what == "time" and worst) else ""
-            unit = "time step" if what == "time" else "layer"
-            if verdict == "exploding":
-                desc = (f"The backward signal{where} grows {_fmt(g)}x per {unit} going back "
-                        f"({_fmt(tr['gsc'])}x over {tr['n']} {unit}s)")
-            else:
-                desc = (f"The backward signal{where} shrinks {_fmt(1 / g)}x per {unit} going back "
-                        f"(to {_fmt(tr['gsc'])} of its size over {tr['n']} {unit}s)")
-            src = {"out_grad": "gradients w.r.t. layer outputs",
-                   "param_grad": "weight-gradient norms",
-                   "time": "gradients reaching each time step"}[what]
-            events.append(Event(
-                step=stats.step, kind=verdict, layer=worst, severity=sev,
-                message=f"{desc} at step {stats.step} (measured on {src}).",
-                evidence=ev, remedy="", since=stats.step))
+            sev, message = _describe(verdict, what, tr, worst, stats.step)
+            events.append(Event(step=stats.step, kind=verdict, layer=worst, severity=sev,
+                                message=message, evidence=ev, remedy="", since=stats.step))
 
         # 1) depth trend of the backward signal
         vals = stats.out_grad_rms[order] if order.size else np.zeros(0)
