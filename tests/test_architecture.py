@@ -38,10 +38,6 @@ ALLOWED_CYCLE_EDGES: dict[str, str] = {
         "TEMPORARY (remedies split): apply_prescription looks remedies up by name in the package "
         "namespace (`from .. import remedies`, function-level) while the package imports "
         "prescribe -> _apply.",
-    "gradhealth.watch.session -> gradhealth.watch":
-        "TEMPORARY (reported, watch split, commit ed2cd51): WatchSession._attach does "
-        "`from . import watch` (the package, which imports session); `from .watcher import "
-        "watch` would not close a cycle.",
     "gradhealth.report.figures -> gradhealth.report.html":
         "TEMPORARY (reported, report owner): figures imports html.visible inside a function "
         "while html imports figures; `visible` belongs in a module both can import.",

@@ -19,9 +19,7 @@ def _ids(c):
 
 
 # Known failures of the watcher before the issue-9 hardening; strict, so a fix must remove them.
-_KNOWN = {"bncnn-features.1-forward-nan", "bncnn-features.1-backward-inf", "bncnn-features.3-forward-nan",
-          "bncnn-features.3-backward-inf", "bncnn-features-forward-nan", "bncnn-features-backward-inf",
-          "bncnn-head.1-forward-nan", "bncnn-head.1-backward-inf", "tx-enc.layers.1-backward-inf"}
+_KNOWN: set[str] = set()
 
 
 def _case(m, site, ok, where, value):

@@ -218,7 +218,10 @@ class SqrtAtZero(nn.Module):
         return self.after(torch.sqrt(h - h) + h)
 
 
-def test_backward_nan_in_functional_code_names_the_producer():
+def test_backward_nan_in_functional_code_names_the_module_whose_forward_holds_it():
+    # the sqrt is in the forward of SqrtAtZero ("1"), applied to the output of its child "1.lin":
+    # the enclosing module is named (issue 9: "name the container rather than its last child"),
+    # and the summary still says whose output's gradient went bad
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), SqrtAtZero(), nn.Linear(8, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -228,4 +231,5 @@ def test_backward_nan_in_functional_code_names_the_producer():
             model(torch.randn(16, 6)).pow(2).mean().backward()
             opt.step()
     r = w.replays[0]
-    assert (r.direction, r.module, r.cause) == ("backward", "1.lin", "functional_code")
+    assert (r.direction, r.module, r.cause) == ("backward", "1", "functional_code")
+    assert "'1.lin'" in r.summary and "in the forward of '1'" in r.summary

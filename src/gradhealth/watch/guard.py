@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
+from .._text import safe_text
 from ..events import Event
 from .replay import ReplayReport, replay_step
 
-__all__ = ["POLICIES", "NonFinitePolicy", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
+__all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
            "diagnosis_text"]
 
 POLICIES = ("warn", "skip", "rollback", "raise")
@@ -48,7 +49,8 @@ class Snapshot:
 
     def load(self) -> tuple[list[torch.Tensor], list[dict]]:
         if self.path is not None:
-            data = torch.load(self.path, map_location="cpu", weights_only=False)
+            # weights_only: the run directory is data; a crafted rollback.pt must not run code
+            data = torch.load(self.path, map_location="cpu", weights_only=True)
             return data["params"], data["opt_states"]
         return self.params, self.opt_states  # type: ignore[return-value]
 
@@ -108,10 +110,72 @@ def scale_lr(optimizers: list[Any], factor: float) -> list[tuple[float, float]]:
     return out
 
 
+class BufferSnapshot:
+    """The model's buffers as they were before the current iteration's first forward.
+
+    A NaN batch poisons BatchNorm's running statistics in the forward pass, before any guard
+    can act: skipping the optimizer step alone would leave ``model.eval()`` returning NaN.
+    Buffers of at most ``max_numel`` entries (running statistics, counters) are copied at
+    every iteration's first forward (one fused copy into preallocated tensors); larger ones
+    (registered masks, tables) only have their version counter read, so a skipped step
+    that changed one in place can say so instead of restoring it silently wrong.
+    """
+
+    def __init__(self, model, max_numel: int = 1 << 16):
+        named = [(n, b) for n, b in model.named_buffers() if isinstance(b, torch.Tensor)]
+        self.small = [(n, b) for n, b in named if b.numel() <= max_numel]
+        self.big = [(n, b) for n, b in named if b.numel() > max_numel]
+        with torch.no_grad():
+            self._copies = [b.detach().clone() for _, b in self.small]
+        self._versions: list[int] = []
+        self._big_versions: list[int] = []
+        self._taken = False
+
+    def take(self) -> None:
+        """Copy the small buffers and note every buffer's version (no host sync)."""
+        if self._copies:
+            with torch.no_grad():
+                torch._foreach_copy_(self._copies, [b for _, b in self.small])
+        self._versions = [b._version for _, b in self.small]
+        self._big_versions = [b._version for _, b in self.big]
+        self._taken = True
+
+    def restore(self) -> dict:
+        """Put back every small buffer changed since :meth:`take`; returns the evidence
+        (``buffers_restored``, ``buffers_not_restored``: names, only when non-empty)."""
+        out: dict[str, list[str]] = {}
+        if not self._taken:
+            return out
+        restored = []
+        with torch.no_grad():
+            for (n, b), copy_, v in zip(self.small, self._copies, self._versions):
+                if b._version != v and b.shape == copy_.shape:
+                    b.copy_(copy_)
+                    restored.append(n)
+        lost = [n for (n, b), v in zip(self.big, self._big_versions) if b._version != v]
+        if restored:
+            out["buffers_restored"] = restored
+        if lost:
+            out["buffers_not_restored"] = lost
+        return out
+
+
 def diagnosis_text(rec) -> str:
     """The replay's one-line diagnosis of a step record, as a sentence to append (or "")."""
     r = rec.origin
     return "" if r is None else f" Forensic replay: {r.summary}."
+
+
+def _buffers_text(ev: dict) -> str:
+    parts = []
+    if ev.get("buffers_restored"):
+        n = len(ev["buffers_restored"])
+        parts.append(f"{n} buffer{'s' if n != 1 else ''} the bad forward changed restored")
+    if ev.get("buffers_not_restored"):
+        n = len(ev["buffers_not_restored"])
+        parts.append(f"{n} large buffer{'s' if n != 1 else ''} changed in place NOT restored "
+                     f"({', '.join(repr(safe_text(x)) for x in ev['buffers_not_restored'][:3])})")
+    return "".join("; " + p for p in parts)
 
 
 class NonFinitePolicy:
@@ -141,6 +205,8 @@ class NonFinitePolicy:
         self.episode = False   # inside a run of non-finite logged steps (warn once per run)
         self.replays: list[ReplayReport] = []
         self.replaying = False  # the watcher's hooks stand still while a replay runs
+        # skip/rollback: the buffers before each iteration's forward (restored on a skipped step)
+        self.buffers = BufferSnapshot(model) if config.on_nonfinite in ("skip", "rollback") else None
 
     # ------------------------------------------------------------------ guards
 
@@ -187,6 +253,15 @@ class NonFinitePolicy:
         self.replays.append(report)
 
     # ------------------------------------------------------------------ snapshots
+
+    def before_forward(self) -> None:
+        """The first forward of an iteration: note the buffers (skip and rollback)."""
+        if self.buffers is not None:
+            self.buffers.take()
+
+    def structure_changed(self) -> None:
+        if self.buffers is not None:
+            self.buffers = BufferSnapshot(self.model)
 
     def before_step(self, step: int, optimizers: list) -> None:
         """``"rollback"``: refresh the known-good snapshot every ``rollback_every`` steps."""
@@ -263,9 +338,11 @@ class NonFinitePolicy:
                          message=msg + diagnosis_text(rec), evidence=evidence)
         rec.skip_reason = "guard"
         evidence["action"] = "skip"
+        bufs = self.buffers.restore() if self.buffers is not None else {}
+        evidence.update(bufs)
         return Event(step=rec.step, kind="guard", layer=layer, severity="warning",
                      message=(f"Skipped the optimizer step at step {rec.step}: non-finite gradients in "
-                              f"{n_bad} parameter tensors (parameters and optimizer state untouched; "
-                              f"{info.get('n_consecutive', 1)} in a row, budget "
+                              f"{n_bad} parameter tensors (parameters and optimizer state untouched"
+                              + _buffers_text(bufs) + f"; {info.get('n_consecutive', 1)} in a row, budget "
                               f"{self.config.max_consecutive_skips})." + diagnosis_text(rec)),
                      evidence=evidence)

@@ -160,26 +160,21 @@ class _Found(Exception):
 
 
 @contextlib.contextmanager
-def _replay_state(model: torch.nn.Module, cap: Capture):
-    """Set RNG/autocast/mode as at capture time; restore RNG, buffers and mode afterwards."""
+def _preserved(model: torch.nn.Module):
+    """Around a whole replay: afterwards the RNG states, every buffer and the train/eval mode
+    are what they were before, whatever the replay did or raised.
+
+    Buffers are restored only here, after the replayed backward: restoring them in place
+    between forward and backward would bump the version of tensors autograd saved
+    (BatchNorm's running statistics) and make the replayed backward raise.
+    """
     rng_now = torch.get_rng_state()
-    cuda_now = None
-    if cap.rng_cuda is not None and torch.cuda.is_available():
-        cuda_now = torch.cuda.get_rng_state_all()
+    cuda_now = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+        else None
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    training = model.training
+    training = [(m, m.training) for m in model.modules()]
     try:
-        if cap.rng_cpu is not None:
-            torch.set_rng_state(cap.rng_cpu)
-        if cap.rng_cuda is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cap.rng_cuda)
-        if model.training != cap.training:
-            model.train(cap.training)
-        with contextlib.ExitStack() as stack:
-            for dev, (enabled, dtype) in cap.autocast.items():
-                if enabled:
-                    stack.enter_context(torch.autocast(dev, dtype=dtype))
-            yield
+        yield
     finally:
         torch.set_rng_state(rng_now)
         if cuda_now is not None:
@@ -188,8 +183,24 @@ def _replay_state(model: torch.nn.Module, cap: Capture):
             for b, saved in buffers:
                 if b.shape == saved.shape:
                     b.copy_(saved)
-        if model.training != training:
-            model.train(training)
+        for m, mode in training:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def _as_captured(model: torch.nn.Module, cap: Capture):
+    """The RNG states, autocast and train/eval mode of the captured forward (for its replay)."""
+    if cap.rng_cpu is not None:
+        torch.set_rng_state(cap.rng_cpu)
+    if cap.rng_cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cap.rng_cuda)
+    if model.training != cap.training:
+        model.train(cap.training)
+    with contextlib.ExitStack() as stack:
+        for dev, (enabled, dtype) in cap.autocast.items():
+            if enabled:
+                stack.enter_context(torch.autocast(dev, dtype=dtype))
+        yield
 
 
 def _module_param_stats(mod: torch.nn.Module) -> dict:
@@ -227,11 +238,12 @@ def replay_step(model: torch.nn.Module, captures: list[Capture], step: int,
                                      "(was the model called through a submodule?), so it cannot be "
                                      "replayed"), seconds=time.perf_counter() - t0)
     report = None
-    for k, cap in enumerate(caps):
-        report = _replay_one(model, cap, step, names)
-        report.micro_batch = k
-        if report.found:
-            break
+    with _preserved(model):
+        for k, cap in enumerate(caps):
+            report = _replay_one(model, cap, step, names)
+            report.micro_batch = k
+            if report.found:
+                break
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -260,9 +272,11 @@ def _replay_one(model: torch.nn.Module, cap: Capture, step: int, names: dict[int
     produced: dict[int, torch.nn.Module] = {}    # id(tensor) -> module that produced it
     consumers: dict[int, list] = {}              # id(tensor) -> modules that took it as input
     tensors_keep: dict[int, torch.Tensor] = {}   # keep ids stable while we use them
+    enclosing: dict[int, torch.nn.Module | None] = {}   # id(module) -> the module whose forward called it
     handles = []
 
     def pre(mod, args, kwargs):
+        enclosing.setdefault(id(mod), stack[-1] if stack else None)
         stack.append(mod)
         for t in _float_tensors((args, kwargs)):
             consumers.setdefault(id(t), []).append(mod)
@@ -315,7 +329,7 @@ def _replay_one(model: torch.nn.Module, cap: Capture, step: int, names: dict[int
         handles.append(mod.register_forward_hook(post, with_kwargs=True))
     outputs = None
     try:
-        with _replay_state(model, cap):
+        with _as_captured(model, cap):
             with torch.enable_grad():
                 try:
                     outputs = model(*cap.args, **cap.kwargs)
@@ -379,12 +393,18 @@ def _replay_one(model: torch.nn.Module, cap: Capture, step: int, names: dict[int
                                        "gradient at its output; its input max |x| = "
                                        f"{_fmt(st['value'].get('max_abs_finite', math.nan))}"))
             else:
+                # functional code that uses prod's output runs in the forward of the module that
+                # called prod (a container whose output is computed from its last child's): name it
                 pname = _name(names, prod) if prod is not None else None
-                bfound.update(module=pname, module_type=type(prod).__name__ if prod is not None else None,
+                host = enclosing.get(id(prod)) if prod is not None else None
+                hname = _name(names, host) if host is not None else pname
+                bfound.update(module=hname, module_type=type(host if host is not None else prod).__name__
+                              if prod is not None else None,
                               cause="functional_code", stats=st,
                               summary=("the gradient w.r.t. the output of "
                                        f"{_label(pname) if pname is not None else 'a tensor'} became "
-                                       "non-finite in functional code (not a module) that uses that output"))
+                                       "non-finite in functional code (not a module) that uses that output"
+                                       + (f", in the forward of {_label(hname)}" if host is not None else "")))
             raise _Found()
         return hook
 
@@ -410,15 +430,12 @@ def _replay_one(model: torch.nn.Module, cap: Capture, step: int, names: dict[int
         if t.requires_grad and not t.is_leaf:
             bh.append(t.register_hook(make_tensor_hook(tid)))
     try:
-        with _replay_state(model, cap):
-            try:
-                torch.autograd.grad([o for o, _ in pairs], params, grad_outputs=gouts,
-                                    allow_unused=True)
-            except _Found:
-                pass
-            except RuntimeError as exc:  # autograd may wrap the hook's exception
-                if not bfound:
-                    raise exc
+        torch.autograd.grad([o for o, _ in pairs], params, grad_outputs=gouts, allow_unused=True)
+    except _Found:
+        pass
+    except RuntimeError as exc:  # autograd may wrap the hook's exception
+        if not bfound:
+            raise exc
     finally:
         for h in bh:
             h.remove()

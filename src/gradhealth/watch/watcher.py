@@ -387,6 +387,8 @@ class Watcher:
     @hook_method("forward")
     def _on_root_pre(self, module, args, kwargs):
         self._boundary_at_forward()
+        if not self._it.forward:
+            self._policy.before_forward()
         if self.config.replay:
             self._it.captures.append(Capture.of_call(module, args, kwargs))
         if self.config.detail_every(self.step) and not self._it.layer_hooks and torch.is_grad_enabled():
@@ -461,6 +463,7 @@ class Watcher:
         self._map = discover_layers(self.model, self._map)
         self._names = {id(m): n for n, m in self.model.named_modules()}
         self._opts.forget_params()
+        self._policy.structure_changed()
         self._log.write_layers(self._map.rows()[old:])
         self._log.model_info = model_info(self._map.table)
         self._emit([structure_event(self.step, n_new, list(self._map.table.names[old:]))])
