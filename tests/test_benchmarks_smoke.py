@@ -1,0 +1,65 @@
+"""benchmarks/bench_watch.py runs and writes its JSON (a smoke test: no timing is asserted)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python -m pytest` puts the repository root there; `pytest` does not
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_watch  # noqa: E402
+
+CONFIGS = {"bare", "floor", "every=1", "every=10", "every=1+default", "every=10+default", "detail"}
+KEYS = {"workload", "name", "optimizer", "config", "ms_per_step", "spread_ms", "ratio_vs_bare",
+        "ratio_vs_floor", "steps", "repeats"}
+
+
+def test_bench_watch_main_writes_one_record_per_config(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = bench_watch.main(["--workloads", "resmlp8x256", "--steps", "10", "--repeats", "1",
+                           "--no-replay", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert {"date", "torch", "threads"} <= set(data["meta"])
+    recs = data["records"]
+    assert {r["config"] for r in recs} == CONFIGS and len(recs) == len(CONFIGS)
+    by = {r["config"]: r for r in recs}
+    for r in recs:
+        assert set(r) == KEYS
+        assert r["workload"] == "resmlp8x256" and r["steps"] == 10 and r["repeats"] == 1
+        assert math.isfinite(r["ms_per_step"]) and r["ms_per_step"] > 0
+        # the ratios are the ratios of the reported medians (not of some other statistic)
+        assert r["ratio_vs_bare"] == pytest.approx(r["ms_per_step"] / by["bare"]["ms_per_step"])
+        assert r["ratio_vs_floor"] == pytest.approx(r["ms_per_step"] / by["floor"]["ms_per_step"])
+    assert "floor" in capsys.readouterr().out
+
+
+def test_unknown_workload_is_refused():
+    with pytest.raises(SystemExit):
+        bench_watch.main(["--workloads", "nope"])
+
+
+def test_floor_read_is_the_per_gradient_norm():
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7)),
+          torch.nn.Parameter(torch.randn(2, dtype=torch.float64)), torch.nn.Parameter(torch.randn(4))]
+    for p in ps[:3]:
+        p.grad = torch.randn_like(p)  # ps[3] has no gradient: skipped
+    got = bench_watch.floor_read(ps)
+    want = [math.sqrt(sum(v * v for v in p.grad.reshape(-1).tolist())) for p in ps[:3]]
+    # grouped by (device, dtype): the two float32 gradients first, then the float64 one
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_block_figure_counts_the_one_slow_step_of_each_window():
+    # every=10: one logged (slow) step per 10-step window must be in the figure, not filtered out
+    assert bench_watch.block_figure([1.0] * 9 + [11.0]) == pytest.approx(2.0)
+    # the median over windows drops one disturbed window
+    ts = [1.0] * 9 + [11.0] + [1.0] * 9 + [11.0] + [100.0] * 10
+    assert bench_watch.block_figure(ts) == pytest.approx(2.0)
