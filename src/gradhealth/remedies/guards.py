@@ -26,7 +26,8 @@ instance method.
 
 Cost: deciding whether to skip needs the one boolean on the host, i.e. one device-to-host
 synchronisation per optimizer step -- the same price ``torch.amp.GradScaler`` pays for the
-same decision. The reduction itself (:func:`nonfinite_grads`) is fused and sync-free.
+same decision. The reduction itself (:func:`bad_grads`: NaN/Inf entries, or a 2-norm that
+overflows float32 although every entry is finite) is fused and sync-free.
 
 Interplay:
     * ``torch.optim.lr_scheduler``: works whether the scheduler is created before or after
@@ -51,7 +52,7 @@ import torch
 from .._checks import check_int
 from ..errors import NonFiniteError, ParameterError
 
-__all__ = ["nonfinite_grads", "StepGuard", "skip_nonfinite"]
+__all__ = ["nonfinite_grads", "bad_grads", "OVERFLOW_NORM", "StepGuard", "skip_nonfinite"]
 
 
 def _grad_values(g: torch.Tensor) -> torch.Tensor:
@@ -102,9 +103,49 @@ def nonfinite_grads(params: Iterable[torch.Tensor]) -> torch.Tensor:
     return flags[0] if len(flags) == 1 else torch.stack(flags).any()
 
 
-def _nonfinite_report(params: list[tuple[str, torch.Tensor]]) -> list[dict]:
-    """Which gradients are non-finite, with NaN/Inf counts (slow path, only on a skip)."""
-    out = []
+#: Above this 2-norm the sum of squares overflows float32 (sqrt of its largest value, ~1.8e19):
+#: ``clip_grad_norm_`` in float32 sees ``inf``, and Adam's ``exp_avg_sq`` becomes ``inf``.
+OVERFLOW_NORM = math.sqrt(torch.finfo(torch.float32).max)
+
+
+def bad_grads(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Whether a step's gradients are unsafe to apply, as a 0-dim bool tensor (no sync).
+
+    True when any gradient holds a NaN or an Inf **or** when the float32 sum of squares of
+    one overflows (finite entries whose 2-norm exceeds :data:`OVERFLOW_NORM`, ~1.8e19): such
+    an update writes ``inf`` into the optimizer state and the run dies a few steps later.
+    One fused ``torch._foreach_norm(..., 2)`` per (device, dtype) group, accumulated in
+    float32 at least (so half-precision gradients do not overflow at 65504); NaN and Inf
+    propagate into the norm, and the overflow is the norm itself becoming ``inf``. This is the
+    :class:`StepGuard`'s check; :func:`nonfinite_grads` tests the entries only.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        v = _grad_values(g)
+        if v.numel() == 0:
+            continue
+        groups.setdefault((v.device, v.dtype), []).append(v)
+    if not groups:
+        return torch.zeros((), dtype=torch.bool)
+    out_device = next(iter(groups))[0]
+    flags = []
+    for (device, dtype), tensors in groups.items():
+        if dtype in (torch.float16, torch.bfloat16):
+            norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+        else:
+            norms = torch._foreach_norm(tensors, 2)
+        flag = torch.logical_not(torch.isfinite(torch.stack(norms)).all())
+        flags.append(flag if device == out_device else flag.to(out_device, non_blocking=True))
+    return flags[0] if len(flags) == 1 else torch.stack(flags).any()
+
+
+def _nonfinite_report(params: list[tuple[str, torch.Tensor]]) -> tuple[list[dict], list[dict]]:
+    """Which gradients are non-finite (NaN/Inf counts), and which have finite entries but a
+    norm that overflows float32 (their norm in float64) -- slow path, only on a skip."""
+    bad, over = [], []
     for name, p in params:
         g = p.grad
         if g is None:
@@ -115,12 +156,17 @@ def _nonfinite_report(params: list[tuple[str, torch.Tensor]]) -> list[dict]:
         n_nan = int(torch.isnan(v).sum())
         n_inf = int(torch.isinf(v).sum())
         if n_nan or n_inf:
-            out.append({"param": name, "shape": list(p.shape), "nan": n_nan, "inf": n_inf})
-    return out
+            bad.append({"param": name, "shape": list(p.shape), "nan": n_nan, "inf": n_inf})
+            continue
+        norm = float(torch.linalg.vector_norm(v.detach(), dtype=torch.float64))
+        if norm > OVERFLOW_NORM:
+            over.append({"param": name, "shape": list(p.shape), "norm": norm})
+    return bad, over
 
 
 class StepGuard:
-    """Optimizer wrapper: skip every step whose gradients are not all finite.
+    """Optimizer wrapper: skip every step whose gradients are not all finite, or whose norm
+    overflows float32 (:func:`bad_grads`).
 
     Use :func:`skip_nonfinite` to create one. The guard is attached on construction and
     detached by :meth:`remove` (or by leaving its ``with`` block).
@@ -138,10 +184,14 @@ class StepGuard:
             attached), ``action`` (``"skip"`` or ``"raise"``), ``n_consecutive`` (this one
             included), ``skipped_steps`` (total skipped so far, this one included when
             skipped), ``max_consecutive_skips``, ``loss`` (float, when ``step`` got a
-            closure) and ``nonfinite`` (a list of ``{"param", "shape", "nan", "inf"}``, one per
+            closure), ``nonfinite`` (a list of ``{"param", "shape", "nan", "inf"}``, one per
             parameter whose gradient is non-finite; ``param`` is the parameter's name when
-            ``model`` was given, else ``"group{g}.param{i}"``).
+            ``model`` was given, else ``"group{g}.param{i}"``) and ``overflow`` (a list of
+            ``{"param", "shape", "norm"}``: finite entries whose float32 norm overflows, the
+            norm computed in float64).
         model: optional module whose ``named_parameters()`` name the parameters in ``info``.
+        on_error: called with the exception if the guard's own check ever raises (the step
+            then goes through unchecked); default: one ``RuntimeWarning``.
 
     Attributes:
         steps: calls to ``optimizer.step()`` seen by the guard.
@@ -150,7 +200,8 @@ class StepGuard:
     """
 
     def __init__(self, optimizer: Any, max_consecutive_skips: int | None = 10,
-                 on_skip: Callable[[dict], Any] | None = None, *, model: torch.nn.Module | None = None):
+                 on_skip: Callable[[dict], Any] | None = None, *, model: torch.nn.Module | None = None,
+                 on_error: Callable[[BaseException], Any] | None = None):
         owner = "StepGuard"
         if not (hasattr(optimizer, "step") and hasattr(optimizer, "param_groups")):
             raise ParameterError("optimizer", owner, "a torch.optim.Optimizer (with step and param_groups)",
@@ -165,6 +216,7 @@ class StepGuard:
         self.optimizer = optimizer
         self.max_consecutive_skips = max_consecutive_skips
         self.on_skip = on_skip
+        self.on_error = on_error
         self.steps = 0
         self.skipped_steps = 0
         self.consecutive_skips = 0
@@ -236,6 +288,23 @@ class StepGuard:
                 out.append((self._names.get(id(p), f"group{gi}.param{pi}"), p))
         return out
 
+    def _failed(self, exc: BaseException) -> None:
+        """The check itself raised (a gradient of an exotic tensor type, a device error): let
+        the step through, and say so once per guard."""
+        if getattr(self, "_error_said", False):
+            return
+        self._error_said = True
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+                return
+            except Exception:
+                pass
+        import warnings
+
+        warnings.warn(f"gradhealth StepGuard: the finiteness check failed ({type(exc).__name__}: {exc}); "
+                      "steps go through unchecked.", RuntimeWarning, stacklevel=4)
+
     def _step(self, inner: Callable, args: tuple, kwargs: dict):
         if not self._active:
             return inner(*args, **kwargs)
@@ -268,8 +337,14 @@ class StepGuard:
             self.consecutive_skips = 0
             return inner(*args, **kwargs)
         params = self._params()
-        # The one host sync per step (see the module docstring).
-        if not bool(nonfinite_grads(p for _, p in params)):
+        try:
+            # The one host sync per step (see the module docstring).
+            bad = bool(bad_grads(p for _, p in params))
+            report = _nonfinite_report(params) if bad else ([], [])
+        except Exception as exc:  # the guard's own failure must not stop training
+            self._failed(exc)
+            bad = False
+        if not bad:
             self.consecutive_skips = 0
             out = inner(*args, **kwargs)
             return loss if (out is None and closure is not None) else out
@@ -278,7 +353,7 @@ class StepGuard:
         action = "raise" if (limit is not None and n > limit) else "skip"
         info = {"step": index, "action": action, "n_consecutive": n,
                 "skipped_steps": self.skipped_steps + (action == "skip"),
-                "max_consecutive_skips": limit, "nonfinite": _nonfinite_report(params)}
+                "max_consecutive_skips": limit, "nonfinite": report[0], "overflow": report[1]}
         if loss is not None:
             try:
                 info["loss"] = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
@@ -290,12 +365,14 @@ class StepGuard:
         if self.on_skip is not None:
             self.on_skip(info)
         if action == "raise":
-            where = ", ".join(d["param"] for d in info["nonfinite"][:5])
-            more = len(info["nonfinite"]) - 5
+            culprits = info["nonfinite"] + info["overflow"]
+            where = ", ".join(d["param"] for d in culprits[:5])
+            more = len(culprits) - 5
             where += f" (+{more} more)" if more > 0 else ""
             raise NonFiniteError(
                 f"{n} optimizer steps in a row (steps {index - n + 1}..{index}) had non-finite "
-                f"gradients (NaN/Inf) in {where or 'the parameters'}; the guard skipped "
+                f"gradients (NaN/Inf, or a norm that overflows float32) in {where or 'the parameters'}; "
+                "the guard skipped "
                 f"{n - 1} of them and stops because max_consecutive_skips={limit}. "
                 "Skipping more will not help: lower the learning rate, clip gradients "
                 "(gradhealth.remedies.clip_grad_norm_), or find the first non-finite layer with "

@@ -43,6 +43,7 @@ class StepRecord:
     clip_exact: bool = True
     clipped: bool = False
     nf: dict[int, int] = field(default_factory=dict)
+    overflow: set[int] = field(default_factory=set)  # finite entries, float32 norm inf (post: float64 norm)
     pnorm: dict[int, float] = field(default_factory=dict)
     upd: dict[int, float] = field(default_factory=dict)
     outg: dict[int, float] = field(default_factory=dict)

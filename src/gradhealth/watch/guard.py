@@ -29,6 +29,7 @@ import torch
 
 from .._text import safe_text
 from ..events import Event
+from ..remedies.guards import OVERFLOW_NORM
 from .replay import ReplayReport, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
@@ -166,6 +167,12 @@ def diagnosis_text(rec) -> str:
     return "" if r is None else f" Forensic replay: {r.summary}."
 
 
+def _overflow_text(n: int, top: float) -> str:
+    return (f"{n} parameter tensor{'s' if n != 1 else ''} with finite entries but a norm of up to "
+            f"{top:.3g} (float32's sum of squares overflows above {OVERFLOW_NORM:.3g}); applied, such "
+            "a step writes inf into the optimizer state")
+
+
 def _buffers_text(ev: dict) -> str:
     parts = []
     if ev.get("buffers_restored"):
@@ -203,6 +210,7 @@ class NonFinitePolicy:
         self.guards: dict[int, Any] = {}
         self.snapshot: Snapshot | None = None
         self.episode = False   # inside a run of non-finite logged steps (warn once per run)
+        self.state_bad = False  # the optimizer state was found non-finite (said once)
         self.replays: list[ReplayReport] = []
         self.replaying = False  # the watcher's hooks stand still while a replay runs
         # skip/rollback: the buffers before each iteration's forward (restored on a skipped step)
@@ -218,7 +226,8 @@ class NonFinitePolicy:
 
         limit = 0 if self.config.on_nonfinite == "raise" else self.config.max_consecutive_skips
         self.guards[id(opt)] = StepGuard(opt, max_consecutive_skips=limit,
-                                         on_skip=lambda info, _o=opt: on_skip(_o, info), model=self.model)
+                                         on_skip=lambda info, _o=opt: on_skip(_o, info), model=self.model,
+                                         on_error=lambda exc: self._internal("guard", exc))
 
     def guarding(self, opt) -> bool:
         """Whether ``opt``'s steps are checked by an active guard."""
@@ -275,7 +284,7 @@ class NonFinitePolicy:
         except Exception as exc:
             self._internal("rollback snapshot", exc)
 
-    def _rollback(self, rec, optimizers: list) -> tuple[str, dict]:
+    def _rollback(self, rec, optimizers: list, why: str = "non-finite gradients") -> tuple[str, dict]:
         snap = self.snapshot
         if snap is None:
             return (f"Skipped the optimizer step at step {rec.step} (on_nonfinite='rollback'): no known-good "
@@ -291,7 +300,7 @@ class NonFinitePolicy:
         if factor is not None and factor != 1.0:
             lrs = scale_lr(optimizers, factor)
         lr_txt = (f"; learning rate {lrs[0][0]:.3g} -> {lrs[0][1]:.3g}" if lrs else "")
-        return (f"Rolled back at step {rec.step}: non-finite gradients; restored the parameters and optimizer "
+        return (f"Rolled back at step {rec.step}: {why}; restored the parameters and optimizer "
                 f"state of step {snap.step}{lr_txt}.",
                 {"action": "rollback", "to_step": snap.step,
                  "lr_before": lrs[0][0] if lrs else None, "lr_after": lrs[0][1] if lrs else None})
@@ -322,17 +331,47 @@ class NonFinitePolicy:
                                **({"replay": diag.to_dict()} if diag else {})},
                      remedy="" if policy != "raise" else "gradhealth.watch(model, optimizer, on_nonfinite='skip')")
 
+    def overflow_event(self, rec) -> Event:
+        """A logged step whose gradients are finite but whose norm overflows float32."""
+        top = max(rec.post[p] for p in rec.overflow)
+        return Event(step=rec.step, kind="overflow", layer=None, severity="critical",
+                     message=(f"The gradient norm overflows float32 at step {rec.step}: "
+                              + _overflow_text(len(rec.overflow), top) + "."),
+                     evidence={"n_overflow_params": len(rec.overflow), "max_norm": top,
+                               "float32_limit": OVERFLOW_NORM})
+
+    def state_event(self, rec, bad: list[tuple[int, str]], names: list[str]) -> Event:
+        """The optimizer state holds NaN/Inf after a step (every later update is NaN)."""
+        params = sorted({names[p] for p, _ in bad})
+        keys = sorted({k for _, k in bad})
+        shown = ", ".join(repr(safe_text(n)) for n in params[:3]) + (" ..." if len(params) > 3 else "")
+        cause = ("its gradients were not finite" if any(v > 0 for v in rec.nf.values())
+                 else "its gradient norm overflowed float32" if rec.overflow else "an earlier step")
+        return Event(step=rec.step, kind="overflow", layer=None, severity="critical",
+                     message=(f"The optimizer state became non-finite at step {rec.step}: "
+                              f"{', '.join(map(repr, keys))} of {len(params)} parameter tensor"
+                              f"{'s' if len(params) != 1 else ''} ({shown}) hold NaN/Inf, so every later "
+                              f"update of them is NaN; {cause}."),
+                     evidence={"optimizer_state": True, "params": params[:50], "keys": keys,
+                               "n_state_tensors": len(bad)})
+
     def skip_event(self, rec, n_bad: int, info: dict, optimizers: list) -> Event:
         """Act on a step the guard skipped (``"rollback"``: restore the snapshot) and say so."""
         diag = rec.origin
         evidence = {"n_nonfinite_params": n_bad, "n_consecutive": info.get("n_consecutive"),
                     "skipped_steps": info.get("skipped_steps"), "lr": rec.lr}
+        over = info.get("overflow") or []
+        why = f"non-finite gradients in {n_bad} parameter tensors"
+        if over and not n_bad:
+            top = max(d["norm"] for d in over)
+            why = "the gradient norm overflows float32: " + _overflow_text(len(over), top)
+            evidence.update(n_overflow_params=len(over), max_norm=top)
         if diag is not None:
             evidence["replay"] = diag.to_dict()
         layer = diag.module if (diag is not None and diag.found) else None
         if self.config.on_nonfinite == "rollback":
             rec.skip_reason = "rollback"
-            msg, ev = self._rollback(rec, optimizers)
+            msg, ev = self._rollback(rec, optimizers, why)
             evidence.update(ev)
             return Event(step=rec.step, kind="guard", layer=layer, severity="warning",
                          message=msg + diagnosis_text(rec), evidence=evidence)
@@ -341,8 +380,8 @@ class NonFinitePolicy:
         bufs = self.buffers.restore() if self.buffers is not None else {}
         evidence.update(bufs)
         return Event(step=rec.step, kind="guard", layer=layer, severity="warning",
-                     message=(f"Skipped the optimizer step at step {rec.step}: non-finite gradients in "
-                              f"{n_bad} parameter tensors (parameters and optimizer state untouched"
+                     message=(f"Skipped the optimizer step at step {rec.step}: {why} "
+                              "(parameters and optimizer state untouched"
                               + _buffers_text(bufs) + f"; {info.get('n_consecutive', 1)} in a row, budget "
                               f"{self.config.max_consecutive_skips})." + diagnosis_text(rec)),
                      evidence=evidence)

@@ -27,6 +27,7 @@ watcher is removed or while a forensic replay runs, and an exception inside it b
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Protocol
 
 import torch
@@ -189,10 +190,38 @@ class Instruments:
             params = self._host._map.params
             for p in bad:
                 g = params[p].grad
-                rec.nf[p] = int(torch.logical_not(torch.isfinite(dense_values(g).detach())).sum()) \
-                    if g is not None else 0
+                if g is None:
+                    rec.nf[p] = 0
+                    continue
+                v = dense_values(g).detach()
+                rec.nf[p] = int(torch.logical_not(torch.isfinite(v)).sum())
+                if rec.nf[p] == 0 and math.isinf(rec.post[p]):
+                    # finite entries whose float32 sum of squares overflowed: the true norm, in
+                    # float64 (any finite float32/bf16/fp16 gradient fits), and a mark
+                    rec.post[p] = float(torch.linalg.vector_norm(v, dtype=torch.float64))
+                    rec.overflow.add(p)
         for p in rec.post:
             rec.nf.setdefault(p, 0)
+
+    def nonfinite_state(self, opt) -> list[tuple[int, str]]:
+        """``(parameter position, state key)`` of every optimizer-state tensor holding NaN/Inf
+        (Adam's ``exp_avg_sq`` after an overflowing step). One fused reduction per device/dtype
+        and one host read; called on detail steps and after a bad step only."""
+        ppos = self._host._map.param_pos
+        items = [(ppos[id(p)], k, v) for p, st in opt.state.items() if id(p) in ppos
+                 for k, v in st.items()
+                 if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() and v.dim()]
+        if not items:
+            return []
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, _, v) in enumerate(items):
+            groups.setdefault((v.device, v.dtype), []).append(i)
+        bad: list[int] = []
+        for idx in groups.values():
+            norms = torch.stack(torch._foreach_norm([items[i][2] for i in idx], math.inf))
+            finite = torch.isfinite(norms).cpu().tolist()
+            bad += [i for i, ok in zip(idx, finite) if not ok]
+        return [(items[i][0], items[i][1]) for i in sorted(bad)]
 
     # ------------------------------------------------------------------ parameters and updates
 

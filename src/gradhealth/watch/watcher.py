@@ -479,7 +479,7 @@ class Watcher:
             if rec.detail:
                 self._inst.measure_params(rec, opt, params)
             self._read(rec)
-            if any(v > 0 for v in rec.nf.values()):
+            if rec.overflow or any(v > 0 for v in rec.nf.values()):
                 if not self._policy.episode:
                     self._policy.episode = True
                     self._on_nonfinite_stats(opt, rec)
@@ -489,7 +489,13 @@ class Watcher:
 
     @hook_method("optimizer")
     def _on_post_step(self, opt, args, kwargs):
-        self._inst.finish_updates(self._it.record, opt)
+        rec = self._it.record
+        self._inst.finish_updates(rec, opt)
+        if rec is not None and (rec.detail or rec.overflow or any(v > 0 for v in rec.nf.values())):
+            bad = self._inst.nonfinite_state(opt)   # detail steps and bad steps only (one sync)
+            if bad and not self._policy.state_bad:
+                self._emit([self._log.with_remedy(self._policy.state_event(rec, bad, self._map.param_names))])
+            self._policy.state_bad = bool(bad)
 
     # ------------------------------------------------------------------ reading back
 
@@ -527,9 +533,15 @@ class Watcher:
 
     def _on_nonfinite_stats(self, opt, rec: StepRecord) -> None:
         """Non-finite gradients seen in the statistics of a logged step (pre-step hook)."""
-        self._replay(rec)
         n_bad = sum(1 for v in rec.nf.values() if v > 0)
+        if n_bad:
+            self._replay(rec)
         if self.config.on_nonfinite != "warn" and self._policy.guarding(opt):
+            return
+        if not n_bad:   # finite entries, overflowing norm: no NaN to replay, but an event
+            ev = self._log.with_remedy(self._policy.overflow_event(rec))
+            self._emit([ev])
+            warnings.warn("gradhealth: " + ev.message, WatchWarning, stacklevel=4)
             return
         if self.config.on_nonfinite == "raise":   # an optimizer adopted mid-step, unguarded yet
             self._raise(rec, n_bad)
