@@ -25,19 +25,15 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .._vocab import function_activations
 from ..stats import activation_stats
 
 # --- which functions are elementwise activations / additions ------------------------------
-_ACT_FUNCS: dict = {}
-
-
-def _register(name: str, *fns) -> None:
-    for fn in fns:
-        if fn is not None:
-            _ACT_FUNCS[fn] = name
+#: ``{callable: canonical activation name}``: every functional activation and the activation
+#: methods of ``torch.Tensor`` / ``torch._C.TensorBase`` (the vocabulary's table, read-only).
+_ACT_FUNCS: dict = function_activations()
 
 
 def _tensor_methods(*names):
@@ -49,25 +45,6 @@ def _tensor_methods(*names):
                 out.append(fn)
     return out
 
-
-_register("relu", torch.relu, torch.relu_, F.relu, F.relu_, *_tensor_methods("relu", "relu_"))
-_register("relu6", F.relu6)
-_register("tanh", torch.tanh, torch.tanh_, F.tanh, *_tensor_methods("tanh", "tanh_"))
-_register("sigmoid", torch.sigmoid, torch.sigmoid_, F.sigmoid, torch.special.expit,
-          *_tensor_methods("sigmoid", "sigmoid_"))
-_register("hard_tanh", F.hardtanh, F.hardtanh_)
-_register("softsign", F.softsign)
-_register("hard_sigmoid", F.hardsigmoid)
-_register("leaky_relu", F.leaky_relu, F.leaky_relu_)
-_register("elu", F.elu, F.elu_)
-_register("selu", F.selu, torch.selu, torch.selu_)
-_register("celu", F.celu)
-_register("gelu", F.gelu)
-_register("swish", F.silu)
-_register("mish", F.mish)
-_register("softplus", F.softplus)
-_register("hard_swish", F.hardswish)
-_register("prelu", F.prelu)
 
 _ADD_FUNCS = set([torch.add] + _tensor_methods("add", "add_", "__add__", "__radd__", "__iadd__"))
 
