@@ -66,3 +66,11 @@ def cuda_devices() -> list[int]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return list(range(torch.cuda.device_count()))
     return []
+
+
+def set_mode(model: nn.Module, mode: str) -> None:
+    """``"train"``: ``model.train()``; ``"eval"``: ``model.eval()``; ``"as_is"``: nothing."""
+    if mode == "train":
+        model.train()
+    elif mode == "eval":
+        model.eval()

@@ -19,21 +19,31 @@ model, and costs about one extra backward per product. Memory is ``O(steps * n)`
 Lanczos basis, against ``O(m * n)`` for the full Jacobian.
 
 The full Jacobian (``torch.autograd.functional.jacobian``) is used only as the test oracle.
+
+:func:`model_spectrum` is the probe's driver: it reruns the model on (a sub-batch of) the
+probe's batch, with the inputs (or, for integer inputs, the first layer's output) as fresh
+leaves, and hands the recorded graph to :func:`spectrum_from_graph`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from .._checks import check_int
 from ..errors import ModelError
+from ._capture import iter_floats
+from ._inputs import batch_size, make_leaves, short
+from ._options import ProbeOptions
+from ._state import ModelState, set_mode
 from .result import JacobianSpectrum
 
-__all__ = ["jacobian_spectrum", "spectrum_from_graph", "lanczos"]
+__all__ = ["jacobian_spectrum", "spectrum_from_graph", "lanczos", "model_spectrum"]
 
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, *, steps: int,
@@ -219,3 +229,123 @@ def jacobian_spectrum(fn: Callable[..., torch.Tensor], x: torch.Tensor, *, k: in
         outs = [y] if isinstance(y, torch.Tensor) else [t for t in y if isinstance(t, torch.Tensor)]
         return spectrum_from_graph(outs, [xr], k=k, steps=steps, hutchinson=hutchinson,
                                    generator=gen, wrt="x", examples=int(x.shape[0]) if x.ndim > 1 else 1)
+
+
+# ------------------------------------------------------------------------------------------
+# the probe's driver: the model rerun on (a sub-batch of) the probe's batch
+# ------------------------------------------------------------------------------------------
+_NOT_MEASURED = "Jacobian spectrum not measured: "
+
+
+class _Call(NamedTuple):
+    """One call of the model for the Jacobian: its inputs and how many examples they hold."""
+
+    args: tuple
+    kwargs: dict
+    examples: int
+
+
+def model_spectrum(model: nn.Module, args: tuple, kwargs: dict, slots: list, leaves: list,
+                   opts: ProbeOptions, state: ModelState, notes: list[str]) -> JacobianSpectrum | None:
+    """The input-output Jacobian spectrum of ``model`` at the probe's batch, or None (with a note).
+
+    Measured on the first ``opts.jacobian_batch`` examples (every input whose first dimension
+    is the batch size is sliced); when that sliced call fails (an input that is not
+    batch-major, say a ``(B, B)`` mask), on the whole batch instead. A sequence-first RNN
+    always gets the whole batch. ``leaves`` are the probe's input leaves: without any (integer
+    inputs), the Jacobian is taken with respect to the first layer's output (``slots[0]``).
+    The model is rerun in ``opts.mode`` with ``state`` restored first.
+    """
+    B = batch_size(args, kwargs)
+    jb = opts.jacobian_batch
+    seq_first = any(isinstance(m, nn.RNNBase) and not m.batch_first for m in model.modules())
+    sub = B
+    if jb is not None and B is not None and B > jb and not seq_first:
+        sub = jb
+    if sub != B:
+        # the sub-batch slices every input whose first dimension equals the batch size; one
+        # that is not batch-major (a (B, B) attention mask, say) breaks the sliced call
+        trial: list[str] = []
+        res = _spectrum_at(model, _cut(args, kwargs, B, sub), slots, leaves, opts, state, trial)
+        failed = [n.removeprefix(_NOT_MEASURED) for n in trial if n.startswith(_NOT_MEASURED)]
+        if res is not None or not failed:
+            notes.extend(trial)
+            return res
+        notes.append(f"the Jacobian on the first {sub} examples failed ({failed[0]}); it was "
+                     "measured on the whole batch instead.")
+    if seq_first and jb is not None and B is not None and B > jb:
+        notes.append("the model has a sequence-first RNN, so the Jacobian uses the whole batch.")
+    return _spectrum_at(model, _cut(args, kwargs, B, B), slots, leaves, opts, state, notes)
+
+
+def _cut(args: tuple, kwargs: dict, B: int | None, sub: int | None) -> _Call:
+    """The first ``sub`` examples of every input whose first dimension is ``B``."""
+    def cut(v):
+        if isinstance(v, torch.Tensor) and v.ndim >= 1 and B is not None and v.shape[0] == B and sub != B:
+            return v[:sub]
+        return v
+    return _Call(tuple(cut(x) for x in args), {k: cut(x) for k, x in kwargs.items()},
+                 sub if sub is not None else 1)
+
+
+def _grab_first(captured: list):
+    """A forward hook that keeps the module's first floating-point tensor output in
+    ``captured`` (as a fresh leaf when it does not require grad)."""
+    def grab(module, inp, out):
+        t = out if isinstance(out, torch.Tensor) else None
+        if t is None or captured or not t.is_floating_point():
+            return None
+        if not t.requires_grad:
+            t = t.detach().requires_grad_(True)
+            captured.append(t)
+            return t
+        captured.append(t)
+        return None
+    return grab
+
+
+def _spectrum_at(model: nn.Module, call: _Call, slots: list, leaves: list, opts: ProbeOptions,
+                 state: ModelState, notes: list[str]) -> JacobianSpectrum | None:
+    """The spectrum on one call of the model, or None with a ``Jacobian spectrum not measured``
+    note (a failure of the model or of double backward is such a note, not an error)."""
+    a, kw = call.args, call.kwargs
+    use_inputs = bool(leaves)
+    captured: list = []
+    handle = None
+    if use_inputs:
+        a, kw, new_leaves = make_leaves(a, kw)
+        xs = [l for _, l in new_leaves]
+        wrt = ", ".join(label for label, _ in new_leaves)
+    else:
+        if not slots:
+            notes.append(_NOT_MEASURED + "no layer ran.")
+            return None
+        handle = slots[0].module.register_forward_hook(_grab_first(captured))
+        xs, wrt = [], f"output of {slots[0].name} (the inputs are not floating-point)"
+    try:
+        state.restore()  # BatchNorm statistics as the user had them, for a like-for-like pass
+        set_mode(model, opts.mode)
+        torch.manual_seed(opts.seed)
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(opts.seed + 2)
+        with torch.enable_grad():
+            out = model(*a, **kw)
+            if not use_inputs:
+                if not captured:
+                    notes.append(_NOT_MEASURED + f"{slots[0].name} returned no tensor.")
+                    return None
+                xs = captured[:1]
+            ys = [o for o in iter_floats(out) if o.requires_grad]
+            if not ys:
+                notes.append(_NOT_MEASURED + "the output does not depend on the input.")
+                return None
+            return spectrum_from_graph(ys, xs, k=opts.top_k, steps=opts.lanczos_steps, generator=gen,
+                                       wrt=wrt, examples=call.examples)
+    except ModelError as exc:
+        notes.append(_NOT_MEASURED + f"{exc}.")
+    except RuntimeError as exc:
+        notes.append(_NOT_MEASURED + "an operation of the model has no double "
+                     f"backward ({short(exc, 200)}).")
+    finally:
+        if handle is not None:
+            handle.remove()
+    return None
