@@ -16,8 +16,10 @@ A layer whose activation cannot be found, and for which no default was given, is
 the unmatched list with the reason: gradhealth does not guess silently. The output layer
 (followed by nothing, or only by a softmax/loss) is matched to ``linear``.
 
-The tables below (torch module / function / method -> activation name, and what is looked
-through) are the planner's view of the activation vocabulary.
+Which torch modules, functions and tensor methods are activations, and the theory name each
+is planned with, come from the one vocabulary table, :mod:`gradhealth._vocab`
+(``module_activation(m, planner=True)``, ``planner_functions()``, ``planner_methods()``); the
+tables below say only what is looked through and what counts as the output.
 """
 
 from __future__ import annotations
@@ -32,26 +34,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _vocab
 from ..errors import ParameterError
 
 __all__ = ["weight_layers"]
 
 _WEIGHT_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase)
 
-# Activation modules -> canonical names of gradhealth.theory.activations.
-_ACT_MODULES: dict[type, str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "leaky_relu",
-    nn.ELU: "elu", nn.SELU: "selu", nn.GELU: "gelu", nn.SiLU: "swish", nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid", nn.Hardtanh: "hard_tanh", nn.Softplus: "softplus",
-}
-_ACT_FUNCTIONS: dict[Any, str] = {
-    F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu", F.relu6: "relu",
-    F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu", torch.selu: "selu", F.gelu: "gelu",
-    F.silu: "swish", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid", F.hardtanh: "hard_tanh", F.softplus: "softplus",
-}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
-                "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
+# The planner's view of gradhealth._vocab (activation -> name of gradhealth.theory.activations).
+# Derived, not kept: the modules the planner reads (exact class -> theory name; matching itself
+# goes through _vocab.module_activation, subclasses included), the fx call_function targets and
+# the fx call_method names. The names stay importable (gradhealth.remedies.init re-exports them).
+_ACT_MODULES: dict[type, str] = {cls: act.theory for cls, act in _vocab.module_classes()
+                                 if act.theory is not None}
+_ACT_FUNCTIONS: dict[Any, str] = _vocab.planner_functions()
+_ACT_METHODS: dict[str, str] = _vocab.planner_methods()
 # What passes a layer's output on without deciding its scale (looked through).
 _PASS_MODULES = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
@@ -95,14 +92,15 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _act_of_module(m: nn.Module) -> _Act | None:
-    for t, name in _ACT_MODULES.items():
-        if type(m) is t or isinstance(m, t):
-            if isinstance(m, nn.LeakyReLU):
-                return _Act(name, float(m.negative_slope))
-            if isinstance(m, nn.PReLU):
-                return _Act(name, float(m.weight.detach().float().mean()))
-            return _Act(name)
-    return None
+    act = _vocab.module_activation(m, planner=True)
+    if act is None:
+        return None
+    name = act.theory
+    if isinstance(m, nn.LeakyReLU):
+        return _Act(name, float(m.negative_slope))
+    if isinstance(m, nn.PReLU):
+        return _Act(name, float(m.weight.detach().float().mean()))
+    return _Act(name)
 
 
 def _classify_module(m: nn.Module) -> tuple[str, Any]:

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 from torch import nn
 
+from .. import _vocab
 from ..errors import ParameterError
-from ._plan import _ACT_MODULES, _act_of_module, _parse_act
+from ._plan import _ACT_MODULES, _Act, _act_of_module, _parse_act
 
 __all__ = ["replace_activation_"]
 
-_FACTORIES = {
-    "relu": lambda a: nn.ReLU(), "leaky_relu": lambda a: nn.LeakyReLU(a if a is not None else 0.01),
-    "elu": lambda a: nn.ELU(), "selu": lambda a: nn.SELU(), "gelu": lambda a: nn.GELU(),
-    "swish": lambda a: nn.SiLU(), "tanh": lambda a: nn.Tanh(), "sigmoid": lambda a: nn.Sigmoid(),
-    "hard_tanh": lambda a: nn.Hardtanh(), "softplus": lambda a: nn.Softplus(),
-}
+
+def _build(act: _Act) -> nn.Module:
+    """A new module for ``act`` (a name of :func:`gradhealth._vocab.builder_classes`), with the
+    default arguments of its class; leaky_relu takes its slope (0.01 when none is given)."""
+    cls = _vocab.builder_classes()[act.name]
+    if act.name == "leaky_relu":
+        return cls(act.alpha if act.alpha is not None else 0.01)
+    return cls()
 
 
 def replace_activation_(model: nn.Module, old: str, new: str) -> dict[str, str]:
@@ -51,8 +54,9 @@ def replace_activation_(model: nn.Module, old: str, new: str) -> dict[str, str]:
         raise ParameterError("model", owner, "a torch.nn.Module", type(model).__name__, "pass the model itself.")
     a_old = _parse_act(old, "old", owner)
     a_new = _parse_act(new, "new", owner)
-    if a_new.name not in _FACTORIES:
-        raise ParameterError("new", owner, "one of " + ", ".join(sorted(_FACTORIES)), new,
+    builders = _vocab.builder_classes()
+    if a_new.name not in builders:
+        raise ParameterError("new", owner, "one of " + ", ".join(sorted(builders)), new,
                              "pass e.g. new='relu'.")
     # remove_duplicate=False: one activation instance reused at several places is replaced
     # at every place, not only the first
@@ -67,7 +71,7 @@ def replace_activation_(model: nn.Module, old: str, new: str) -> dict[str, str]:
     for name, mod in hits:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        repl = _FACTORIES[a_new.name](a_new.alpha)
+        repl = _build(a_new)
         setattr(parent, attr, repl)
         out[name] = f"{type(mod).__name__} -> {type(repl).__name__}"
     return out
