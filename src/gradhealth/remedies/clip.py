@@ -45,6 +45,7 @@ from torch import nn
 
 from .._checks import check_int, check_real
 from ..errors import NonFiniteError, ParameterError
+from ..stats.tensors import dense_values
 
 __all__ = ["clip_by_value_", "clip_grad_norm_", "clip_by_layer_norm_", "agc_", "AutoClip"]
 
@@ -67,17 +68,18 @@ def _params_list(parameters: Params, owner: str) -> list[torch.Tensor]:
 
 
 def _dense_grad(p: torch.Tensor) -> torch.Tensor | None:
-    """The gradient as a tensor that can be scaled in place (sparse: its coalesced values)."""
+    """The gradient as a tensor that can be scaled in place (sparse: its coalesced values).
+
+    An uncoalesced sparse COO gradient is coalesced and stored back in ``p.grad`` first (its
+    duplicates would be counted apart in the norm), so that the values returned by
+    :func:`~gradhealth.stats.tensors.dense_values` are ``p.grad``'s own storage.
+    """
     g = p.grad
     if g is None:
         return None
-    if g.layout == torch.sparse_coo:
-        if not g.is_coalesced():  # duplicates would be counted apart in the norm
-            p.grad = g = g.coalesce()
-        return g._values()
-    if g.layout != torch.strided:
-        return g.values()
-    return g
+    if g.layout == torch.sparse_coo and not g.is_coalesced():
+        p.grad = g = g.coalesce()
+    return dense_values(g)
 
 
 def _check_positive(value, name: str, owner: str) -> float:
