@@ -13,8 +13,16 @@ See :func:`probe` for what is measured, and ``docs/probe.md`` for the thresholds
 from ._analysis import DEFAULT_THRESHOLDS, Thresholds
 from .core import probe
 from .jacobian import jacobian_spectrum
-from .result import (VERDICT_ORDER, JacobianSpectrum, LayerReport, MeanFieldCheck, ProbeResult,
-                     ResidualBlock, ResidualSummary, TimeSeries)
+from .result import (
+    VERDICT_ORDER,
+    JacobianSpectrum,
+    LayerReport,
+    MeanFieldCheck,
+    ProbeResult,
+    ResidualBlock,
+    ResidualSummary,
+    TimeSeries,
+)
 
 __all__ = [
     "probe",

@@ -15,8 +15,7 @@ import torch.nn as nn
 
 from . import _analysis as A
 from .recurrent import spectral_radius
-from .result import (VERDICT_ORDER, LayerReport, MeanFieldCheck, ProbeResult, ResidualBlock,
-                     ResidualSummary, TimeSeries)
+from .result import VERDICT_ORDER, LayerReport, MeanFieldCheck, ProbeResult, ResidualBlock, ResidualSummary, TimeSeries
 
 _SEVERITY_ORDER = ("critical", "error", "warning", "info")
 
