@@ -1,8 +1,9 @@
 """Device-side reductions: pure functions of tensors, shared by the probe and the watcher.
 
-Every function here takes tensors and returns tensors **on the device of its input**, and
+Every reduction here takes tensors and returns tensors **on the device of its input**, and
 never reads a value back to the host (no ``.item()``, ``.tolist()``, ``bool(tensor)`` or
-data-dependent Python branching). A caller transfers the results once, when it wants to look.
+data-dependent Python branching). A caller transfers the results once, when it wants to look:
+:func:`to_host` is that transfer (one device-to-host copy per device).
 
 =============================== ============================================================
 function                        returns
@@ -13,11 +14,14 @@ function                        returns
 :func:`segment_norms`           per-group norms from per-tensor norms (layers from tensors)
 :func:`activation_stats`        dict of 0-dim tensors: mean, std, zero / dead / saturated
                                 fractions and non-finite count of one activation tensor
+:func:`to_host`                 list of 1-D float32 NumPy arrays, one per tensor, read back
+                                with one device-to-host copy per device
 =============================== ============================================================
 """
 
 from .activations import ACTIVATION_FAMILIES, STAT_KEYS, activation_family, activation_stats
 from .tensors import grad_norms, nonfinite_counts, segment_norms, tensor_norms
+from .transfer import to_host
 
 __all__ = [
     "tensor_norms",
@@ -28,4 +32,5 @@ __all__ = [
     "activation_family",
     "ACTIVATION_FAMILIES",
     "STAT_KEYS",
+    "to_host",
 ]
