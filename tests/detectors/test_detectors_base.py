@@ -126,3 +126,32 @@ def test_chain_concatenates_events_in_order():
     events = D.run_detectors(det, seq)
     assert [e.kind for e in events] == ["exploding"]
     assert events[0].step == 0
+
+
+def test_one_raising_detector_never_silences_the_others():
+    # oracle: the nonfinite detector run alone over the same steps
+    t = LayerTable(("a", "b"), ("Linear",) * 2, ("weight",) * 2)
+    calls = {"n": 0}
+
+    def flaky_update(stats, state):
+        calls["n"] += 1
+        if stats.step in (1, 2):
+            raise ValueError("broken \x1b[2J detector")
+        return [], state + 1
+
+    flaky = D.Detector(lambda: 0, flaky_update, "flaky")
+    steps = [StepStats.empty(s, t, grad_norm=np.array([1.0, math.nan if s == 2 else 1.0]),
+                             nonfinite_grad=np.array([0, 1 if s == 2 else 0]), global_grad_norm=1.0)
+             for s in range(5)]
+    alone = D.run_detectors(D.nonfinite(), steps)
+    both = D.run_detectors(D.chain(flaky, D.nonfinite()), steps)
+    internal = [e for e in both if e.kind == "internal"]
+    assert [e for e in both if e.kind != "internal"] == alone and alone   # the NaN event survives
+    assert len(internal) == 1 and internal[0].step == 1                   # said once per failure run
+    assert internal[0].evidence["detector"] == "flaky" and "\x1b" not in internal[0].message
+    assert calls["n"] == 5   # it is tried again, and recovers at step 3
+    # the state before the failure is kept: the flaky detector counted steps 0, 3, 4
+    state = D.chain(flaky, D.nonfinite()).init()
+    for s in steps:
+        _, state = D.chain(flaky, D.nonfinite()).update(s, state)
+    assert state[0] == 3

@@ -190,10 +190,20 @@ class Detector(NamedTuple):
     name: str = "detector"
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """The state of a chained detector whose last update raised: its state before that."""
+
+    state: Any
+
+
 def chain(*detectors: Detector, name: str = "chain") -> Detector:
     """Compose detectors into one; events come out in the order of ``detectors``.
 
-    The composite state is a tuple of the member states (like ``optax.chain``).
+    The composite state is a tuple of the member states (like ``optax.chain``). Members are
+    isolated: one that raises keeps its previous state, the others run as usual, and the
+    chain emits one ``internal`` event when a member starts failing (not on every step); a
+    member that works again simply carries on.
     """
     dets = tuple(detectors)
 
@@ -202,9 +212,22 @@ def chain(*detectors: Detector, name: str = "chain") -> Detector:
 
     def update(stats: StepStats, state):
         events: list[Event] = []
-        new = []
+        new: list[Any] = []
         for d, s in zip(dets, state):
-            ev, s2 = d.update(stats, s)
+            prev = s.state if isinstance(s, _Failed) else s
+            try:
+                ev, s2 = d.update(stats, prev)
+            except Exception as exc:
+                if not isinstance(s, _Failed):
+                    events.append(Event(
+                        step=stats.step, kind="internal", layer=None, severity="warning",
+                        message=(f"gradhealth's detector {safe_text(d.name)!r} failed at step {stats.step} "
+                                 f"({type(exc).__name__}: {safe_text(exc)}); the other detectors go on, "
+                                 "but its events are missing while it fails."),
+                        evidence={"site": "detector", "detector": d.name,
+                                  "error": f"{type(exc).__name__}: {exc}"[:500]}))
+                new.append(_Failed(prev))
+                continue
             events.extend(ev)
             new.append(s2)
         return events, tuple(new)

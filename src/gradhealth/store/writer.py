@@ -47,6 +47,10 @@ _STEP_NAMES = frozenset(c for c, _ in STEP_COLUMNS)
 _LAYER_STAT_NAMES = frozenset(c for c, _ in LAYER_STAT_COLUMNS)
 
 
+#: How long a locked database is retried (seconds) before the store stops writing.
+LOCK_RETRY_S = 120.0
+
+
 class StoreWarning(UserWarning):
     """The run store could not write; training goes on and events are kept in memory."""
 
@@ -93,6 +97,9 @@ class RunStore:
         ...     store.append_steps([{"step": 0, "loss": 2.3, "global_grad_norm": 1.1}])
     """
 
+    #: How long one write waits for another process's lock (SQLite busy_timeout).
+    BUSY_TIMEOUT_MS = 5000
+
     def __init__(self, run_dir: str | os.PathLike, *, flush_every: float = 0.5, mode: str = "w"):
         self.flush_every = check_real(flush_every, "flush_every", _OWNER, low=0.0,
                                       fix="pass flush_every=0.5 (seconds between commits).")
@@ -114,6 +121,7 @@ class RunStore:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._sql_cache: dict[tuple, str] = {}
+        self._locked_since: float | None = None
         try:
             conn = self._open()
         except (OSError, sqlite3.Error, StoreError) as exc:
@@ -167,9 +175,21 @@ class RunStore:
             return False
         done = threading.Event()
         self._q.put(("flush", done))
-        ok = done.wait(timeout)
+        ok = self._wait(done, timeout)
         self._emit_notes()
         return ok and self.error is None
+
+    def _wait(self, done: threading.Event, timeout: float) -> bool:
+        """Wait for the writer to set ``done``, but not for a thread that died meanwhile."""
+        deadline = time.monotonic() + timeout
+        while not done.wait(min(0.05, max(deadline - time.monotonic(), 0.0))):
+            if self._thread is None or not self._thread.is_alive():
+                if self.error is None:
+                    self._fail(RuntimeError("the background writer thread died"), during="writing")
+                return False
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def close(self, timeout: float = 30.0) -> None:
         """Commit, record ``closed_at`` in the metadata, and stop the writer. Idempotent."""
@@ -181,7 +201,7 @@ class RunStore:
             done = threading.Event()
             self._q.put(("close", done))
             self._closed = True
-            done.wait(timeout)
+            self._wait(done, timeout)
             self._thread.join(timeout=1.0)
         self._closed = True
         _OPEN_STORES.discard(self)
@@ -202,6 +222,8 @@ class RunStore:
     def _put(self, op: str, payload: Any) -> None:
         if self._notes:
             self._emit_notes()
+        if self._thread is not None and not self._closed and self.error is None and not self._thread.is_alive():
+            self._fail(RuntimeError("the background writer thread died"), during="writing")
         if self.error is not None or self._closed or self._thread is None:
             if self._closed and self.error is None:
                 self._note("closed", f"gradhealth run store {self.run_dir}: written to after "
@@ -252,7 +274,7 @@ class RunStore:
                     p.unlink()
         conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
-            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.BUSY_TIMEOUT_MS)}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema version {version}, newer than this "
@@ -280,6 +302,29 @@ class RunStore:
         return conn
 
     def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._loop(conn)
+        except BaseException as exc:  # the writer must never die silently
+            self._fail(exc, during="writing")
+            self._drain()
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _drain(self) -> None:
+        """After a failure: keep what is queued in memory and release every waiter."""
+        while True:
+            try:
+                op, payload = self._q.get_nowait()
+            except queue.Empty:
+                return
+            if op in ("flush", "close"):
+                payload.set()
+            else:
+                self._keep_in_memory(op, payload)
+
+    def _loop(self, conn: sqlite3.Connection) -> None:
         batch: list[tuple[str, Any]] = []
         last_commit = time.monotonic()
         stop = False
@@ -303,8 +348,8 @@ class RunStore:
                 except queue.Empty:
                     item = None
             if batch and (waiters or time.monotonic() - last_commit >= self.flush_every):
-                self._commit(conn, batch)
-                batch = []
+                if self._commit(conn, batch, final=stop or any(op == "close" for op, _ in waiters)):
+                    batch = []
                 last_commit = time.monotonic()
             for op, done in waiters:
                 if op == "close":
@@ -315,17 +360,33 @@ class RunStore:
                         pass
                 done.set()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[str, Any]]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[str, Any]], final: bool = False) -> bool:
+        """Write ``batch`` in one transaction. Returns False when the batch is kept for a
+        retry: the database was locked by another process (each try waits ``busy_timeout``,
+        5 s), which is transient; after :data:`LOCK_RETRY_S` of locks, or on any other
+        error (disk full, I/O error, file removed), the store stops writing and says so."""
         if self.error is None:
             try:
                 with _transaction(conn):
                     for op, payload in batch:
                         getattr(self, f"_write_{op}")(conn, payload)
-                return
+                self._locked_since = None
+                return True
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    now = time.monotonic()
+                    first = self._locked_since or now
+                    self._locked_since = first
+                    if not final and now - first < LOCK_RETRY_S:
+                        self._note("locked", f"gradhealth run store {self.path}: the database is locked by "
+                                   "another process; rows are kept and written when it is released.")
+                        return False
+                self._fail(exc, during="writing")
             except Exception as exc:  # disk full, I/O error, file removed, ...: never raise
                 self._fail(exc, during="writing")
         for op, payload in batch:
             self._keep_in_memory(op, payload)
+        return True
 
     def _write_meta(self, conn: sqlite3.Connection, meta: dict) -> None:
         rows = []

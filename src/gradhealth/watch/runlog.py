@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..detectors.base import StepStats, safe_text
+from ..errors import ParameterError
 from ..events import Event
 from ._advice import with_remedy
 from ._assemble import Measured, store_rows
@@ -54,8 +55,14 @@ class RunLog:
         """Open ``run_dir/run.sqlite`` and write the run's metadata."""
         from ..store import RunStore
 
-        self.store = RunStore(run_dir)
-        self.store.write_meta(meta)
+        try:
+            self.store = RunStore(run_dir)
+            self.store.write_meta(meta)
+        except ParameterError:     # a bad run_dir is the caller's error: say so
+            raise
+        except Exception as exc:   # a store that cannot start must not stop watch()
+            self.internal("store", exc)
+        self._check_store()
 
     def write_layers(self, rows: list[dict]) -> None:
         if self.store is not None:
@@ -77,6 +84,7 @@ class RunLog:
             self.store.close()
         except Exception as exc:  # pragma: no cover - the store never raises by contract
             self.internal("store", exc)
+        self._check_store()
 
     # ------------------------------------------------------------------ events
 
@@ -119,6 +127,11 @@ class RunLog:
     def summary(self, steps: int, skipped: int) -> str:
         """A few plain-text lines: steps, skipped steps, the first 20 events (names escaped)."""
         lines = [f"{steps} steps watched, {skipped} skipped, {len(self.events)} events"]
+        self._check_store()
+        rows, events = self.lost()
+        if rows or events:
+            lines.append(f"  run store: {rows} step/layer rows and {events} events could not be written "
+                         "(events are kept in watcher.events)")
         for e in self.events[:20]:
             where = f" [{safe_text(e.layer)}]" if e.layer else ""
             lines.append(f"  step {e.step}: {e.kind}{where}: {e.message}")
@@ -145,3 +158,22 @@ class RunLog:
                     self.store.append_layer_stats(rows)
             except Exception as exc:  # pragma: no cover - never raises by contract
                 self.internal("store", exc)
+            self._check_store()
+
+    def _check_store(self) -> None:
+        """The store stopped writing (dead writer, disk full, lock held too long): one
+        ``internal`` event; the events stay in memory, the lost rows are counted."""
+        st = self.store
+        if st is None or getattr(st, "error", None) is None or "store stopped" in self._sites:
+            return
+        self._sites["store stopped"] = 1
+        self.emit([Event(step=self._clock(), kind="internal", layer=None, severity="warning",
+                         message=f"The run store stopped writing: {safe_text(st.error)}",
+                         evidence={"site": "store", "error": str(st.error)[:500]})])
+
+    def lost(self) -> tuple[int, int]:
+        """``(step and layer rows, events)`` the store could not write."""
+        st = self.store
+        if st is None:
+            return 0, 0
+        return int(getattr(st, "dropped_rows", 0)), len(getattr(st, "pending_events", ()))
