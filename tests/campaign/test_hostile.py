@@ -116,7 +116,7 @@ CRAFTED = {
 }
 
 
-_CRAFTED_XFAIL = {"deep_evidence"}
+_CRAFTED_XFAIL: set[str] = set()
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=_XFAIL) if c in _CRAFTED_XFAIL else c

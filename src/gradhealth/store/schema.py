@@ -164,15 +164,39 @@ def dumps_evidence(evidence: Any) -> str:
 _NONFINITE_STRINGS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
+#: Evidence written by gradhealth is a few levels deep and at most a few kB; a store that holds
+#: more was not written by it, and is shown as unparsed text instead of crashing a reader.
+MAX_EVIDENCE_CHARS = 1_000_000
+MAX_EVIDENCE_DEPTH = 32
+
+
+def _depth_exceeds(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` nests lists/dicts deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(obj, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (list, dict)):
+            if d >= limit:
+                return True
+            stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return False
+
+
 def loads_evidence(text: str | None) -> dict:
     """Inverse of :func:`dumps_evidence`: the strings ``"nan"``, ``"inf"``, ``"-inf"``
     become floats again (evidence is numbers by contract)."""
     if not text:
         return {}
+    if not isinstance(text, str):
+        return {"unparsed": repr(text)[:200]}
+    if len(text) > MAX_EVIDENCE_CHARS:
+        return {"unparsed": text[:200] + "...", "truncated_chars": len(text)}
     try:
         obj = json.loads(text)
-    except ValueError:
-        return {"unparsed": text}
+    except (ValueError, RecursionError):   # not JSON, or nested deeper than the parser goes
+        return {"unparsed": text[:200] + ("..." if len(text) > 200 else "")}
+    if _depth_exceeds(obj, MAX_EVIDENCE_DEPTH):
+        return {"unparsed": text[:200] + ("..." if len(text) > 200 else ""), "too_deep": True}
 
     def back(x):
         if isinstance(x, str):
