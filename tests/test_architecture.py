@@ -56,13 +56,6 @@ ALLOWED_SIZE: dict[tuple[str, str], str] = {
     ("function-params", "probe/core.py:probe"):
         "PERMANENT: probe()'s documented keyword options, public API.",
     # TEMPORARY during the issue-8 split of probe/ and watch/ (their owners delete these lines)
-    ("module-lines", "probe/core.py"): "TEMPORARY: probe/ is being split (827 lines).",
-    ("function-lines", "probe/core.py:probe"): "TEMPORARY: probe/ is being split.",
-    ("function-lines", "probe/core.py:_run"): "TEMPORARY: probe/ is being split.",
-    ("function-params", "probe/core.py:_run"): "TEMPORARY: probe/ is being split.",
-    ("function-params", "probe/core.py:_jacobian"): "TEMPORARY: probe/ is being split.",
-    ("function-params", "probe/core.py:_jacobian_at"): "TEMPORARY: probe/ is being split.",
-    ("function-lines", "probe/recurrent.py:replay"): "TEMPORARY: probe/ is being split (ruff too).",
     ("function-lines", "watch/replay.py:_replay_one"): "TEMPORARY: watch/ is being split (ruff too).",
 }
 
@@ -71,9 +64,6 @@ ALLOWED_WATCHER_INIT: str | None = None
 
 #: Modules (relative to src/gradhealth) that may name Hardtanh besides _vocab.py.
 ALLOWED_HARDTANH: dict[str, str] = {
-    "remedies/_plan.py": "TEMPORARY: the planner's module table moves to gradhealth._vocab (in progress).",
-    "remedies/arch.py": "TEMPORARY: replace_activation_'s builders move to _vocab.builder_classes (in progress).",
-    "watch/hooks.py": "TEMPORARY: watch's activation table moves to gradhealth._vocab (in progress).",
 }
 HARDTANH_HOME = "_vocab.py"
 

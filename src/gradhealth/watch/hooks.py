@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._vocab import layer_role, module_activation
 from ..detectors.base import LayerTable
 
 __all__ = ["HookSet", "LayerMap", "discover_layers", "activation_info", "act_stats", "unit_dim"]
@@ -102,46 +103,17 @@ class HookSet:
 
 
 # ---------------------------------------------------------------------------------------------
-# activation modules: (name, family)
+# activation modules and layer roles: gradhealth._vocab (one table for watch, probe and remedies)
 
 def activation_info(mod: nn.Module) -> tuple[str, str] | None:
-    """``(activation name, family)`` for a known activation module, else None."""
-    table = [
-        (nn.ReLU6, "relu6", "relu"), (nn.ReLU, "relu", "relu"),
-        (nn.LeakyReLU, "leaky_relu", "smooth"), (nn.PReLU, "prelu", "smooth"),
-        (nn.ELU, "elu", "smooth"), (nn.SELU, "selu", "smooth"), (nn.CELU, "celu", "smooth"),
-        (nn.GELU, "gelu", "smooth"), (nn.SiLU, "swish", "smooth"), (nn.Mish, "mish", "smooth"),
-        (nn.Softplus, "softplus", "smooth"), (nn.Tanh, "tanh", "saturating"),
-        (nn.Sigmoid, "sigmoid", "saturating"), (nn.Hardtanh, "hardtanh", "saturating"),
-        (nn.Hardsigmoid, "hardsigmoid", "saturating"), (nn.Softsign, "softsign", "saturating"),
-    ]
-    for cls, name, fam in table:
-        if isinstance(mod, cls):
-            return name, fam
-    return None
-
-
-_WEIGHT = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.MultiheadAttention)
-_RECURRENT = (nn.RNNBase, nn.RNNCellBase)
-_NORM = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-_EMBED = (nn.Embedding, nn.EmbeddingBag)
+    """``(activation name in the watcher's spelling, family)`` for a known activation module,
+    else None (the table is :data:`gradhealth._vocab.MODULES`)."""
+    act = module_activation(mod)
+    return None if act is None else (act.watch_name, act.family)
 
 
 def _role(mod: nn.Module, direct: list[nn.Parameter]) -> str:
-    if isinstance(mod, _RECURRENT):
-        return "recurrent"
-    if isinstance(mod, _WEIGHT):
-        return "weight"
-    if isinstance(mod, _NORM) or type(mod).__name__.endswith("Norm"):
-        return "norm"
-    if isinstance(mod, _EMBED):
-        return "embedding"
-    if activation_info(mod) is not None:
-        return "activation"
-    # a custom layer that owns a matrix is a weight layer (e.g. a hand-written Linear)
-    if any(p.dim() >= 2 for p in direct):
-        return "weight"
-    return "other"
+    return layer_role(mod, direct)
 
 
 @dataclass

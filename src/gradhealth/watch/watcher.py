@@ -32,7 +32,6 @@ guard or the scaler skipped still counts, so step numbers follow the training lo
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections import deque
 from collections.abc import Iterable
 from os import PathLike
@@ -43,8 +42,9 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ..detectors.base import Detector, LayerTable, StepStats
-from ..errors import ModelError, NonFiniteError, ParameterError
+from ..errors import NonFiniteError, ParameterError
 from ..events import Event
+from . import _registry
 from ._assemble import forward_depth, model_info, run_meta, step_stats
 from ._optimizers import Optimizers, learning_rate, structure_event
 from ._readback import ReadbackQueue
@@ -69,8 +69,6 @@ __all__ = ["Watcher", "watch", "WatchWarning", "default_detail_schedule"]
 
 _OWNER = "gradhealth.watch"
 
-# Active watchers (weak): a second watcher on the same parameters is an error.
-_ACTIVE: list[weakref.ref] = []
 
 
 class Watcher:
@@ -109,7 +107,7 @@ class Watcher:
         self._active = False
         self._map: LayerMap = discover_layers(model)
         self._names = {id(m): n for n, m in model.named_modules()}
-        self._check_overlap()
+        _registry.check_overlap(self)
         for o in opts:
             self._check_owned(o)
 
@@ -239,8 +237,7 @@ class Watcher:
         self._hooks.remove()
         self._policy.remove()
         self._it = Iteration()
-        global _ACTIVE
-        _ACTIVE = [r for r in _ACTIVE if r() is not None and r() is not self]
+        _registry.unregister(self)
         self._log.close({"steps": self.step, "skipped_steps": self._skipped_total, "n_events": len(self.events)})
 
     def summary(self) -> str:
@@ -252,21 +249,6 @@ class Watcher:
     def _live(self) -> bool:
         """Whether hooks should act: attached, and not inside a forensic replay."""
         return self._active and not self._policy.replaying
-
-    def _check_overlap(self) -> None:
-        mine = {id(p) for p in self._map.params}
-        for ref in list(_ACTIVE):
-            other = ref()
-            if other is None or not other._active:
-                continue
-            theirs = {id(p) for p in other._map.params}
-            if other.model is self.model or (mine & theirs):
-                what = "this model" if other.model is self.model else "parameters of this model"
-                raise ModelError(
-                    f"gradhealth.watch: {what} is already watched by another active Watcher "
-                    f"({type(other.model).__name__}, step {other.step}). Two watchers on the same "
-                    "parameters would double every hook and disagree about steps. Fix: leave the first "
-                    "`with gradhealth.watch(...)` block (or call watcher.remove()) before watching again.")
 
     def _check_owned(self, opt) -> None:
         if not Optimizers.owns(opt, self._map.param_pos):
@@ -281,7 +263,7 @@ class Watcher:
 
     def _attach(self, opts: list) -> None:
         self._active = True
-        _ACTIVE.append(weakref.ref(self))
+        _registry.register(self)
         m = self.model
         # weak and copy-inert: deepcopy(model) / torch.save(model) must not copy the Watcher
         self._hooks.add(m.register_forward_pre_hook(WeakMethodHook(self, "_on_root_pre"), with_kwargs=True))
