@@ -83,7 +83,8 @@ def test_dict_inputs_integer_ids_and_dict_outputs():
     model = TinyLM()
     ids = torch.randint(0, 50, (4, 10))
     mask = torch.ones(4, 10, dtype=torch.long)
-    r = probe(model, {"input_ids": ids, "attention_mask": mask}, loss_fn=lambda out, tgt: out["logits"].logsumexp(-1).mean())
+    r = probe(model, {"input_ids": ids, "attention_mask": mask},
+              loss_fn=lambda out, tgt: out["logits"].logsumexp(-1).mean())
     assert r.loss["kind"] == "user"
     assert r.layers[0].name == "emb"
     assert r.jacobian is not None and r.jacobian.wrt.startswith("output of emb")

@@ -3,7 +3,7 @@ with the right verdict at the right layer (widths 32-64 keep this fast)."""
 
 import pytest
 import torch
-from probenets import RNNNet, ResMLP, cnn, deep_linear, mlp
+from probenets import ResMLP, RNNNet, cnn, deep_linear, mlp
 from torch import nn
 
 from gradhealth.probe import probe

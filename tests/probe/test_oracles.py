@@ -21,7 +21,8 @@ def test_loss_gradients_match_a_slow_per_layer_loop():
     net = mlp(5, 12, nn.Tanh, din=6, dout=3)
     x, y = torch.randn(10, 6), torch.randn(10, 3)
     r = probe(net, x, y, loss_fn=nn.functional.mse_loss, jacobian=False)
-    assert r.loss["kind"] == "user" and r.loss["value"] == pytest.approx(float(nn.functional.mse_loss(net(x), y).detach()))
+    assert r.loss["kind"] == "user"
+    assert r.loss["value"] == pytest.approx(float(nn.functional.mse_loss(net(x), y).detach()))
     ref = copy.deepcopy(net)
     nn.functional.mse_loss(ref(x), y).backward()
     linears = [k for k, m in enumerate(ref) if isinstance(m, nn.Linear)]
@@ -29,7 +30,8 @@ def test_loss_gradients_match_a_slow_per_layer_loop():
         lr = r.layer(str(k))
         want = math.sqrt(sum(float(p.grad.square().sum()) for p in ref[k].parameters()))
         assert lr.grad_norm == pytest.approx(want, rel=1e-5)
-        assert lr.weight_norm == pytest.approx(math.sqrt(sum(float(p.detach().square().sum()) for p in ref[k].parameters())), rel=1e-6)
+        wn = math.sqrt(sum(float(p.detach().square().sum()) for p in ref[k].parameters()))
+        assert lr.weight_norm == pytest.approx(wn, rel=1e-6)
         # dL/d(output of layer k), one layer at a time
         h = x
         for j in range(k + 1):
@@ -51,7 +53,7 @@ def test_gains_and_gsc_match_full_jacobians():
         if not isinstance(m, nn.Linear):
             continue
         f_k = net[:k + 1](x).detach()
-        J = _jac(lambda h: net[k + 1:](h), f_k)
+        J = _jac(lambda h, k=k: net[k + 1:](h), f_k)
         gain = math.sqrt(float(J.square().sum()) / f_out.numel())
         gsc = math.sqrt(float(J.square().sum()) / f_k.numel()) * float(f_k.norm()) / float(f_out.norm())
         lr = r.layer(str(k))

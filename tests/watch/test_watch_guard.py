@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 from torch import nn
-from watchnets import InfAfter
 
-from gradhealth.watch import WatchWarning, never, watch
 from gradhealth.errors import NonFiniteError
+from gradhealth.watch import WatchWarning, never, watch
 from gradhealth.watch.replay import ReplayReport
+
+from watchnets import InfAfter
 
 
 def make():
@@ -86,7 +87,7 @@ def test_raise_carries_the_diagnosis_and_leaves_parameters_untouched():
     model = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with watch(model, opt, on_nonfinite="raise") as w:
-        for i, (x, y) in enumerate(batches(3)):
+        for x, y in batches(3):
             step(model, opt, x, y, w)
         model[2].armed = True
         before = [p.detach().clone() for p in model.parameters()]

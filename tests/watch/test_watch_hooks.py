@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.optim import optimizer as optim_mod
 
-from gradhealth.watch import (WatchWarning, default_detail_schedule, every, log_spaced, never, steps, watch)
 from gradhealth.errors import ModelError, ParameterError
+from gradhealth.watch import WatchWarning, default_detail_schedule, every, log_spaced, never, steps, watch
 from gradhealth.watch.instruments import Instruments
 
 

@@ -5,9 +5,10 @@ import warnings
 
 import torch
 from torch import nn
-from watchnets import InfAfter
 
 from gradhealth.watch import WatchWarning, watch
+
+from watchnets import InfAfter
 
 
 class NanGradFn(torch.autograd.Function):

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from watchnets import (VanillaRNN, InfAfter, data, digits, gaussian_init, he_init, identity_init,
-                       kinds, mlp, train)
 
-import gradhealth.detectors as D
+from watchnets import InfAfter, VanillaRNN, data, digits, gaussian_init, he_init, identity_init, kinds, mlp, train
 
 
 def test_deep_tanh_sigma_w2_4_explodes():

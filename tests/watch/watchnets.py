@@ -89,9 +89,11 @@ def digits():
     return torch.tensor(x, dtype=torch.float32), torch.tensor(np.asarray(y), dtype=torch.long)
 
 
-def train(model, steps=20, *, lr=1e-2, opt=None, x=None, y=None, batch=64, clip=None,
+def train(model, steps=20, *, lr=1e-2, opt=None, x=None, y=None, batch=64, clip=None,  # noqa: PLR0913
           before_step=None, seed=2, observe=True, **watch_kw):
-    """Train ``model`` under watch for ``steps`` SGD steps; returns the watcher."""
+    """Train ``model`` under watch for ``steps`` SGD steps; returns the watcher.
+
+    (A test helper: every knob is a keyword the calling test names.)"""
     if x is None:
         x, y = data(din=model[0].in_features if isinstance(model, nn.Sequential) else 16)
     opt = opt or torch.optim.SGD(model.parameters(), lr=lr)
