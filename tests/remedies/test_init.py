@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradhealth.errors import ParameterError
-from gradhealth.remedies import (critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, xavier_,
-                                 zero_init_residual_)
+from gradhealth.remedies import critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, xavier_, zero_init_residual_
 from gradhealth.remedies.init import activation_gain, weight_layers
 
 

@@ -11,8 +11,15 @@ import pytest
 import torch
 
 from gradhealth.errors import ParameterError
-from gradhealth.stats import (STAT_KEYS, activation_family, activation_stats, grad_norms,
-                              nonfinite_counts, segment_norms, tensor_norms)
+from gradhealth.stats import (
+    STAT_KEYS,
+    activation_family,
+    activation_stats,
+    grad_norms,
+    nonfinite_counts,
+    segment_norms,
+    tensor_norms,
+)
 
 
 def test_tensor_norms_match_torch_per_tensor():
