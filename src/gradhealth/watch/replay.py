@@ -265,185 +265,217 @@ def _replay_one(model: torch.nn.Module, cap: Capture, step: int, names: dict[int
                             f"the input batch of step {step} already contains non-finite values "
                             f"({st.get('nan', 0)} NaN, {st.get('inf', 0)} Inf); the model is not to blame",
                             st)
-
     # 2) forward with per-module checks
-    stack: list[torch.nn.Module] = []
-    found: dict[str, Any] = {}
-    produced: dict[int, torch.nn.Module] = {}    # id(tensor) -> module that produced it
-    consumers: dict[int, list] = {}              # id(tensor) -> modules that took it as input
-    tensors_keep: dict[int, torch.Tensor] = {}   # keep ids stable while we use them
-    enclosing: dict[int, torch.nn.Module | None] = {}   # id(module) -> the module whose forward called it
-    handles = []
-
-    def pre(mod, args, kwargs):
-        enclosing.setdefault(id(mod), stack[-1] if stack else None)
-        stack.append(mod)
-        for t in _float_tensors((args, kwargs)):
-            consumers.setdefault(id(t), []).append(mod)
-            tensors_keep[id(t)] = t
-        return None
-
-    def post(mod, args, kwargs, out):
-        if stack and stack[-1] is mod:
-            stack.pop()
-        outs = _float_tensors(out)
-        for t in outs:
-            produced.setdefault(id(t), mod)
-            tensors_keep[id(t)] = t
-        if found or _all_finite(outs):
-            return None
-        name = _name(names, mod)
-        inputs_finite = _all_finite(_float_tensors((args, kwargs)))
-        pstats = _module_param_stats(mod)
-        st = {"input": tensor_summary((args, kwargs)), "output": tensor_summary(out)}
-        if pstats:
-            st["params"] = pstats
-        if inputs_finite:
-            if pstats and (pstats.get("nan", 0) or pstats.get("inf", 0)):
-                cause = "nonfinite_params"
-                summary = (f"the parameters of {_label(name)} ({type(mod).__name__}) are already "
-                           f"non-finite ({pstats['nan']} NaN, {pstats['inf']} Inf), left by an earlier "
-                           "update; its forward output is non-finite")
-            else:
-                cause = "op_output"
-                mi = st["input"].get("max_abs_finite", math.nan)
-                summary = (f"{_label(name)} ({type(mod).__name__}) produced the first non-finite forward "
-                           f"output ({st['output'].get('nan', 0)} NaN, {st['output'].get('inf', 0)} Inf) "
-                           f"from finite inputs (max |input| = {_fmt(mi)})")
-            found.update(module=name, module_type=type(mod).__name__, cause=cause, summary=summary,
-                         stats=st, direction="forward")
-        else:
-            parent = stack[-1] if stack else None
-            pname = _name(names, parent) if parent is not None else None
-            found.update(module=pname if pname is not None else name,
-                         module_type=type(parent).__name__ if parent is not None else type(mod).__name__,
-                         cause="functional_code", direction="forward", stats=st,
-                         summary=(f"the inputs of {_label(name)} were already non-finite: the first "
-                                  "non-finite value came from functional code (an operation that is not "
-                                  f"a module) in the forward of {_label(pname) if pname is not None else 'the caller'}"
-                                  f", before it called {_label(name)}"))
-        raise _Found()
-
-    for mod in model.modules():
-        handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(mod.register_forward_hook(post, with_kwargs=True))
-    outputs = None
-    try:
-        with _as_captured(model, cap):
-            with torch.enable_grad():
-                try:
-                    outputs = model(*cap.args, **cap.kwargs)
-                except _Found:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
-    if found:
-        return ReplayReport(step, True, found["direction"], found["module"], found["module_type"],
-                            found["cause"], found["summary"], found["stats"])
-
+    tr = _Trace(names)
+    outputs = tr.forward(model, cap)
+    if tr.found:
+        f = tr.found
+        return ReplayReport(step, True, f["direction"], f["module"], f["module_type"], f["cause"], f["summary"],
+                            f["stats"])
     # 3) the loss's gradient w.r.t. the outputs
+    pairs, early = _output_gradients(outputs, cap, step)
+    if early is not None:
+        return early
+    # 4) backward with per-tensor checks, in the order autograd runs
+    b = tr.backward(model, pairs)
+    if b:
+        return ReplayReport(step, True, "backward", b["module"], b["module_type"], b["cause"], b["summary"],
+                            b["stats"])
+    return ReplayReport(step, False, "none", cause="not_reproduced",
+                        summary=("the replayed forward and backward passes are finite; the "
+                                 "non-finite values came from outside this forward/backward (gradient "
+                                 "accumulation, a custom hook, in-place gradient edits such as clipping), "
+                                 "or the computation is not deterministic"))
+
+
+def _output_gradients(outputs, cap: Capture, step: int) -> tuple[list, ReplayReport | None]:
+    """``(output, its gradient)`` pairs to back-propagate, or a report when the backward
+    cannot or need not be replayed (no kept gradient; the loss's gradient itself is bad)."""
     out_leaves = _tensors(outputs)
     if not cap.grad_outputs:
-        return ReplayReport(step, False, "none", cause="not_reproduced",
-                            summary=("the forward pass is finite and the gradient of the "
-                                     "loss w.r.t. the output was not kept, so the backward pass was not "
-                                     "replayed"))
+        return [], ReplayReport(step, False, "none", cause="not_reproduced",
+                                summary=("the forward pass is finite and the gradient of the "
+                                         "loss w.r.t. the output was not kept, so the backward pass was not "
+                                         "replayed"))
     pairs = [(out_leaves[i], g) for i, g in cap.grad_outputs
              if i < len(out_leaves) and out_leaves[i].requires_grad and g is not None]
     gouts = [g for _, g in pairs]
     if not _all_finite(gouts):
         st = {"output": tensor_summary([o for o, _ in pairs]), "grad_output": tensor_summary(gouts)}
-        return ReplayReport(step, True, "loss", None, None, "loss_gradient",
-                            f"the model's outputs are finite (max |output| = "
-                            f"{_fmt(st['output'].get('max_abs_finite', math.nan))}) but the gradient of the "
-                            "loss w.r.t. them is not: the loss function (outside the model) produced the "
-                            "first non-finite value", st)
+        return pairs, ReplayReport(step, True, "loss", None, None, "loss_gradient",
+                                   f"the model's outputs are finite (max |output| = "
+                                   f"{_fmt(st['output'].get('max_abs_finite', math.nan))}) but the gradient of "
+                                   "the loss w.r.t. them is not: the loss function (outside the model) produced "
+                                   "the first non-finite value", st)
     if not pairs:
-        return ReplayReport(step, False, "none", cause="not_reproduced",
-                            summary="the forward pass is finite and no output requires grad")
+        return pairs, ReplayReport(step, False, "none", cause="not_reproduced",
+                                   summary="the forward pass is finite and no output requires grad")
+    return pairs, None
 
-    # 4) backward with per-tensor checks, in the order autograd runs
-    bfound: dict[str, Any] = {}
-    bh = []
-    seen_ok_out: set[int] = set()
 
-    def make_tensor_hook(tid: int):
-        def hook(g):
-            if bfound or g is None:
-                return None
-            if _all_finite([g]):
-                seen_ok_out.add(tid)
-                return None
-            cons = consumers.get(tid, [])
-            prod = produced.get(tid)
-            # the consumer that ran last in the forward runs first in the backward
-            mods_ok = [m for m in cons]
-            culprit = mods_ok[-1] if mods_ok else None
-            st = {"grad": tensor_summary(g), "value": tensor_summary(tensors_keep.get(tid))}
-            if culprit is not None:
-                name = _name(names, culprit)
-                ps = _module_param_stats(culprit)
-                if ps:
-                    st["params"] = ps
-                bfound.update(module=name, module_type=type(culprit).__name__, cause="input_gradient",
-                              stats=st,
-                              summary=(f"the backward of {_label(name)} ({type(culprit).__name__}) produced "
-                                       "the first non-finite gradient (w.r.t. its input) from a finite "
-                                       "gradient at its output; its input max |x| = "
-                                       f"{_fmt(st['value'].get('max_abs_finite', math.nan))}"))
-            else:
-                # functional code that uses prod's output runs in the forward of the module that
-                # called prod (a container whose output is computed from its last child's): name it
-                pname = _name(names, prod) if prod is not None else None
-                host = enclosing.get(id(prod)) if prod is not None else None
-                hname = _name(names, host) if host is not None else pname
-                bfound.update(module=hname, module_type=type(host if host is not None else prod).__name__
-                              if prod is not None else None,
-                              cause="functional_code", stats=st,
-                              summary=("the gradient w.r.t. the output of "
-                                       f"{_label(pname) if pname is not None else 'a tensor'} became "
-                                       "non-finite in functional code (not a module) that uses that output"
-                                       + (f", in the forward of {_label(hname)}" if host is not None else "")))
-            raise _Found()
-        return hook
+class _Trace:
+    """What one replayed forward saw: which module produced and consumed each tensor, which
+    module called which, and the first non-finite value (forward, then backward)."""
 
-    def make_param_hook(mod, pname):
+    def __init__(self, names: dict[int, str]):
+        self.names = names
+        self.stack: list[torch.nn.Module] = []
+        self.found: dict[str, Any] = {}
+        self.produced: dict[int, torch.nn.Module] = {}    # id(tensor) -> module that produced it
+        self.consumers: dict[int, list] = {}              # id(tensor) -> modules that took it as input
+        self.keep: dict[int, torch.Tensor] = {}           # keep ids stable while we use them
+        self.enclosing: dict[int, torch.nn.Module | None] = {}   # id(module) -> the module that called it
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, model: torch.nn.Module, cap: Capture):
+        handles = []
+        for mod in model.modules():
+            handles.append(mod.register_forward_pre_hook(self._pre, with_kwargs=True))
+            handles.append(mod.register_forward_hook(self._post, with_kwargs=True))
+        outputs = None
+        try:
+            with _as_captured(model, cap):
+                with torch.enable_grad():
+                    try:
+                        outputs = model(*cap.args, **cap.kwargs)
+                    except _Found:
+                        pass
+        finally:
+            for h in handles:
+                h.remove()
+        return outputs
+
+    def _pre(self, mod, args, kwargs):
+        self.enclosing.setdefault(id(mod), self.stack[-1] if self.stack else None)
+        self.stack.append(mod)
+        for t in _float_tensors((args, kwargs)):
+            self.consumers.setdefault(id(t), []).append(mod)
+            self.keep[id(t)] = t
+        return None
+
+    def _post(self, mod, args, kwargs, out):
+        if self.stack and self.stack[-1] is mod:
+            self.stack.pop()
+        outs = _float_tensors(out)
+        for t in outs:
+            self.produced.setdefault(id(t), mod)
+            self.keep[id(t)] = t
+        if self.found or _all_finite(outs):
+            return None
+        name = _name(self.names, mod)
+        st = {"input": tensor_summary((args, kwargs)), "output": tensor_summary(out)}
+        pstats = _module_param_stats(mod)
+        if pstats:
+            st["params"] = pstats
+        if _all_finite(_float_tensors((args, kwargs))):
+            self.found.update(self._forward_culprit(mod, name, st, pstats))
+        else:
+            parent = self.stack[-1] if self.stack else None
+            pname = _name(self.names, parent) if parent is not None else None
+            self.found.update(
+                module=pname if pname is not None else name,
+                module_type=type(parent).__name__ if parent is not None else type(mod).__name__,
+                cause="functional_code", direction="forward", stats=st,
+                summary=(f"the inputs of {_label(name)} were already non-finite: the first "
+                         "non-finite value came from functional code (an operation that is not "
+                         f"a module) in the forward of {_label(pname) if pname is not None else 'the caller'}"
+                         f", before it called {_label(name)}"))
+        raise _Found()
+
+    @staticmethod
+    def _forward_culprit(mod, name: str, st: dict, pstats: dict) -> dict:
+        if pstats and (pstats.get("nan", 0) or pstats.get("inf", 0)):
+            cause = "nonfinite_params"
+            summary = (f"the parameters of {_label(name)} ({type(mod).__name__}) are already "
+                       f"non-finite ({pstats['nan']} NaN, {pstats['inf']} Inf), left by an earlier "
+                       "update; its forward output is non-finite")
+        else:
+            cause = "op_output"
+            mi = st["input"].get("max_abs_finite", math.nan)
+            summary = (f"{_label(name)} ({type(mod).__name__}) produced the first non-finite forward "
+                       f"output ({st['output'].get('nan', 0)} NaN, {st['output'].get('inf', 0)} Inf) "
+                       f"from finite inputs (max |input| = {_fmt(mi)})")
+        return dict(module=name, module_type=type(mod).__name__, cause=cause, summary=summary,
+                    stats=st, direction="forward")
+
+    # ------------------------------------------------------------------ backward
+
+    def backward(self, model: torch.nn.Module, pairs: list) -> dict:
+        """Back-propagate the kept output gradients with a check on every module input,
+        output and weight gradient; the first non-finite one (empty dict if none)."""
+        bfound: dict[str, Any] = {}
+        bh = []
+        params = []
+        for mod in model.modules():
+            for pn, p in mod.named_parameters(recurse=False):
+                if p.requires_grad:
+                    params.append(p)
+                    bh.append(p.register_hook(self._param_hook(bfound, mod, pn)))
+        for tid, t in self.keep.items():
+            if t.requires_grad and not t.is_leaf:
+                bh.append(t.register_hook(self._tensor_hook(bfound, tid)))
+        try:
+            torch.autograd.grad([o for o, _ in pairs], params, grad_outputs=[g for _, g in pairs],
+                                allow_unused=True)
+        except _Found:
+            pass
+        except RuntimeError as exc:  # autograd may wrap the hook's exception
+            if not bfound:
+                raise exc
+        finally:
+            for h in bh:
+                h.remove()
+        return bfound
+
+    def _tensor_hook(self, bfound: dict, tid: int):
         def hook(g):
             if bfound or g is None or _all_finite([g]):
                 return None
-            name = _name(names, mod)
+            cons = self.consumers.get(tid, [])
+            # the consumer that ran last in the forward runs first in the backward
+            culprit = cons[-1] if cons else None
+            st = {"grad": tensor_summary(g), "value": tensor_summary(self.keep.get(tid))}
+            if culprit is not None:
+                bfound.update(self._input_gradient(culprit, st))
+            else:
+                bfound.update(self._functional_gradient(self.produced.get(tid), st))
+            raise _Found()
+        return hook
+
+    def _input_gradient(self, culprit, st: dict) -> dict:
+        name = _name(self.names, culprit)
+        ps = _module_param_stats(culprit)
+        if ps:
+            st["params"] = ps
+        return dict(module=name, module_type=type(culprit).__name__, cause="input_gradient", stats=st,
+                    summary=(f"the backward of {_label(name)} ({type(culprit).__name__}) produced "
+                             "the first non-finite gradient (w.r.t. its input) from a finite "
+                             "gradient at its output; its input max |x| = "
+                             f"{_fmt(st['value'].get('max_abs_finite', math.nan))}"))
+
+    def _functional_gradient(self, prod, st: dict) -> dict:
+        # functional code that uses prod's output runs in the forward of the module that
+        # called prod (a container whose output is computed from its last child's): name it
+        pname = _name(self.names, prod) if prod is not None else None
+        host = self.enclosing.get(id(prod)) if prod is not None else None
+        hname = _name(self.names, host) if host is not None else pname
+        return dict(module=hname,
+                    module_type=type(host if host is not None else prod).__name__ if prod is not None else None,
+                    cause="functional_code", stats=st,
+                    summary=("the gradient w.r.t. the output of "
+                             f"{_label(pname) if pname is not None else 'a tensor'} became "
+                             "non-finite in functional code (not a module) that uses that output"
+                             + (f", in the forward of {_label(hname)}" if host is not None else "")))
+
+    def _param_hook(self, bfound: dict, mod, pname: str):
+        def hook(g):
+            if bfound or g is None or _all_finite([g]):
+                return None
+            name = _name(self.names, mod)
             st = {"grad": tensor_summary(g), "params": _module_param_stats(mod)}
             bfound.update(module=name, module_type=type(mod).__name__, cause="weight_gradient", stats=st,
                           summary=(f"the weight gradient {pname!r} of {_label(name)} "
                                    f"({type(mod).__name__}) was the first non-finite gradient"))
             raise _Found()
         return hook
-
-    params = []
-    for mod in model.modules():
-        for pn, p in mod.named_parameters(recurse=False):
-            if p.requires_grad:
-                params.append(p)
-                bh.append(p.register_hook(make_param_hook(mod, pn)))
-    for tid, t in tensors_keep.items():
-        if t.requires_grad and not t.is_leaf:
-            bh.append(t.register_hook(make_tensor_hook(tid)))
-    try:
-        torch.autograd.grad([o for o, _ in pairs], params, grad_outputs=gouts, allow_unused=True)
-    except _Found:
-        pass
-    except RuntimeError as exc:  # autograd may wrap the hook's exception
-        if not bfound:
-            raise exc
-    finally:
-        for h in bh:
-            h.remove()
-    if bfound:
-        return ReplayReport(step, True, "backward", bfound["module"], bfound["module_type"],
-                            bfound["cause"], bfound["summary"], bfound["stats"])
-    return ReplayReport(step, False, "none", cause="not_reproduced",
-                        summary=("the replayed forward and backward passes are finite; the "
-                                 "non-finite values came from outside this forward/backward (gradient "
-                                 "accumulation, a custom hook, in-place gradient edits such as clipping), "
-                                 "or the computation is not deterministic"))
