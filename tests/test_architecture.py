@@ -55,7 +55,6 @@ ALLOWED_SIZE: dict[tuple[str, str], str] = {
         "PERMANENT: watch()'s documented keyword options (WatchConfig fields), public API.",
     ("function-params", "probe/core.py:probe"):
         "PERMANENT: probe()'s documented keyword options, public API.",
-    # TEMPORARY during the issue-8 split of probe/ and watch/ (their owners delete these lines)
 }
 
 #: Watcher.__init__ attribute ceiling exception (None: no exception), with its reason.
