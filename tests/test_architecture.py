@@ -38,13 +38,6 @@ ALLOWED_CYCLE_EDGES: dict[str, str] = {
         "TEMPORARY (remedies split): apply_prescription looks remedies up by name in the package "
         "namespace (`from .. import remedies`, function-level) while the package imports "
         "prescribe -> _apply.",
-    "gradhealth.report.figures -> gradhealth.report.html":
-        "TEMPORARY (reported, report owner): figures imports html.visible inside a function "
-        "while html imports figures; `visible` belongs in a module both can import.",
-    "gradhealth.gallery -> gradhealth.gallery.report":
-        "TEMPORARY (reported, gallery owner): the package __init__ defines Figure, which "
-        "gallery.probe / gallery.watch import from it, and its build function imports "
-        "gallery.report, which imports those sections; Figure belongs in its own module.",
 }
 
 #: (rule, target) -> reason. Targets: a module path relative to src/gradhealth for

@@ -8,34 +8,16 @@ runner draws each figure to ``OUT/<slug>.png``, then writes ``index.md`` and ``i
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from ._figure import Figure
 
 __all__ = ["Figure", "SECTIONS", "build", "GalleryResult"]
 
 #: Section modules, in the order a newcomer should read them.
 SECTIONS: list[str] = ["chains", "meanfield", "probe", "watch", "cure"]
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One gallery entry.
-
-    Attributes:
-        slug: file stem, ``[a-z0-9_]+``; the picture is written to ``<slug>.png``.
-        title: heading shown above the picture.
-        caption: two or three sentences (Markdown) saying what to see and why.
-        draw: returns a ``matplotlib.figure.Figure`` (the runner saves and closes it), or
-            ``None`` for a text-only entry.
-        table: optional callable returning Markdown (a table or code block) shown below.
-    """
-
-    slug: str
-    title: str
-    caption: str
-    draw: Callable[[], object] | None = field(repr=False, default=None)
-    table: Callable[[], str] | None = field(repr=False, default=None)
 
 
 @dataclass

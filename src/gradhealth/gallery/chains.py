@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import Figure
+from ._figure import Figure
 
 TITLE = "Chains: where vanishing and exploding gradients come from"
 INTRO = ("One unit per layer, the same weight everywhere: the smallest networks that show the "

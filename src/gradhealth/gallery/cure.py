@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 
-from . import Figure
+from ._figure import Figure
 
 TITLE = "Cure: one line per diagnosis, and the proof that it works"
 INTRO = ("Each pair below is the same network, broken and cured by the rank-1 prescription the "

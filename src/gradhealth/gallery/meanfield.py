@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import Figure
+from ._figure import Figure
 
 TITLE = "Mean field: order, chaos and the edge between them"
 INTRO = ("A wide random network with weights `N(0, sigma_w2/n)` and biases `N(0, sigma_b2)` "

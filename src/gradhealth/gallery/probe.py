@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 
-from . import Figure
+from ._figure import Figure
 
 TITLE = "Probe: is this model healthy before training?"
 INTRO = ("`gradhealth.probe(model, batch)` runs one batch forward and a few backward passes and "

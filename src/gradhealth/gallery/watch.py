@@ -15,7 +15,7 @@ import math
 import shutil
 import tempfile
 
-from . import Figure
+from ._figure import Figure
 
 TITLE = "Watch: what happens while it trains"
 INTRO = ("Two 10-hidden-layer MLPs trained for 40 steps on the scikit-learn digits under "

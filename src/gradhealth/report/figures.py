@@ -138,9 +138,9 @@ def _bin_columns(values, kind, most: int):
 def _mpl(text) -> str:
     """A user string (layer name) safe for a matplotlib label: control and bidi characters
     shown as escapes, and ``$`` escaped so that mathtext never parses it."""
-    from .html import visible
+    from .._text import safe_text
 
-    return visible(text).replace("$", r"\$")
+    return ("-" if text is None else safe_text(text)).replace("$", r"\$")
 
 
 def _new_ax(ax, size=(9, 4)):
