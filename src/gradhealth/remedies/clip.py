@@ -105,13 +105,23 @@ def _grouped(grads: Sequence[torch.Tensor]) -> dict[tuple, tuple[list[torch.Tens
     return groups
 
 
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    """What norms accumulate in: float64, so that no finite float32/bf16/fp16 gradient
+    overflows (float32's sum of squares does above a norm of ~1.8e19, and the clip then
+    did nothing); float32 on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _per_tensor_norms(grads: Sequence[torch.Tensor], norm_type: float) -> list[torch.Tensor]:
-    """One 0-dim norm per gradient, fused per (device, dtype); empty tensors have norm 0."""
+    """One 0-dim norm per gradient (in :func:`_acc_dtype`), fused per (device, dtype); empty
+    tensors have norm 0."""
     out: list[torch.Tensor | None] = [None] * len(grads)
     for (device, dtype), (gl, il) in _grouped(grads).items():
         nonempty = [(g, i) for g, i in zip(gl, il) if g.numel() > 0]
+        acc = _acc_dtype(device)
+        dtype = acc
         if nonempty:
-            norms = torch._foreach_norm([g for g, _ in nonempty], norm_type)
+            norms = torch._foreach_norm([g for g, _ in nonempty], norm_type, dtype=acc)
             for n, (_, i) in zip(norms, nonempty):
                 out[i] = n
         for g, i in zip(gl, il):
@@ -124,7 +134,8 @@ def _combine(norms: Sequence[torch.Tensor], norm_type: float, device) -> torch.T
     """Norm of norms (the p-norm of a concatenation), on ``device``, without a sync."""
     if not norms:
         return torch.zeros((), device=device)
-    stacked = torch.stack([n.to(device=device, dtype=torch.float32, non_blocking=True) for n in norms])
+    acc = _acc_dtype(torch.device(device))
+    stacked = torch.stack([n.to(device=device, dtype=acc, non_blocking=True) for n in norms])
     return torch.linalg.vector_norm(stacked, norm_type)
 
 
@@ -177,7 +188,7 @@ def clip_by_value_(parameters: Params, clip_value: float) -> torch.Tensor:
     total = _combine(_per_tensor_norms(grads, math.inf), math.inf, grads[0].device)
     for g in grads:
         g.copy_(torch.where(torch.isinf(g), g, g.clamp(-c, c)))
-    return total
+    return total.float()
 
 
 # --- by global norm ---------------------------------------------------------------------------
@@ -211,7 +222,7 @@ def clip_grad_norm_(parameters: Params, max_norm: float, norm_type: float = 2.0,
         _raise_if_nonfinite(total, owner, f"total {norm_type}-norm")
     coef = _scale(total, max_norm)
     _mul_(grads, [coef] * len(grads))
-    return total
+    return total.float()
 
 
 # --- by per-layer norm ------------------------------------------------------------------------
@@ -271,7 +282,7 @@ def clip_by_layer_norm_(model: Params, max_norm: float, norm_type: float = 2.0, 
         c = _scale(n, max_norm)
         coefs.extend([c] * len(idx))
     _mul_(grads, coefs)
-    return dict(zip(names, layer_norms))
+    return {n: v.float() for n, v in zip(names, layer_norms)}
 
 
 # --- adaptive gradient clipping (AGC) ---------------------------------------------------------
@@ -430,7 +441,7 @@ class AutoClip:
         # A NaN threshold (no finite norm recorded yet) compares False: factor 1.
         coef = _scale(total, threshold)
         _mul_(grads, [coef] * len(grads))
-        return total
+        return total.float()
 
     @property
     def history(self) -> torch.Tensor:
