@@ -12,18 +12,81 @@ fast and no baseline exists. One event per episode: consecutive spiking steps ar
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from ..events import Event
 from .base import Detector, StepStats, robust_center_scale, safe_text
 
-__all__ = ["grad_spikes", "loss_spikes"]
+__all__ = ["grad_spikes", "loss_spikes", "first_riser"]
+
+#: Logged steps of per-layer gradient norms kept for attributing a spike.
+RISE_HISTORY = 32
+#: A layer has "risen" when its norm is this many times its own earlier median.
+RISE_FACTOR = 2.0
 
 
 def _push(window: tuple, value: float, size: int) -> tuple:
     w = window + (value,)
     return w[-size:] if len(w) > size else w
+
+
+def _track(hist: tuple, stats: StepStats) -> tuple:
+    """Append this step's per-layer log10 gradient norms to ``hist`` ((step, row) pairs);
+    a model whose layer count changed starts a new history."""
+    gn = np.asarray(stats.grad_norm, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        row = np.where(np.isfinite(gn) & (gn > 0), np.log10(gn), np.nan)
+    if hist and len(hist[-1][1]) != len(row):
+        hist = ()
+    return _push(hist, (stats.step, row), RISE_HISTORY)
+
+
+def first_riser(hist: tuple, names: tuple) -> tuple[str | None, int | None, float | None]:
+    """Which layer's gradient norm rose first, before the newest step of ``hist``.
+
+    For every layer: its baseline is the median of the older half of the history; it has
+    *risen* from the first step of the unbroken run of steps, ending at the newest one, in
+    which its norm stayed at least :data:`RISE_FACTOR` times that baseline. The layer whose
+    run starts earliest rose first (ties: the larger rise now). Returns ``(name, steps
+    before the newest step, factor over its baseline now)``, or ``(None, None, None)`` when
+    no layer is above its baseline at the newest step (or there is too little history).
+    """
+    if len(hist) < 6:
+        return None, None, None
+    steps = np.array([s for s, _ in hist])
+    H = np.vstack([r for _, r in hist])           # (T, L) log10 norms, NaN: not measured
+    older = H[: len(hist) // 2]
+    if np.all(np.isnan(older)):
+        return None, None, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN columns: layers never measured
+        base = np.nanmedian(older, axis=0)
+    up = H >= base + np.log10(RISE_FACTOR)       # NaN compares False: a gap ends a run
+    now = up[-1]
+    if not now.any():
+        return None, None, None
+    # length of the run of True ending at the last row, per layer
+    run = np.zeros(H.shape[1], dtype=int)
+    alive = np.ones(H.shape[1], dtype=bool)
+    for t in range(len(hist) - 1, -1, -1):
+        alive &= up[t]
+        run += alive
+    onset_idx = len(hist) - run                  # row index where each run starts
+    rise_now = H[-1] - base
+    cand = np.flatnonzero(now)
+    best = min(cand, key=lambda j: (onset_idx[j], -rise_now[j]))
+    lead = int(steps[-1] - steps[onset_idx[best]])
+    return names[best], lead, float(10 ** rise_now[best])
+
+
+def _riser_text(name, lead, factor) -> tuple[str, dict]:
+    if name is None:
+        return "", {}
+    when = "at this step" if lead == 0 else f"{lead} step{'s' if lead != 1 else ''} before"
+    return (f"; {safe_text(name)!r} rose first ({when}; now {factor:.3g}x its earlier median)",
+            {"rose_first": name, "rose_first_steps_before": lead, "rose_first_factor": factor})
 
 
 def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_factor: float = 6.0) -> Detector:
@@ -42,7 +105,7 @@ def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_facto
     """
 
     def init():
-        return {"w": (), "since": None, "prev": None}
+        return {"w": (), "since": None, "prev": None, "hist": ()}
 
     def update(stats: StepStats, state: dict):
         g = stats.global_grad_norm
@@ -50,6 +113,7 @@ def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_facto
             return [], state
         lg = math.log10(g)
         w = state["w"]
+        hist = _track(state.get("hist", ()), stats)
         events: list[Event] = []
         since = state["since"]
         spike = False
@@ -70,18 +134,19 @@ def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_facto
                         layer = stats.layers.names[int(np.argmax(growth))]
                 factor = 10 ** (lg - med)
                 where = f"; the largest growth is in {safe_text(layer)!r}" if layer else ""
+                rose, rose_ev = _riser_text(*first_riser(hist, stats.layers.names))
                 events.append(Event(
                     step=stats.step, kind="grad_spike", layer=layer, severity="warning",
                     message=(f"Gradient-norm spike at step {stats.step}: {g:.3g}, {factor:.3g}x the "
-                             f"running median {10 ** med:.3g}{where}."),
+                             f"running median {10 ** med:.3g}{where}{rose}."),
                     evidence={"grad_norm": g, "median": 10 ** med, "factor": factor,
                               "mad": sig, "z": (lg - med) / sig if sig > 0 else math.inf,
-                              "lr": stats.lr, "worst_layer": layer},
+                              "lr": stats.lr, "worst_layer": layer, **rose_ev},
                     since=stats.step))
         if not spike:
             since = None
         prev = np.where(np.isfinite(stats.grad_norm), stats.grad_norm, np.nan)
-        return events, {"w": _push(w, lg, window), "since": since, "prev": prev}
+        return events, {"w": _push(w, lg, window), "since": since, "prev": prev, "hist": hist}
 
     return Detector(init, update, "grad_spikes")
 
@@ -108,10 +173,12 @@ def loss_spikes(*, window: int = 50, warmup: int = 20, z: float = 6.0, min_rel: 
     """
 
     def init():
-        return {"w": (), "since": None, "initial": None}
+        return {"w": (), "since": None, "initial": None, "hist": ()}
 
     def update(stats: StepStats, state: dict):
         x = stats.loss
+        if stats.skip_reason != "scaler" and len(stats.grad_norm) and np.isfinite(stats.grad_norm).any():
+            state = {**state, "hist": _track(state.get("hist", ()), stats)}
         if x is None or not math.isfinite(x) or stats.skip_reason == "scaler":
             return [], state
         w = state["w"]
@@ -127,16 +194,18 @@ def loss_spikes(*, window: int = 50, warmup: int = 20, z: float = 6.0, min_rel: 
             spike = (x - med) > thr and x > max(w)
             if spike and since is None:
                 since = stats.step
+                rose, rose_ev = _riser_text(*first_riser(state.get("hist", ()), stats.layers.names))
                 events.append(Event(
-                    step=stats.step, kind="loss_spike", layer=None, severity="warning",
+                    step=stats.step, kind="loss_spike", layer=rose_ev.get("rose_first"), severity="warning",
                     message=(f"Loss spike at step {stats.step}: {x:.4g} against a running median of "
                              f"{med:.4g} ({(x - med) / sig if sig > 0 else math.inf:.3g} robust "
-                             "standard deviations above it)."),
+                             f"standard deviations above it){rose}."),
                     evidence={"loss": x, "median": med, "mad": sig, "initial_loss": initial,
-                              "lr": stats.lr, "grad_norm": stats.global_grad_norm},
+                              "lr": stats.lr, "grad_norm": stats.global_grad_norm, **rose_ev},
                     since=stats.step))
         if not spike:
             since = None
-        return events, {"w": _push(w, x, window), "since": since, "initial": initial}
+        return events, {"w": _push(w, x, window), "since": since, "initial": initial,
+                        "hist": state.get("hist", ())}
 
     return Detector(init, update, "loss_spikes")
