@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ RISE_HISTORY = 32
 RISE_FACTOR = 2.0
 
 
-def _push(window: tuple, value: float, size: int) -> tuple:
+def _push(window: tuple, value: Any, size: int) -> tuple:
     w = window + (value,)
     return w[-size:] if len(w) > size else w
 
