@@ -34,10 +34,6 @@ ALLOWED_CYCLE_EDGES: dict[str, str] = {
     "gradhealth.probe.result -> gradhealth.report.probe_view":
         "PERMANENT: ProbeResult's display methods render through the report layer, imported "
         "inside those methods only (the one allowed upward edge, also in [tool.importlinter]).",
-    "gradhealth.remedies._apply -> gradhealth.remedies":
-        "TEMPORARY (remedies split): apply_prescription looks remedies up by name in the package "
-        "namespace (`from .. import remedies`, function-level) while the package imports "
-        "prescribe -> _apply.",
 }
 
 #: (rule, target) -> reason. Targets: a module path relative to src/gradhealth for

@@ -14,15 +14,14 @@
 
 from .arch import replace_activation_
 from .clip import AutoClip, agc_, clip_by_layer_norm_, clip_by_value_, clip_grad_norm_
-from .guards import StepGuard, nonfinite_grads, skip_nonfinite
-from .init import (InitSummary, critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, xavier_,
-                   zero_init_residual_)
+from .guards import OVERFLOW_NORM, StepGuard, bad_grads, nonfinite_grads, skip_nonfinite
+from .init import InitSummary, critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, xavier_, zero_init_residual_
 from .prescribe import apply_prescription, prescribe
 
 __all__ = [
     "he_", "xavier_", "lecun_", "orthogonal_", "critical_", "gaussian_", "lsuv_", "zero_init_residual_",
     "InitSummary", "replace_activation_",
     "clip_by_value_", "clip_grad_norm_", "clip_by_layer_norm_", "agc_", "AutoClip",
-    "skip_nonfinite", "StepGuard", "nonfinite_grads",
+    "skip_nonfinite", "StepGuard", "nonfinite_grads", "bad_grads", "OVERFLOW_NORM",
     "prescribe", "apply_prescription",
 ]

@@ -85,7 +85,12 @@ def apply_prescription(prescription: Prescription | str, model: Any, inputs: Any
                              "a model change made of gradhealth.remedies calls (" + ", ".join(MODEL_REMEDIES) + ")",
                              code, "training-time remedies (clipping, skip_nonfinite, learning rate) go "
                              "into the training loop, and architecture changes into the model's code.")
-    from .. import remedies
+    from .arch import replace_activation_
+    from .init import critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, xavier_, zero_init_residual_
+
+    table = {"he_": he_, "xavier_": xavier_, "lecun_": lecun_, "orthogonal_": orthogonal_,
+             "critical_": critical_, "gaussian_": gaussian_, "lsuv_": lsuv_,
+             "zero_init_residual_": zero_init_residual_, "replace_activation_": replace_activation_}
 
     def value(v):
         if isinstance(v, tuple) and len(v) == 2 and v[0] == "__name__":
@@ -97,5 +102,5 @@ def apply_prescription(prescription: Prescription | str, model: Any, inputs: Any
             return inputs
         return v
 
-    return [getattr(remedies, name)(*[value(a) for a in args], **{k: value(v) for k, v in kwargs.items()})
+    return [table[name](*[value(a) for a in args], **{k: value(v) for k, v in kwargs.items()})
             for name, args, kwargs in calls]

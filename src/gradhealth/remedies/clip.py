@@ -124,7 +124,7 @@ def _per_tensor_norms(grads: Sequence[torch.Tensor], norm_type: float) -> list[t
             norms = torch._foreach_norm([g for g, _ in nonempty], norm_type, dtype=acc)
             for n, (_, i) in zip(norms, nonempty):
                 out[i] = n
-        for g, i in zip(gl, il):
+        for i in il:
             if out[i] is None:
                 out[i] = torch.zeros((), device=device, dtype=dtype)
     return out  # type: ignore[return-value]

@@ -333,7 +333,8 @@ class StepGuard:
         if "grad_scaler" in kwargs or getattr(self.optimizer, "found_inf", None) is not None:
             # GradScaler hands optimizers that support AMP scaling (fused Adam/AdamW/SGD) the
             # still-scaled gradients and sets optimizer.found_inf (older torch: a grad_scaler
-            # kwarg); the optimizer then skips the update itself. An overflow there is the scaler's normal back-off, not a NaN.
+            # kwarg); the optimizer then skips the update itself. An overflow there is the
+            # scaler's normal back-off, not a NaN.
             self.consecutive_skips = 0
             return inner(*args, **kwargs)
         params = self._params()

@@ -62,13 +62,35 @@ from torch import nn
 
 from .._checks import check_choice, check_real
 from ..errors import ParameterError
+
 # The planner, the summary, LSUV and residual zeroing live in their own modules; the names are
 # re-exported here so that ``gradhealth.remedies.init.<name>`` keeps working.
-from ._plan import (_ACT_FUNCTIONS, _ACT_METHODS, _ACT_MODULES, _IGNORED_METHODS,  # noqa: F401
-                    _OUTPUT_FUNCTIONS, _OUTPUT_METHODS, _OUTPUT_MODULES, _PASS_FUNCTIONS,  # noqa: F401
-                    _PASS_METHODS, _PASS_MODULES, _WEIGHT_TYPES, _Act, _act_of_module,  # noqa: F401
-                    _classify_module, _classify_node, _detect_fx, _detect_module_order,  # noqa: F401
-                    _parse_act, _patterns, _plan, _resolve, _rnn_act, _Target, weight_layers)  # noqa: F401
+from ._plan import (  # noqa: F401
+    _ACT_FUNCTIONS,
+    _ACT_METHODS,
+    _ACT_MODULES,
+    _IGNORED_METHODS,
+    _OUTPUT_FUNCTIONS,  # noqa: F401
+    _OUTPUT_METHODS,
+    _OUTPUT_MODULES,
+    _PASS_FUNCTIONS,
+    _PASS_METHODS,  # noqa: F401
+    _PASS_MODULES,
+    _WEIGHT_TYPES,
+    _Act,
+    _act_of_module,
+    _classify_module,  # noqa: F401
+    _classify_node,
+    _detect_fx,
+    _detect_module_order,
+    _parse_act,  # noqa: F401
+    _patterns,
+    _plan,
+    _resolve,
+    _rnn_act,
+    _Target,
+    weight_layers,
+)
 from ._summary import InitSummary, LayerInit, _biases, _std, _weights
 from .lsuv import lsuv_
 from .residual import _ZERO_TYPES, _residual_branch_ends, zero_init_residual_  # noqa: F401
@@ -306,8 +328,8 @@ def orthogonal_(model: nn.Module, *, gain: float | None = None, activation: Any 
 
 
 def critical_(model: nn.Module, *, activation: Any = None, sigma_b2: float = 0.0, sigma_u2: float = 0.1,
-              distribution: str = "normal", layers: str | Sequence[str] | None = None, overrides: Mapping[str, str] | None = None,
-              default_activation: str | None = None) -> InitSummary:
+              distribution: str = "normal", layers: str | Sequence[str] | None = None,
+              overrides: Mapping[str, str] | None = None, default_activation: str | None = None) -> InitSummary:
     """Initialise at the edge of chaos: ``W ~ N(0, sigma_w2* / fan_in)``, ``b ~ N(0, sigma_b2)``
     with ``sigma_w2*`` the critical weight variance of the layer's activation at ``sigma_b2``
     (Poole et al. 2016; Schoenholz et al. 2017).
@@ -355,7 +377,7 @@ def critical_(model: nn.Module, *, activation: Any = None, sigma_b2: float = 0.0
     check_choice(distribution, "distribution", owner, ["normal", "orthogonal"])
     targets, unmatched = _plan(model, owner, activation=activation, layers=layers, overrides=overrides,
                                default_activation=default_activation)
-    from .prescribe import critical_sigma_w2_or_none
+    from ._critical import critical_sigma_w2_or_none
 
     def critical(t: _Target, b2: float) -> float:
         if t.act.name == "leaky_relu":

@@ -174,7 +174,7 @@ def _rescale(model: nn.Module, inputs: Any, t: _Target, tol: float, max_iter: in
     var = float("nan")
     passes = 0
     try:
-        for passes in range(1, max_iter + 1):
+        for passes in range(1, max_iter + 1):  # noqa: B007 - read after the loop (passes made)
             captured.clear()
             try:
                 _call(model, inputs)

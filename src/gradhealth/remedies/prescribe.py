@@ -41,13 +41,13 @@ depth              number of weight layers (or time steps for an RNN)
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ParameterError
 from ..events import KINDS, Prescription
+
 # Applying a prescription to a model is its own room; re-exported here (old import path).
 from ._apply import MODEL_REMEDIES, _parse_model_calls, applies_to_model, apply_prescription  # noqa: F401
 
@@ -68,41 +68,7 @@ _SATURATING = frozenset({"sigmoid", "hard_sigmoid", "tanh", "hard_tanh", "softsi
 # Activations whose torch.nn.init gain is defined and whose He init is exactly critical.
 _RELU_FAMILY = {"relu", "leaky_relu", "relu6"}
 
-# Closed-form critical points used only when gradhealth.theory.criticality is unavailable.
-# chi_1 = sigma_w2 * E[phi'(h)^2]: for relu it is sigma_w2 / 2 and for linear sigma_w2, at any
-# sigma_b2; for odd activations at sigma_b2 = 0 the fixed point is q* = 0, so chi_1 =
-# sigma_w2 * phi'(0)^2 (tanh: 1, erf: 4 / pi).
-_FALLBACK_CRITICAL_ANY_B = {"relu": 2.0, "linear": 1.0}
-_FALLBACK_CRITICAL_B0 = {"tanh": 1.0, "erf": math.pi / 4}
-
-
-def critical_sigma_w2_or_none(activation: str | None, sigma_b2: float = 0.0) -> float | None:
-    """The critical weight variance for ``activation`` at ``sigma_b2``, or ``None`` if unknown.
-
-    Uses :func:`gradhealth.theory.criticality.critical_sigma_w2`; without it, only the
-    closed-form points are known (relu: 2 and linear: 1 at any sigma_b2; tanh: 1 and erf:
-    pi/4 at sigma_b2 = 0). Cached: the root-finding takes about a second per point.
-    """
-    if not activation:
-        return None
-    return _critical_cached(str(activation), float(sigma_b2))
-
-
-@functools.lru_cache(maxsize=256)
-def _critical_cached(activation: str, sigma_b2: float) -> float | None:
-    try:
-        from ..theory.criticality import critical_sigma_w2
-    except ImportError:
-        critical_sigma_w2 = None
-    if critical_sigma_w2 is not None:
-        try:
-            v = float(critical_sigma_w2(activation, sigma_b2))
-        except Exception:  # no critical point for this activation / sigma_b2 (e.g. sigmoid)
-            return None
-        return v if math.isfinite(v) and v > 0 else None
-    if activation in _FALLBACK_CRITICAL_ANY_B:
-        return _FALLBACK_CRITICAL_ANY_B[activation]
-    return _FALLBACK_CRITICAL_B0.get(activation) if sigma_b2 == 0 else None
+from ._critical import critical_sigma_w2_or_none  # noqa: E402  (re-exported: old import path)
 
 
 def _critical_point(activation: str | None, sigma_b2: float) -> tuple[float | None, float]:
@@ -545,8 +511,8 @@ def _rule_update_ratio(b: _Builder, ev: Mapping, act: str | None, layer: str | N
             b.add("re-initialise with He (Kaiming) init, activation detected per layer", f"{_R}he_(model)", why)
             return
         if lr is not None:
-            b.add("raise the learning rate",
-                  f"for g in optimizer.param_groups: g['lr'] = {_nice(lr * (min(target / r, 10.0) if r > 0 else 10.0))!r}",
+            new_lr = _nice(lr * (min(target / r, 10.0) if r > 0 else 10.0))
+            b.add("raise the learning rate", f"for g in optimizer.param_groups: g['lr'] = {new_lr!r}",
                   s + f" (lr = {_g(lr)})")
         b.add("re-initialise with He (Kaiming) init, activation detected per layer", f"{_R}he_(model)",
               s + "; tiny updates in early layers are how vanishing gradients show up in training")
