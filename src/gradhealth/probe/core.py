@@ -128,10 +128,13 @@ def probe(model: nn.Module, inputs: Any, target: Any = None,  # noqa: PLR0913
         A frozen :class:`~gradhealth.probe.result.ProbeResult`.
 
     Raises:
-        ParameterError: a parameter breaks its rule (the message says which and how to fix it).
+        ParameterError: a parameter breaks its rule (the message says which and how to fix it),
+            e.g. ``inputs`` is an empty batch.
         ModelError: the model has no parameters, its forward pass fails on ``inputs`` (the
             message shows the model's error and the module where it happened), its output has
-            no floating-point tensor, or it is larger than ``max_params``.
+            no floating-point tensor, it is larger than ``max_params``, or nothing can be
+            measured: every analysed parameter is frozen, or none takes part in the loss (no
+            verdict is given without a measurement).
         NonFiniteError: the inputs, the forward pass or the loss are already non-finite (the
             message names the first module whose output is non-finite).
 
@@ -172,6 +175,7 @@ def probe(model: nn.Module, inputs: Any, target: Any = None,  # noqa: PLR0913
             "probe. gradhealth measures gradients with respect to parameters: pass a model with "
             "at least one nn.Parameter (a module built from nn.Linear, nn.Conv2d, ...).")
     names, selected, patterns = _select_layers(model, layers)
+    _check_trainable(model, selected, patterns)
     opts = replace(opts, patterns=patterns)
     scope = Scope(names=names, selected=selected, n_params=sum(p.numel() for p in params))
     if opts.max_params is not None and scope.n_params > opts.max_params and patterns is None:
@@ -182,6 +186,9 @@ def probe(model: nn.Module, inputs: Any, target: Any = None,  # noqa: PLR0913
     if compiled:
         notes.append("the torch.compile'd module was probed through its original (eager) module.")
     args, kwargs = prepare_inputs(args, kwargs, params, notes)
+    if batch_size(args, kwargs) == 0:
+        raise ParameterError("inputs", OWNER, "a batch of at least one example", "a batch of 0 examples",
+                             "pass a non-empty batch (an empty one gives no gradient, so no verdict).")
     batch = Batch(args=args, kwargs=kwargs, target=target, loss_fn=loss_fn)
 
     state = ModelState(model)
@@ -201,6 +208,18 @@ def probe(model: nn.Module, inputs: Any, target: Any = None,  # noqa: PLR0913
                             "(gradhealth does not copy parameters, so they stay modified): "
                             + ", ".join(changed))
     return result
+
+
+def _check_trainable(model: nn.Module, selected: list, patterns) -> None:
+    """ModelError when no analysed layer has a parameter that requires grad (nothing to measure)."""
+    if any(p.requires_grad for m in selected for p in m.parameters(recurse=False)):
+        return
+    what = "layers matching " + ", ".join(map(repr, patterns)) if patterns else "the model's layers"
+    raise ModelError(
+        f"Every parameter of {what} ({type(model).__name__}) is frozen (requires_grad=False), so "
+        "there is no parameter gradient to diagnose (no verdict without a measurement).\n"
+        "Fix: probe with the parameters trainable, e.g. model.requires_grad_(True) before the "
+        "probe (and back to False afterwards), or select trainable layers with layers='PATTERN'.")
 
 
 def _select_layers(model: nn.Module, layers) -> tuple[dict, list, list[str] | None]:
@@ -264,6 +283,15 @@ class _Passes:
 def _run(model, batch: Batch, rec: Recorder, state: ModelState, scope: Scope, opts: ProbeOptions,
          notes: list[str], t_start: float) -> ProbeResult:
     passes = _measure(model, batch, rec, state, scope, opts, notes)
+    if not any(got > 0 for got in passes.layer_got):
+        raise ModelError(
+            "None of the analysed layers' parameters takes part in the loss: autograd gives every one "
+            "of them no gradient, so there is nothing to diagnose (no verdict without a measurement)."
+            + (" Layers that never ran: " + ", ".join(scope.names[m] for m in passes.ctx.unused[:8]) + "."
+               if passes.ctx.unused else "")
+            + "\nFix: make forward() return a value computed from the layers (not the input, a "
+            "detached tensor or a constant), pass a loss_fn that uses the output, or select the "
+            "layers that take part with layers='PATTERN'.")
     spectrum = None
     t_jac0 = time.perf_counter()
     if not opts.jacobian:
