@@ -46,6 +46,25 @@ def dense_values(t: torch.Tensor) -> torch.Tensor:
 _dense = dense_values
 
 
+def _one_group(ts: list, norm_type: float, out_dev: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """The usual case of :func:`tensor_norms` without its per-tensor grouping: strided
+    tensors, none requiring grad, all of one real floating dtype that needs no wider
+    accumulator, on ``out_dev``. None when ``ts`` is not that case."""
+    t0 = ts[0]
+    if t0 is None:
+        return None
+    dt, dev = t0.dtype, t0.device
+    if dev != out_dev or not dt.is_floating_point or torch.promote_types(
+            torch.promote_types(dt, torch.float32), dtype) != dt:
+        return None
+    strided = torch.strided
+    for t in ts:
+        if t is None or t.dtype != dt or t.layout != strided or t.requires_grad or t.device != dev:
+            return None
+    out = torch.stack(torch._foreach_norm(ts, norm_type))
+    return out if dt == dtype else out.to(dtype)
+
+
 def tensor_norms(tensors: Iterable[torch.Tensor | None], norm_type: float = 2.0, *,
                  device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -73,6 +92,9 @@ def tensor_norms(tensors: Iterable[torch.Tensor | None], norm_type: float = 2.0,
     out_dev = _out_device(ts, device)
     if not ts:
         return torch.zeros(0, dtype=dtype, device=out_dev)
+    fast = _one_group(ts, norm_type, out_dev, dtype)
+    if fast is not None:
+        return fast
     groups: dict[tuple, list[tuple[int, torch.Tensor]]] = defaultdict(list)
     for i, t in enumerate(ts):
         if t is None:

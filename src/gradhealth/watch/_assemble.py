@@ -90,22 +90,36 @@ def _nanmean_rows(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def _gradients(rec: StepRecord, layer_of: Sequence[int], L: int):
-    """Per-layer pre-clip gradient norms and NaN/Inf counts, global squared norms pre/post."""
-    sq = np.zeros(L)
-    has = np.zeros(L, dtype=bool)
-    sq_post = 0.0
-    sq_pre = 0.0
+    """Per-layer pre-clip gradient norms and NaN/Inf counts, global squared norms pre/post.
+
+    Vectorised by position; the sums run in position order (``bincount`` and ``cumsum``
+    accumulate sequentially), as a loop over the positions would."""
+    n = len(rec.post)
+    if not n:
+        return np.full(L, np.nan), np.full(L, -1, dtype=np.int64), 0.0, 0.0
+    pos = np.fromiter(rec.post.keys(), dtype=np.int64, count=n)
+    post = np.fromiter(rec.post.values(), dtype=float, count=n)
+    if rec.clip:
+        get = rec.clip.get
+        c = np.fromiter((get(p, 1.0) for p in rec.post), dtype=float, count=n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pre = np.where((c > 0) & np.isfinite(c), post / c, post)
+    else:
+        pre = post
+    sq_pre = float(np.cumsum(pre * pre)[-1])
+    sq_post = float(np.cumsum(post * post)[-1])
+    li = np.asarray(layer_of, dtype=np.int64)[pos]
+    mine = li >= 0
+    li = li[mine]
+    sq = np.bincount(li, weights=(pre * pre)[mine], minlength=L)[:L]
+    has = np.bincount(li, minlength=L)[:L] > 0
     nfg = np.full(L, -1, dtype=np.int64)
-    for p, post in rec.post.items():
-        li = layer_of[p]
-        c = rec.clip.get(p, 1.0)
-        pre = post / c if (c > 0 and math.isfinite(c)) else post
-        sq_pre += pre * pre
-        sq_post += post * post
-        if li >= 0:
-            sq[li] += pre * pre
-            has[li] = True
-            nfg[li] = max(nfg[li], 0) + rec.nf.get(p, 0)
+    if has.any():
+        nf = rec.nf
+        cnt = np.fromiter((nf.get(p, 0) for p in rec.post), dtype=np.int64, count=n)[mine]
+        tot = np.zeros(L, dtype=np.int64)
+        np.add.at(tot, li, cnt)
+        nfg = np.where(has, tot, -1)
     return np.where(has, np.sqrt(sq), np.nan), nfg, sq_pre, sq_post
 
 

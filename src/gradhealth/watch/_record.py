@@ -43,6 +43,7 @@ class StepRecord:
     clip_exact: bool = True
     clipped: bool = False
     nf: dict[int, int] = field(default_factory=dict)
+    nf_bad: int = 0                   # positions whose NaN/Inf count in nf is > 0
     overflow: set[int] = field(default_factory=set)  # finite entries, float32 norm inf (post: float64 norm)
     pnorm: dict[int, float] = field(default_factory=dict)
     upd: dict[int, float] = field(default_factory=dict)
@@ -57,6 +58,8 @@ class StepRecord:
     skip_reason: str | None = None
     skipped_pos: set[int] = field(default_factory=set)   # positions whose optimizer step was skipped
     fp_end: tuple | None = None       # (params, positions, samples) at the end of the backward
+    fp_sampled: bool = False          # fp_end holds a subset of the gradients (see instruments)
+    clip_uniform: bool | None = None  # one clip coefficient for every tensor (None: not decoded)
     scale_end: torch.Tensor | None = None
     origin: Any = None                # the ReplayReport of this step, if one ran
     upd_buffers: dict[int, tuple] = field(default_factory=dict)  # id(opt) -> (params, copies before)
@@ -64,6 +67,8 @@ class StepRecord:
 
     def nonfinite_unknown(self) -> list[int]:
         """Positions whose gradient norm is not finite and whose NaN/Inf count is not known yet."""
+        if math.isfinite(sum(self.post.values())):   # the usual case, without a loop in Python
+            return []
         return [p for p, x in self.post.items() if not math.isfinite(x) and p not in self.nf]
 
 
@@ -84,19 +89,20 @@ class GradNorms(Pending):
     positions: list[int] = field(default_factory=list)
 
     def store(self, rec, v, scale):
-        for p, x in zip(self.positions, v):
-            rec.post[p] = float(x)
+        rec.post.update(zip(self.positions, v.tolist()))
 
 
 @dataclass(slots=True)
 class ClipSamples(Pending):
     """Four gradient entries per position at the end of the backward, then the same four at
-    the optimizer's pre-hook (see :func:`decode_clip`)."""
+    the optimizer's pre-hook (see :func:`decode_clip`). ``rest``: while sampling, every
+    position the optimizer steps (those not sampled take the common coefficient)."""
 
     positions: list[int] = field(default_factory=list)
+    rest: list[int] | None = None
 
     def store(self, rec, v, scale):
-        decode_clip(rec, self.positions, v, scale)
+        decode_clip(rec, self.positions, v, scale, self.rest)
 
 
 @dataclass(slots=True)
@@ -112,8 +118,7 @@ class ParamNorms(Pending):
     positions: list[int] = field(default_factory=list)
 
     def store(self, rec, v, scale):
-        for p, x in zip(self.positions, v):
-            rec.pnorm[p] = float(x)
+        rec.pnorm.update(zip(self.positions, v.tolist()))
 
 
 @dataclass(slots=True)
@@ -121,8 +126,7 @@ class UpdateNorms(Pending):
     positions: list[int] = field(default_factory=list)
 
     def store(self, rec, v, scale):
-        for p, x in zip(self.positions, v):
-            rec.upd[p] = float(x)
+        rec.upd.update(zip(self.positions, v.tolist()))
 
 
 @dataclass(slots=True)
@@ -174,10 +178,30 @@ def absorb(rec: StepRecord, items: list[Pending], host: list[np.ndarray]) -> Non
         it.store(rec, v, scale)
 
 
-def decode_clip(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float | None) -> None:
+def _median(x: np.ndarray) -> float:
+    """``float(np.median(x))`` of a short non-empty array without NaN, at a tenth of the cost
+    (the same value: the middle entry, or the mean of the two middle ones)."""
+    s = np.sort(x)
+    n = s.size
+    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
+
+
+UNIFORM_RTOL = 1e-5   # sampled clip coefficients this close to their median are one coefficient
+
+
+def decode_clip(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float | None,
+                rest: list[int] | None = None) -> None:
     """Clip coefficients from the gradient samples at the end of the backward and at the
     optimizer's pre-hook: a clip by norm scales each tensor uniformly, so the ratio of its
-    samples is its clip coefficient (see the watcher's module docstring)."""
+    samples is its clip coefficient (see the watcher's module docstring).
+
+    Also sets ``rec.clip_uniform``: whether every sampled tensor had the same coefficient
+    (within :data:`UNIFORM_RTOL`, each tensor's samples agreeing); a second call on one record
+    (a second optimizer) makes it False. With ``rest`` (the fingerprints were a subset, see
+    :mod:`gradhealth.watch.instruments`) the common coefficient goes to every position of
+    ``rest`` not sampled; when there is none, those keep no coefficient and the record is
+    marked inexact.
+    """
     if not pos:
         return
     half = v.size // 2
@@ -192,27 +216,41 @@ def decode_clip(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float | N
         r = k[rows, j] / e[rows, j]
         # uniform scaling of a tensor gives the same ratio for every sample
         bad = ok & (np.abs(k / e - r[:, None]) > 1e-3 * np.maximum(np.abs(r[:, None]), 1e-30))
-    if bad.any():
+    inexact = bool(bad.any())
+    if inexact:
         rec.clip_exact = False
     segs = np.flatnonzero(has)
-    r_seg = r[segs]
-    ratios = {pos[j]: float(r) for j, r in zip(segs, r_seg)}
-    if not ratios:
+    vals = r[segs]
+    m0 = _median(vals) if vals.size else math.nan
+    uniform = bool(vals.size) and not inexact and bool(np.all(np.abs(vals - m0) <= UNIFORM_RTOL * abs(m0)))
+    rec.clip_uniform = uniform if rec.clip_uniform is None else False
+    if not vals.size:
+        if rest is not None:
+            rec.clip_exact = False
         return
-    vals = np.array(list(ratios.values()))
+    ps = np.asarray(pos)[segs]
     if scale is not None and scale > 0:
         vals_c = vals * scale
-        ratios = {p: r * scale for p, r in ratios.items()}
     else:
         # Without a scaler argument, a common exact power-of-two factor on every tensor is
         # AMP unscaling done by a GradScaler we were not told about, not clipping.
-        m = float(np.median(vals))
-        if m > 0 and np.allclose(vals, m, rtol=1e-6) and abs(math.log2(m) - round(math.log2(m))) < 1e-9:
-            ratios = {p: 1.0 for p in ratios}
-        vals_c = np.array(list(ratios.values()))
-    for p, r in ratios.items():
-        if r > 0 and math.isfinite(r):
-            rec.clip[p] = r
+        m = m0   # (np.allclose's test, written out: a finite m is never close to an inf)
+        if (m > 0 and np.all(np.abs(vals - m) <= 1e-8 + 1e-6 * abs(m))
+                and abs(math.log2(m) - round(math.log2(m))) < 1e-9):
+            vals_c = np.ones_like(vals)
+        else:
+            vals_c = vals
+    good = (vals_c > 0) & np.isfinite(vals_c)
+    rec.clip.update(zip(ps[good].tolist(), vals_c[good].tolist()))
+    if rest is not None:
+        common = _median(vals_c)
+        if uniform and common > 0 and math.isfinite(common):
+            clip = rec.clip
+            for p in rest:
+                if p not in clip:
+                    clip[p] = common
+        else:
+            rec.clip_exact = False
     if np.any(np.abs(vals_c - 1.0) > 1e-5):
         rec.clipped = True
 

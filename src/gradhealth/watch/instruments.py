@@ -19,6 +19,27 @@ pre-hook: a clip by global or per-layer norm scales each tensor uniformly, so th
 the samples is that tensor's clip coefficient, and the pre-clip norm is the applied norm
 divided by it (exact for norm clipping, an estimate for element-wise value clipping).
 
+Sampling the fingerprints (the cost on models with many small tensors): one ``torch.take``
+per gradient, twice a logged step, costs more host time than the fused norm itself on a
+model of hundreds of small tensors. So the watcher fingerprints *every* gradient only until
+the clip coefficients have been uniform across all tensors (no clipping, a global-norm clip,
+AMP unscaling) for :data:`SAMPLE_AFTER` logged steps in a row; from then on it fingerprints
+:data:`SAMPLE_SIZE` tensors a logged step -- half of them a window that rotates over all the
+parameters (every tensor is sampled once every ``ceil(n / 8)`` logged steps), half the
+tensors with the largest applied norms at the previous logged step (a tensor clipped by its
+own or its layer's norm has the largest applied norm: it sits at the threshold) -- and
+applies their common coefficient to every other tensor. Any sign that the coefficient is
+not common (two sampled tensors disagree, a tensor's four samples disagree as with value
+clipping, no sample at all, two optimizers) switches back to full fingerprints from the next
+logged step on, and that step's unsampled tensors are reported unclipped
+(``clip_exact`` False). The trade-off: per-layer or value clipping that starts after
+sampling began is caught within a few logged steps (the next one for norm clipping of the
+largest tensors, at worst ``ceil(n / 8)`` for a tensor that is neither large nor in the
+window), not at once; until then the pre-clip norms of the clipped tensors that were not
+sampled read as their applied norms. Models with at most :data:`SAMPLE_SIZE` gradient
+tensors are always fingerprinted in full. bf16/fp16 gradients under a clip round the
+coefficient per tensor beyond the uniformity tolerance and so stay fingerprinted in full.
+
 Every hook an instrument registers goes through :func:`shielded`: it does nothing once the
 watcher is removed or while a forensic replay runs, and an exception inside it becomes one
 ``internal`` event instead of reaching the training loop.
@@ -30,6 +51,7 @@ import functools
 import math
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
@@ -38,7 +60,10 @@ from ..stats.tensors import dense_values, tensor_norms
 from ._record import ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad, UpdateNorms
 from .hooks import CopyInertHook, HookSet, LayerMap, act_stats
 
-__all__ = ["Instruments", "shielded", "hook_method"]
+__all__ = ["Instruments", "shielded", "hook_method", "SAMPLE_AFTER", "SAMPLE_SIZE"]
+
+SAMPLE_AFTER = 3    # logged steps with one clip coefficient for every tensor before sampling
+SAMPLE_SIZE = 16    # tensors fingerprinted per logged step while sampling (half rotating, half largest)
 
 
 class Host(Protocol):
@@ -102,6 +127,11 @@ class Instruments:
     def __init__(self, host: Host):
         self._host = host
         self._idx_cache: dict[tuple, torch.Tensor] = {}
+        self._uniform_streak = 0               # logged steps in a row with one common clip coefficient
+        self._rotate = 0                       # start of the rotating window of sampled tensors
+        self._clip_rec: StepRecord | None = None   # the last record whose fingerprints were taken
+        self._top: list[int] = []              # positions of the largest applied norms (last logged step)
+        self._pos_cache: tuple[list | None, list[int]] = (None, [])   # (param list, its positions)
         self.depth_seen: dict[int, int] = {}   # layer index -> order of its first forward (detail steps)
         self.depth_known = False               # the forward order is fixed after the first detail step
         self._after_conv = False
@@ -116,31 +146,73 @@ class Instruments:
         """
         plist, pos_l, parts = [], [], []
         ppos = self._host._map.param_pos
+        cache = self._idx_cache
+        strided, f32 = torch.strided, torch.float32
         dev = None
         for p in params:
             g = p.grad
-            if g is None or g.layout != torch.strided or g.numel() == 0:
+            if g is None or g.layout != strided:
                 continue
             n = g.numel()
-            key = (n, g.device)
-            idx = self._idx_cache.get(key)
+            if n == 0:
+                continue
+            gdev = g.device
+            idx = cache.get((n, gdev))
             if idx is None:
-                idx = torch.tensor([0, n // 3, (2 * n) // 3, n - 1], dtype=torch.long, device=g.device)
-                self._idx_cache[key] = idx
+                idx = torch.tensor([0, n // 3, (2 * n) // 3, n - 1], dtype=torch.long, device=gdev)
+                cache[(n, gdev)] = idx
             sm = torch.take(g, idx)
             if dev is None:
-                dev = sm.device
-            elif sm.device != dev:
+                dev = gdev
+            elif gdev != dev:
                 sm = sm.to(dev, non_blocking=True)
-            parts.append(sm if sm.dtype == torch.float32 else sm.float())
+            parts.append(sm if sm.dtype == f32 else sm.float())
             plist.append(p)
             pos_l.append(ppos[id(p)])
         return plist, pos_l, (torch.cat(parts) if parts else None)
 
+    def _sampling(self, rec: StepRecord) -> bool:
+        """Whether this logged step fingerprints a subset (see the module docstring): the
+        previous fingerprinted step's coefficients decide."""
+        prev = self._clip_rec
+        if prev is not None and prev is not rec:   # (a second backward of one step: no news)
+            self._clip_rec = None
+            if prev.clip_uniform:
+                self._uniform_streak += 1
+                if prev.post:
+                    pos = np.fromiter(prev.post.keys(), dtype=np.int64, count=len(prev.post))
+                    val = np.fromiter(prev.post.values(), dtype=float, count=len(prev.post))
+                    k = min(SAMPLE_SIZE // 2, len(val))
+                    val = np.where(np.isfinite(val), val, -1.0)
+                    self._top = pos[np.argpartition(-val, k - 1)[:k]].tolist() if k else []
+            else:
+                self._uniform_streak = 0
+        return self._uniform_streak >= SAMPLE_AFTER and len(self._host._map.params) > SAMPLE_SIZE
+
+    def _subset(self) -> list:
+        """The parameters to fingerprint while sampling: the largest applied norms of the
+        previous logged step, then a window rotating over all the parameters."""
+        params = self._host._map.params
+        n = len(params)
+        chosen = [params[i] for i in self._top if i < n]
+        seen = {id(p) for p in chosen}
+        i = self._rotate
+        for _ in range(n):
+            if len(chosen) >= SAMPLE_SIZE:
+                break
+            p = params[i]
+            i = (i + 1) % n
+            if id(p) not in seen:
+                chosen.append(p)
+        self._rotate = i
+        return chosen
+
     def backward_end(self, rec: StepRecord) -> None:
         """At the end of the backward pass: the fingerprint (and the loss scale) to compare
         with the optimizer's pre-hook, where a clip shows as a uniform rescale."""
-        rec.fp_end = self.fingerprint(self._host._map.params)
+        rec.fp_sampled = self._sampling(rec)
+        rec.fp_end = self.fingerprint(self._subset() if rec.fp_sampled else self._host._map.params)
+        self._clip_rec = rec
         scaler = self._host.config.scaler
         if scaler is not None and getattr(scaler, "_scale", None) is not None and scaler.is_enabled():
             rec.scale_end = scaler._scale.detach().clone().float().reshape(1)
@@ -155,18 +227,39 @@ class Instruments:
         # and the scale is not mistaken for clipping
         gs = getattr(opt, "grad_scale", None)
         unscale = gs if isinstance(gs, torch.Tensor) else None
-        pos = [self._host._map.param_pos[id(p)] for p in withg]
+        pos = self._positions(params, withg)
         n = norms([p.grad for p in withg])
         if unscale is not None:
             n = n / unscale.to(n.device, n.dtype)
         rec.pending.append(GradNorms(n, positions=pos))
         if rec.fp_end is not None and rec.fp_end[2] is not None:
-            self._clip_samples(rec, withg, unscale)
+            self._clip_samples(rec, withg, unscale, pos)
 
-    def _clip_samples(self, rec: StepRecord, withg: list[torch.Tensor], unscale) -> None:
+    def _positions(self, params: list, withg: list) -> list[int]:
+        """The positions of ``withg`` (``params`` with a gradient), cached while every
+        parameter of the (cached, per optimizer) list ``params`` has one."""
+        cached_for, cached = self._pos_cache
+        if len(withg) == len(params) and cached_for is params:
+            return cached
+        ppos = self._host._map.param_pos
+        pos = [ppos[id(p)] for p in withg]
+        if len(withg) == len(params):
+            self._pos_cache = (params, pos)
+        return pos
+
+    def _clip_samples(self, rec: StepRecord, withg: list[torch.Tensor], unscale, pos: list[int]) -> None:
         fparams, fpos, samples = rec.fp_end
         mine = {id(p) for p in withg}
-        if len(fparams) == len(withg) and all(id(p) in mine for p in fparams):
+        if rec.fp_sampled:
+            keep = [k for k, p in enumerate(fparams) if id(p) in mine]
+            if len(keep) == len(fparams):
+                sub, end = fparams, samples
+            else:
+                sub = [fparams[k] for k in keep]
+                sel = torch.tensor([4 * k + j for k in keep for j in range(4)], dtype=torch.long,
+                                   device=samples.device)
+                end = samples.index_select(0, sel)
+        elif len(fparams) == len(withg) and all(id(p) in mine for p in fparams):
             sub, end = fparams, samples           # the usual case: one optimizer, same grads
         else:
             keep = [k for k, p in enumerate(fparams) if id(p) in mine]
@@ -178,7 +271,8 @@ class Instruments:
         if cur is not None and unscale is not None:
             cur = cur / unscale.to(cur.device, cur.dtype)
         if cur is not None and len(cparams) == len(sub):
-            rec.pending.append(ClipSamples(torch.cat([end, cur.to(end.device)]), positions=cpos))
+            rest = pos if rec.fp_sampled else None   # while sampling: the common coefficient's positions
+            rec.pending.append(ClipSamples(torch.cat([end, cur.to(end.device)]), positions=cpos, rest=rest))
             if rec.scale_end is not None:
                 rec.pending.append(LossScale(rec.scale_end))
 
@@ -195,13 +289,17 @@ class Instruments:
                     continue
                 v = dense_values(g).detach()
                 rec.nf[p] = int(torch.logical_not(torch.isfinite(v)).sum())
+                rec.nf_bad += rec.nf[p] > 0
                 if rec.nf[p] == 0 and math.isinf(rec.post[p]):
                     # finite entries whose float32 sum of squares overflowed: the true norm, in
                     # float64 (any finite float32/bf16/fp16 gradient fits), and a mark
                     rec.post[p] = float(torch.linalg.vector_norm(v, dtype=torch.float64))
                     rec.overflow.add(p)
-        for p in rec.post:
-            rec.nf.setdefault(p, 0)
+        if not rec.nf:
+            rec.nf = dict.fromkeys(rec.post, 0)
+        elif len(rec.nf) != len(rec.post):
+            for p in rec.post:
+                rec.nf.setdefault(p, 0)
 
     def nonfinite_state(self, opt) -> list[tuple[int, str]]:
         """``(parameter position, state key)`` of every optimizer-state tensor holding NaN/Inf

@@ -461,7 +461,7 @@ class Watcher:
             if rec.detail:
                 self._inst.measure_params(rec, opt, params)
             self._read(rec)
-            if rec.overflow or any(v > 0 for v in rec.nf.values()):
+            if rec.overflow or rec.nf_bad:
                 if not self._policy.episode:
                     self._policy.episode = True
                     self._on_nonfinite_stats(opt, rec)
@@ -473,7 +473,7 @@ class Watcher:
     def _on_post_step(self, opt, args, kwargs):
         rec = self._it.record
         self._inst.finish_updates(rec, opt)
-        if rec is not None and (rec.detail or rec.overflow or any(v > 0 for v in rec.nf.values())):
+        if rec is not None and (rec.detail or rec.overflow or rec.nf_bad):
             bad = self._inst.nonfinite_state(opt)   # detail steps and bad steps only (one sync)
             if bad and not self._policy.state_bad:
                 self._emit([self._log.with_remedy(self._policy.state_event(rec, bad, self._map.param_names))])

@@ -1,0 +1,152 @@
+"""Clip detection with sampled fingerprints (see gradhealth.watch.instruments): once the clip
+coefficients are uniform for a few logged steps the watcher fingerprints a subset of the
+gradients and applies their common coefficient to the others; any non-uniform coefficient
+switches back to full fingerprints.
+
+Oracle: the per-layer and global gradient norms computed by hand *before* the clip, from the
+gradients themselves, compared with what the watcher reports as the pre-clip norms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gradhealth.remedies import clip_by_layer_norm_
+from gradhealth.watch import never, watch
+from gradhealth.watch._record import StepRecord, decode_clip
+from gradhealth.watch.instruments import SAMPLE_AFTER, SAMPLE_SIZE
+
+DEPTH = 14   # 14 Linear layers: 28 gradient tensors, more than SAMPLE_SIZE
+
+
+def deep(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers = []
+    for _ in range(DEPTH):
+        layers += [nn.Linear(8, 8), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def linear_norms(model) -> np.ndarray:
+    """The hand-computed per-layer (weight and bias together) gradient norms, in layer order
+    of the Linear layers."""
+    return np.array([math.sqrt(float(m.weight.grad.double().square().sum() + m.bias.grad.double().square().sum()))
+                     for m in model if isinstance(m, nn.Linear)])
+
+
+def reported_linear(w, s) -> np.ndarray:
+    idx = [i for i, t in enumerate(w.layers.types) if t == "Linear"]
+    return np.asarray(s.grad_norm)[idx]
+
+
+def train(model, steps, clip_at):
+    """``clip_at(step, model)`` clips in place; returns the watcher, the hand-computed pre-clip
+    norms per step, and per step whether its fingerprints were a sampled subset."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    want, sampled = [], []
+    with watch(model, opt, every=1, detail_every=never()) as w:
+        for s in range(steps):
+            x = torch.randn(16, 8, generator=g) * 3
+            model(x).pow(2).sum().backward()
+            want.append(linear_norms(model))
+            clip_at(s, model)
+            opt.step()
+            opt.zero_grad()
+            sampled.append(w._inst._clip_rec.fp_sampled)
+    return w, want, sampled
+
+
+def test_global_clip_while_sampling_matches_the_hand_computed_pre_clip_norms():
+    model = deep()
+    w, want, sampled = train(model, 12, lambda s, m: torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05))
+    hist = list(w.history)
+    assert len(hist) == 12
+    assert not any(sampled[:SAMPLE_AFTER]) and all(sampled[SAMPLE_AFTER:])   # the subset really was used
+    for s, h in zip(range(12), hist):
+        np.testing.assert_allclose(reported_linear(w, h), want[s], rtol=1e-5)
+        assert h.global_grad_norm == pytest.approx(float(np.sqrt(np.sum(want[s] ** 2))), rel=1e-5)
+        assert h.global_grad_norm_clipped == pytest.approx(0.05, rel=1e-4)
+
+
+def test_per_layer_clip_starting_late_is_caught_within_two_logged_steps():
+    model = deep()
+    start = SAMPLE_AFTER + 4
+
+    def clip(s, m):
+        if s < start:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1e9)   # never clips: coefficient 1
+        else:   # one threshold for every layer: the larger layers are clipped, the others not
+            clip_by_layer_norm_(m, 0.6 * float(linear_norms(m).max()))
+
+    w, want, sampled = train(model, start + 6, clip)
+    hist = list(w.history)
+    assert all(sampled[SAMPLE_AFTER:start + 1])    # sampling when the per-layer clip began
+    assert not any(sampled[start + 2:])            # full fingerprints again two logged steps later
+    assert any(want[start] > 0.6 * want[start].max() * (1 + 1e-3) - 1e-12)   # some layers clipped
+    assert any(want[start] < 0.6 * want[start].max())                        # and some not
+    for s in range(start + 2, start + 6):          # exact again in full mode
+        np.testing.assert_allclose(reported_linear(w, hist[s]), want[s], rtol=1e-5)
+    for s in (start, start + 1):                   # meanwhile a missed clip reads low, never high
+        assert np.all(reported_linear(w, hist[s]) <= want[s] * (1 + 1e-5))
+    for s in range(start):
+        np.testing.assert_allclose(reported_linear(w, hist[s]), want[s], rtol=1e-5)
+
+
+def test_value_clipping_starting_late_switches_back_to_full_fingerprints():
+    model = deep()
+    start = SAMPLE_AFTER + 3
+
+    def clip(s, m):
+        if s >= start:
+            torch.nn.utils.clip_grad_value_(m.parameters(), 1e-3)
+
+    w, want, sampled = train(model, start + 4, clip)
+    assert sampled[start]
+    assert not any(sampled[start + 2:])   # value clipping is not one coefficient: full fingerprints
+
+
+def _samples(end, cur):
+    return np.array(end + cur, dtype=np.float32)
+
+
+def test_decode_clip_gives_the_common_coefficient_to_the_unsampled_positions():
+    rec = StepRecord(0, False)
+    # positions 0 and 1 sampled, both clipped by 0.375; 2 and 3 not sampled
+    after = [0.375, 0.75, 1.125, 1.5, 0.75, 0.75, 0.75, 0.75]
+    decode_clip(rec, [0, 1], _samples([1, 2, 3, 4, 2, 2, 2, 2], after), None, rest=[0, 1, 2, 3])
+    assert rec.clip == {0: 0.375, 1: 0.375, 2: 0.375, 3: 0.375}
+    assert rec.clip_uniform and rec.clip_exact and rec.clipped
+
+
+def test_decode_clip_non_uniform_subset_leaves_the_rest_unknown_and_inexact():
+    rec = StepRecord(0, False)
+    decode_clip(rec, [0, 1], _samples([1, 2, 3, 4, 2, 2, 2, 2], [0.375, 0.75, 1.125, 1.5, 2, 2, 2, 2]), None,
+                rest=[0, 1, 2, 3])
+    assert rec.clip == {0: 0.375, 1: 1.0}          # the unsampled 2 and 3 get no coefficient
+    assert rec.clip_uniform is False and not rec.clip_exact
+
+
+def test_decode_clip_full_fingerprints_unchanged_and_a_second_optimizer_is_not_uniform():
+    rec = StepRecord(0, False)
+    decode_clip(rec, [0], _samples([1, 2, 3, 4], [0.375, 0.75, 1.125, 1.5]), None)
+    assert rec.clip == {0: 0.375} and rec.clip_uniform is True
+    decode_clip(rec, [1], _samples([1, 2, 3, 4], [0.375, 0.75, 1.125, 1.5]), None)
+    assert rec.clip == {0: 0.375, 1: 0.375} and rec.clip_uniform is False
+
+
+def test_small_models_are_always_fingerprinted_in_full():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(SAMPLE_SIZE // 2)])   # SAMPLE_SIZE tensors
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with watch(model, opt, every=1, detail_every=never()) as w:
+        for _ in range(SAMPLE_AFTER + 3):
+            model(torch.randn(4, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        rec = w._inst._clip_rec
+        assert rec is not None and not rec.fp_sampled and len(rec.fp_end[0]) == SAMPLE_SIZE
