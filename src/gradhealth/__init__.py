@@ -20,8 +20,6 @@ import types
 from .errors import GradHealthError, ModelError, NonFiniteError, ParameterError, StoreError
 from .events import Event, Prescription
 
-__version__ = "0.1.0"
-
 # name -> (submodule, attribute or None for the submodule itself)
 _LAZY = {
     "probe": ("probe", "probe"),
@@ -55,7 +53,21 @@ __all__ = [
 ]
 
 
+def _installed_version() -> str:
+    """The version of the installed distribution (one source: pyproject.toml), or
+    ``"0+unknown"`` for a source tree that was never installed (no distribution metadata)."""
+    import importlib.metadata  # not at import time: it costs as much as the rest of the package
+
+    try:
+        return importlib.metadata.version("gradhealth")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def __getattr__(name: str):
+    if name == "__version__":
+        value = globals()[name] = _installed_version()
+        return value
     if name not in _LAZY:
         raise AttributeError(f"module 'gradhealth' has no attribute {name!r}")
     modname, attr = _LAZY[name]
@@ -66,7 +78,7 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
 
 
 class _Package(types.ModuleType):
