@@ -127,7 +127,10 @@ def depth_finding(gains: list[float | None], th: Thresholds = DEFAULT_THRESHOLDS
     if exploding:
         kind = "exploding"
         if exploding_trend:
-            flagged = [i for i in pos if dev[i] >= lr] or [posp[0]]
+            # A layer explodes when the trend grows by >= ratio between it and the output end AND
+            # its own gain agrees. A layer near the output end (a head after a pooling step, whose
+            # gain is ~1 like the output's) sits above the line by a jump, not by growth: not flagged.
+            flagged = [i for i in pos if dev[i] >= lr and -slope * (posp[-1] - i) >= lr] or [posp[0]]
             worst = flagged[0]
         else:
             flagged = [i for i in pos if ratios[i] >= th.jump]
@@ -136,7 +139,7 @@ def depth_finding(gains: list[float | None], th: Thresholds = DEFAULT_THRESHOLDS
     elif vanishing:
         kind = "vanishing"
         if vanishing_trend:
-            flagged = [i for i in pos if dev[i] <= -lr] or [pos[0]]
+            flagged = [i for i in pos if dev[i] <= -lr and (underflow or slope * (posp[-1] - i) >= lr)] or [pos[0]]
             worst = flagged[0]
         else:
             flagged = [i for i in pos if ratios[i] <= 1.0 / th.jump]

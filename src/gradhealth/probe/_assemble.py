@@ -203,7 +203,7 @@ def _over_time(rows: list[Row], series_vals: list, verdicts: _Verdicts, ctx: Con
                                  ratio=ratio, worst_step=worst, spectral_radius=rho, verdict=f.kind))
         if f.kind == "healthy":
             continue
-        ev = {"worst_layer": label, "time_step": worst, "depth": len(gains),
+        ev = {"worst_layer": label, "time_step": worst, "depth": f.depth, "trend_total": f.trend_total,
               "growth_per_layer": f.growth, "chi_1_estimate": f.growth ** 2 if f.growth else None,
               "gain_ratio": f.worst_ratio, "spectral_radius": rho, "is_recurrent": recurrent,
               "activation": act, "cell": cell, **common}

@@ -24,7 +24,10 @@ chi_1_estimate     mean-field chi_1 (mean squared singular value of a layer Jaco
 activation         activation name (``'tanh'``, ``'relu'``, ...)
 sigma_w2, sigma_b2 current weight / bias variance (weights as ``sigma_w2 / fan_in``)
 worst_layer        name of the worst layer
-gsc                gradient scale coefficient (ratio of gradient norms across depth)
+trend_total        the measured change of the backward signal over the ``depth`` layers
+                   (time steps): quoted as is; without it, ``growth_per_layer ** depth``
+gsc                gradient scale coefficient (ratio of gradient norms across depth); cited
+                   only where it agrees with the direction (>= 2 exploding, <= 0.5 vanishing)
 fraction           fraction of units dead / saturated
 grad_norm          global gradient norm at the event
 median, mad        robust running statistics of the monitored quantity (grad norm or loss)
@@ -32,6 +35,7 @@ loss               loss at the event
 lr                 current learning rate
 update_ratio       ``||lr * update|| / ||W||`` at the worst layer
 is_recurrent       the model is (or the layer is inside) a recurrent network
+cell               the recurrent cell (``'LSTM'``, ``'GRU'``, ``'RNN_TANH'``, ``'LSTMCell'``...)
 spectral_radius    spectral radius of the recurrent weight matrix
 has_norm           the model has normalisation layers
 has_residual       the model has residual connections
@@ -58,7 +62,7 @@ __all__ = ["prescribe", "apply_prescription", "applies_to_model", "MODEL_REMEDIE
 EVIDENCE_KEYS = (
     "growth_per_layer", "chi_1_estimate", "activation", "sigma_w2", "sigma_b2", "worst_layer",
     "gsc", "fraction", "grad_norm", "median", "mad", "loss", "lr", "update_ratio",
-    "is_recurrent", "spectral_radius", "has_norm", "has_residual", "depth",
+    "is_recurrent", "spectral_radius", "has_norm", "has_residual", "depth", "trend_total", "cell",
 )
 
 _R = "gradhealth.remedies."
@@ -162,6 +166,17 @@ def _pow(base: float, exponent: float) -> float:
         return math.inf
 
 
+def _total(ev: Mapping, growth: float, depth: float | None) -> float | None:
+    """The change over ``depth`` layers: the measured ``trend_total`` when the evidence carries
+    it (the number the verdict's headline quotes), else ``growth ** depth``; None without a depth."""
+    if depth is None or depth < 1:
+        return None
+    measured = _num(ev, "trend_total")
+    if measured is not None:
+        return measured
+    return _pow(growth, depth) if growth > 0 else 0.0
+
+
 def _nice(x: float) -> float:
     """Round a threshold to 2 significant digits (a number a person would type)."""
     if not (x > 0 and math.isfinite(x)):
@@ -214,11 +229,12 @@ def _init_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str, la
         facts.append(f"chi_1 estimated {_g(chi)} ({phase} phase; critical is 1)")
     if growth is not None:
         s = f"gradient norm x{_g(growth)} per layer"
-        if depth is not None and depth >= 1:
-            total = _pow(growth, depth) if growth > 0 else 0.0
+        total = _total(ev, growth, depth)
+        if total is not None:
             s += f", x{_g(total)} over {int(depth)} layers"
         facts.append(s)
-    if gsc is not None:
+    # the GSC is scale-free (Philipp et al.): cited only where it says the same as the verdict
+    if gsc is not None and (gsc >= 2 if direction == "exploding" else gsc <= 0.5):
         facts.append(f"gradient scale coefficient {_g(gsc)}")
     where = f" (worst at {layer})" if layer else ""
     base = "; ".join(facts) + where if facts else f"the backward signal is {direction}{where}"
@@ -291,8 +307,9 @@ def _rnn_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str) -> 
     facts = []
     if growth is not None:
         s = f"gradient x{_g(growth)} per time step"
-        if depth is not None and depth >= 1 and growth > 0:
-            s += f", x{_g(_pow(growth, depth))}{steps}"
+        total = _total(ev, growth, depth)
+        if total is not None:
+            s += f", x{_g(total)}{steps}"
         facts.append(s)
     if rho is not None:
         facts.append(f"recurrent spectral radius {_g(rho)}")
