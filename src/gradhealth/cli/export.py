@@ -1,0 +1,66 @@
+"""``gradhealth export``: a stored run to TensorBoard event files or an MLflow run."""
+
+from __future__ import annotations
+
+HELP = "export a run to TensorBoard or MLflow (per-layer scalars, histograms, NaN/Inf counts, events)"
+DESCRIPTION = """Export the run in RUN_DIR (finished, crashed, or still training) to TensorBoard
+event files or to an MLflow run: per-layer scalars, histograms of the finite values with the
+NaN/+Inf/-Inf/zero counts as separate scalars, and the events as text.
+
+Needs tensorboardX (pip install 'gradhealth[tensorboard]') or mlflow
+(pip install 'gradhealth[mlflow]').
+
+Exit code: 0 exported, 2 if RUN_DIR is not a readable run or the writer is not installed.
+
+Examples:
+  gradhealth export runs/exp1 --to tensorboard --logdir tb/exp1
+  gradhealth export runs/exp1 --to mlflow --tracking-uri file:///tmp/mlruns --experiment mine
+"""
+
+
+def add_arguments(parser) -> None:
+    """Add the arguments of ``gradhealth export`` to its subparser (imports neither torch nor a writer)."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (holds run.sqlite)")
+    parser.add_argument("--to", required=True, choices=["tensorboard", "mlflow"], help="where to export")
+    parser.add_argument("--logdir", metavar="DIR",
+                        help="TensorBoard: the log directory to write (default: RUN_DIR/tensorboard)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow: the tracking URI, e.g. file:///tmp/mlruns (default: MLflow's own, "
+                             "MLFLOW_TRACKING_URI)")
+    parser.add_argument("--experiment", default="gradhealth", help="MLflow: the experiment name (default: gradhealth)")
+    parser.add_argument("--run-name", metavar="NAME", help="MLflow: the run name (default: RUN_DIR's name)")
+
+
+def run(args) -> int:
+    """Run ``gradhealth export`` on the parsed ``args``; returns the exit code (0 ok, 2 usage error)."""
+    import sys
+    from pathlib import Path
+
+    from .._text import safe_text
+    from ..integrations import export
+
+    try:
+        if args.to == "tensorboard":
+            if args.tracking_uri or args.run_name:
+                print("gradhealth export: error: --tracking-uri and --run-name are for --to mlflow.",
+                      file=sys.stderr)
+                return 2
+            logdir = export.to_tensorboard(args.run_dir, args.logdir or Path(args.run_dir) / "tensorboard")
+            print(f"wrote TensorBoard event files to {safe_text(logdir)} "
+                  f"(view: tensorboard --logdir {safe_text(logdir)})")
+        else:
+            if args.logdir:
+                print("gradhealth export: error: --logdir is for --to tensorboard.", file=sys.stderr)
+                return 2
+            run_id = export.to_mlflow(args.run_dir, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                                      run_name=args.run_name)
+            print(f"logged MLflow run {safe_text(run_id)} in experiment {safe_text(args.experiment)!r}")
+    except ImportError as exc:
+        print(f"gradhealth export: error: {safe_text(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not any(c.__name__ == "MlflowException" for c in type(exc).__mro__):   # e.g. a refused file store
+            raise
+        print(f"gradhealth export: error: MLflow refused the export: {safe_text(exc)}", file=sys.stderr)
+        return 2
+    return 0
