@@ -61,13 +61,15 @@ def plain_loop(run_dir=None, accumulate: int = 1, steps: int = N_STEPS, **watch_
     with gradhealth.watch(model, opt, run_dir=run_dir, **watch_options) as w:
         for s in range(steps):
             state["step"] = s
+            loss_sum = 0.0
             for a in range(accumulate):
                 i = (s * accumulate + a) * BATCH
                 loss = nn.functional.mse_loss(model(x[i:i + BATCH]), y[i:i + BATCH]) / accumulate
                 loss.backward()
+                loss_sum = loss_sum + loss.detach()
             opt.step()
             opt.zero_grad()
-            w.observe(loss)
+            w.observe(loss_sum)
     return w
 
 

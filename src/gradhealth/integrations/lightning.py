@@ -1,0 +1,243 @@
+"""gradhealth in a Lightning run: ``GradHealthCallback`` (``pip install 'gradhealth[lightning]'``).
+
+::
+
+    from gradhealth.integrations.lightning import GradHealthCallback
+
+    trainer = lightning.pytorch.Trainer(callbacks=[GradHealthCallback("runs/exp1", on_nonfinite="skip")])
+    trainer.fit(module, loader)
+
+The hooks it uses, in the order Lightning 2.x runs them (automatic optimization)::
+
+    on_fit_start                    attach gradhealth.watch(pl_module, trainer.optimizers, scaler=...)
+    per batch:
+      on_train_batch_start
+      optimizer_step -> optimizer.step(closure)      (only on the last batch of an accumulation window)
+        closure: training_step, zero_grad, on_before_backward, backward, on_after_backward
+        on_before_optimizer_step    (gradients complete: unscaled under AMP, before clipping)
+        clip_gradients
+        the optimizer's step pre-hook: gradhealth's statistics, guard and replay
+      on_train_batch_end            observe the step's loss, log new events through pl_module.log_dict
+    on_fit_end / on_exception       remove the watcher (flush and close the run store)
+
+Three things make it work as in a plain loop:
+
+- **The closure.** Lightning's default precision plugin calls ``optimizer.step(closure=...)`` and
+  the closure runs the forward and backward *inside* ``step``, after torch's step pre-hooks: a
+  pre-hook would see the previous iteration's gradients. The callback therefore wraps
+  ``optimizer.step`` (on the torch optimizer, under gradhealth's own guard) so that the closure
+  runs first and the step, with its hooks, after it. The result is the same update for every
+  optimizer that calls its closure once at the start of ``step`` (SGD, Adam, AdamW, ...);
+  ``torch.optim.LBFGS`` re-evaluates the closure and is left alone (its statistics are then one
+  iteration late).
+- **The steps.** gradhealth's step is the optimizer step (``trainer.global_step``): with
+  ``accumulate_grad_batches=N`` the N forward/backward passes of a window are one step, as in a
+  plain loop with accumulation. ``training_step`` should call ``self(...)`` (the module's
+  ``forward``): gradhealth keeps the batch for forensic replay, and ends an iteration, at the
+  LightningModule's own forward.
+- **The stop.** Under ``on_nonfinite="raise"`` the guard raises ``NonFiniteError`` inside
+  ``optimizer.step`` (Lightning would tear the run down with it). The callback catches it there,
+  leaves the step undone, sets ``trainer.should_stop = True`` (the fit loop ends after that batch)
+  and keeps the error in ``callback.error``; the diagnosis is in the run store and in
+  ``callback.watcher.events``.
+
+With ``precision="16-mixed"`` on a GPU Lightning's ``MixedPrecision`` plugin owns a GradScaler;
+the callback passes it to ``watch`` (``scaler=trainer.precision_plugin.scaler``) so scaler-skipped
+steps are recorded as such. Note that on CPU Lightning turns ``16-mixed`` into bf16 (no scaler).
+
+Events are logged as ``gradhealth/<kind>`` (the running count of each kind) with
+``pl_module.log_dict`` on the step where they appear, so every Lightning logger gets them.
+"""
+
+from __future__ import annotations
+
+import types
+
+from ..errors import ModelError, NonFiniteError
+
+__all__ = ["GradHealthCallback"]
+
+LIGHTNING_FIX = "pip install 'gradhealth[lightning]' (or pip install lightning)"
+
+
+def _callback_base():
+    try:
+        from lightning.pytorch import Callback
+    except ImportError:
+        raise ModelError("GradHealthCallback for Lightning needs the lightning package, which is not installed. "
+                         f"Fix: {LIGHTNING_FIX}.") from None
+    return Callback
+
+
+def _real_class():
+    cls = globals().get("_LightningGradHealthCallback")
+    if cls is None:
+        cls = type("_LightningGradHealthCallback", (GradHealthCallback, _callback_base()),
+                   {"__module__": __name__, "__doc__": GradHealthCallback.__doc__})
+        globals()["_LightningGradHealthCallback"] = cls
+    return cls
+
+
+def __getattr__(name):   # unpickling in a spawned process finds the class by name
+    if name == "_LightningGradHealthCallback":
+        return _real_class()
+    raise AttributeError(name)
+
+
+def _wrap_step(opt, make):
+    """Put ``make(inner)`` in place of ``opt.step`` (a bound method); returns an undo function."""
+    had = "step" in vars(opt)
+    previous = vars(opt).get("step")
+    inner = opt.step
+    fn = make(inner)
+    if hasattr(inner, "_wrapped_by_lr_sched"):   # keep the LR scheduler's mark visible
+        fn._wrapped_by_lr_sched = True
+    method = types.MethodType(fn, opt)
+    opt.step = method
+
+    def undo():
+        if vars(opt).get("step") is method:
+            if had:
+                opt.step = previous
+            else:
+                del opt.step
+        else:   # something wrapped it after us: become a pass-through
+            method.__func__._gradhealth_passthrough = True
+
+    return undo
+
+
+def _closure_first(inner):
+    def step(_opt, *args, **kwargs):
+        if getattr(step, "_gradhealth_passthrough", False):
+            return inner(*args, **kwargs)
+        if "closure" in kwargs:
+            closure = kwargs.pop("closure")
+        elif args:
+            closure, args = args[0], args[1:]
+        else:
+            closure = None
+        if closure is None:
+            return inner(*args, **kwargs)
+        import torch
+
+        with torch.enable_grad():
+            loss = closure()
+        out = inner(*args, **kwargs)
+        return loss if out is None else out
+
+    return step
+
+
+class GradHealthCallback:
+    """A ``lightning.pytorch.Callback`` that runs :func:`gradhealth.watch` on the fitted module.
+
+    Args:
+        run_dir: the run store's directory (``RUN_DIR/run.sqlite``), or None (in memory).
+        **watch_options: any keyword option of :func:`gradhealth.watch` (``on_nonfinite``,
+            ``every``, ``detail_every``, ``detectors``, ...). ``scaler`` defaults to the precision
+            plugin's GradScaler, if it has one.
+
+    Attributes:
+        watcher: the :class:`~gradhealth.watch.Watcher` of the current (or last) fit.
+        error: the ``NonFiniteError`` that stopped the fit under ``on_nonfinite="raise"``, else None.
+
+    Raises:
+        ModelError: lightning is not installed (the message names the install command).
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is GradHealthCallback:
+            cls = _real_class()
+        return super().__new__(cls)
+
+    def __init__(self, run_dir=None, **watch_options):
+        _callback_base()
+        self.run_dir = run_dir
+        self.watch_options = dict(watch_options)
+        self.watcher = None
+        self.error = None
+        self._undo: list = []
+        self._stepped = False
+        self._loss = None
+        self._seen = 0
+        self._counts: dict[str, int] = {}
+
+    # -- attach / detach ---------------------------------------------------------------------
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from ..watch import watch
+
+        self._detach()
+        opts = list(trainer.optimizers)
+        options = dict(self.watch_options)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            options.setdefault("scaler", scaler)
+        for opt in opts:
+            if type(opt).__name__ != "LBFGS":
+                self._undo.append(_wrap_step(opt, _closure_first))
+        self.watcher = watch(pl_module, opts or None, run_dir=self.run_dir, **options)
+        for opt in opts:   # outermost: turn the guard's NonFiniteError into a stop
+            self._undo.append(_wrap_step(opt, lambda inner, _t=trainer: self._stopping(inner, _t)))
+        self.error = None
+        self._seen, self._counts, self._stepped, self._loss = 0, {}, False, None
+
+    def _stopping(self, inner, trainer):
+        def step(_opt, *args, **kwargs):
+            if getattr(step, "_gradhealth_passthrough", False) or self.error is not None:
+                return inner(*args, **kwargs)
+            try:
+                return inner(*args, **kwargs)
+            except NonFiniteError as exc:
+                self.error = exc
+                trainer.should_stop = True
+                return None
+
+        return step
+
+    def _detach(self) -> None:
+        if self.watcher is not None:
+            self.watcher.remove()
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._detach()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._detach()
+
+    # -- per step ----------------------------------------------------------------------------
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._stepped = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        w = self.watcher
+        if w is None or not w.active:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and getattr(loss, "numel", lambda: 0)() == 1:
+            # Lightning's outputs["loss"] is already divided by accumulate_grad_batches: the sum
+            # over the window is the loss whose gradient the step applies
+            self._loss = loss.detach() if self._loss is None else self._loss + loss.detach()
+        if not self._stepped:
+            return
+        self._stepped = False
+        if self._loss is not None:
+            w.observe(self._loss)
+        self._loss = None
+        self._log_events(pl_module)
+
+    def _log_events(self, pl_module) -> None:
+        events = self.watcher.events
+        if len(events) == self._seen:
+            return
+        for e in events[self._seen:]:
+            self._counts[e.kind] = self._counts.get(e.kind, 0) + 1
+        self._seen = len(events)
+        try:
+            pl_module.log_dict({f"gradhealth/{k}": float(v) for k, v in self._counts.items()},
+                               on_step=True, on_epoch=False, prog_bar=False, logger=True)
+        except Exception as exc:   # a logger's failure must not stop training
+            self.watcher._internal("lightning.log_dict", exc)

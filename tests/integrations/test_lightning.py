@@ -1,0 +1,83 @@
+"""GradHealthCallback under Lightning (CPU): the planted NaN (layer net.2, step 5) is diagnosed with
+the same step, kind and layer as in the plain loop under gradhealth.watch (the oracle), with and
+without gradient accumulation; on_nonfinite='raise' stops the fit instead of crashing it."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from conftest import BATCH, N_STEPS, NAN_LAYER, NAN_STEP, Net, first_nonfinite, make_data, plain_loop, plant_nan
+
+from gradhealth.store import load_run
+
+torch = pytest.importorskip("torch")
+pl = pytest.importorskip("lightning.pytorch")
+
+
+class Module(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = Net().net    # the same initial weights as the oracle's Net()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def fit(tmp_path, accumulate=1, steps=N_STEPS, **options):
+    from gradhealth.integrations.lightning import GradHealthCallback
+
+    module = Module()
+    plant_nan(module.get_submodule(NAN_LAYER), lambda: module.trainer.global_step)
+    x, y = make_data(steps * accumulate)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    cb = GradHealthCallback(run_dir=tmp_path / "run", **options)
+    trainer = pl.Trainer(max_steps=steps, accumulate_grad_batches=accumulate, callbacks=[cb],
+                         logger=pl.loggers.CSVLogger(tmp_path / "logs"), enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+                         log_every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader)
+    return cb, trainer
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_nan_is_diagnosed_as_in_a_plain_loop(tmp_path, accumulate):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        oracle = plain_loop(accumulate=accumulate)
+    assert first_nonfinite(oracle.events) == (NAN_STEP, "nonfinite", NAN_LAYER)
+    cb, trainer = fit(tmp_path, accumulate)
+    assert first_nonfinite(cb.watcher.events) == first_nonfinite(oracle.events)
+    assert cb.watcher.replays[0].module == oracle.replays[0].module == NAN_LAYER
+    assert cb.watcher.replays[0].step == oracle.replays[0].step == NAN_STEP
+    # the statistics of the steps before the NaN are the oracle's: same gradients, not one step late
+    for ours, theirs in zip(list(cb.watcher.history)[:NAN_STEP], list(oracle.history)[:NAN_STEP]):
+        assert ours.step == theirs.step
+        assert ours.global_grad_norm == pytest.approx(theirs.global_grad_norm, rel=1e-5)
+        assert ours.loss == pytest.approx(theirs.loss, rel=1e-5)
+    assert not cb.watcher.active          # removed at fit end
+    stored = load_run(tmp_path / "run")
+    assert first_nonfinite(stored.events) == first_nonfinite(oracle.events)
+    assert stored.finished
+    # the events reached Lightning's logger
+    assert trainer.logged_metrics["gradhealth/nonfinite"] >= 1
+
+
+def test_raise_stops_the_fit_at_the_nan_step(tmp_path):
+    from gradhealth.errors import NonFiniteError
+
+    cb, trainer = fit(tmp_path, on_nonfinite="raise")
+    assert isinstance(cb.error, NonFiniteError)
+    assert trainer.global_step == NAN_STEP + 1 < N_STEPS      # stopped after the NaN batch
+    assert first_nonfinite(cb.watcher.events) == (NAN_STEP, "nonfinite", NAN_LAYER)
+    # the bad step was not applied: the weights are finite
+    assert all(torch.isfinite(p).all() for p in trainer.lightning_module.parameters())
