@@ -51,9 +51,8 @@ Events are logged as ``gradhealth/<kind>`` (the running count of each kind) with
 
 from __future__ import annotations
 
-import types
-
-from ..errors import ModelError, NonFiniteError
+from ..errors import ModelError
+from ._optim import closure_first, stopping, wrap_step
 
 __all__ = ["GradHealthCallback"]
 
@@ -82,51 +81,6 @@ def __getattr__(name):   # unpickling in a spawned process finds the class by na
     if name == "_LightningGradHealthCallback":
         return _real_class()
     raise AttributeError(name)
-
-
-def _wrap_step(opt, make):
-    """Put ``make(inner)`` in place of ``opt.step`` (a bound method); returns an undo function."""
-    had = "step" in vars(opt)
-    previous = vars(opt).get("step")
-    inner = opt.step
-    fn = make(inner)
-    if hasattr(inner, "_wrapped_by_lr_sched"):   # keep the LR scheduler's mark visible
-        fn._wrapped_by_lr_sched = True
-    method = types.MethodType(fn, opt)
-    opt.step = method
-
-    def undo():
-        if vars(opt).get("step") is method:
-            if had:
-                opt.step = previous
-            else:
-                del opt.step
-        else:   # something wrapped it after us: become a pass-through
-            method.__func__._gradhealth_passthrough = True
-
-    return undo
-
-
-def _closure_first(inner):
-    def step(_opt, *args, **kwargs):
-        if getattr(step, "_gradhealth_passthrough", False):
-            return inner(*args, **kwargs)
-        if "closure" in kwargs:
-            closure = kwargs.pop("closure")
-        elif args:
-            closure, args = args[0], args[1:]
-        else:
-            closure = None
-        if closure is None:
-            return inner(*args, **kwargs)
-        import torch
-
-        with torch.enable_grad():
-            loss = closure()
-        out = inner(*args, **kwargs)
-        return loss if out is None else out
-
-    return step
 
 
 class GradHealthCallback:
@@ -175,25 +129,16 @@ class GradHealthCallback:
             options.setdefault("scaler", scaler)
         for opt in opts:
             if type(opt).__name__ != "LBFGS":
-                self._undo.append(_wrap_step(opt, _closure_first))
+                self._undo.append(wrap_step(opt, closure_first))
         self.watcher = watch(pl_module, opts or None, run_dir=self.run_dir, **options)
         for opt in opts:   # outermost: turn the guard's NonFiniteError into a stop
-            self._undo.append(_wrap_step(opt, lambda inner, _t=trainer: self._stopping(inner, _t)))
+            self._undo.append(wrap_step(opt, lambda inner, _t=trainer: stopping(inner, lambda e: self._stop(_t, e))))
         self.error = None
         self._seen, self._counts, self._stepped, self._loss = 0, {}, False, None
 
-    def _stopping(self, inner, trainer):
-        def step(_opt, *args, **kwargs):
-            if getattr(step, "_gradhealth_passthrough", False) or self.error is not None:
-                return inner(*args, **kwargs)
-            try:
-                return inner(*args, **kwargs)
-            except NonFiniteError as exc:
-                self.error = exc
-                trainer.should_stop = True
-                return None
-
-        return step
+    def _stop(self, trainer, exc) -> None:
+        self.error = exc
+        trainer.should_stop = True
 
     def _detach(self) -> None:
         if self.watcher is not None:

@@ -1,0 +1,181 @@
+"""gradhealth in a Hugging Face ``Trainer`` run: ``GradHealthCallback``
+(``pip install 'gradhealth[transformers]'``: transformers and accelerate, which its Trainer needs).
+
+::
+
+    from gradhealth.integrations.transformers import GradHealthCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=ds,
+                      callbacks=[GradHealthCallback("runs/exp1", on_nonfinite="skip")])
+    trainer.train()
+
+The order the Trainer (transformers 4.40 to 5.x) runs one optimizer step in, and what gradhealth
+does there::
+
+    on_train_begin              attach gradhealth.watch(model, optimizer) (accelerate's wrapper unwrapped)
+    on_step_begin               (first micro-batch of the window)
+    per micro-batch: training_step: model(**inputs) -> loss.backward()
+                                the watcher's forward/backward hooks; the output's loss is kept
+    on_substep_end              (every micro-batch but the window's last)
+    clip_grad_norm_(max_grad_norm=1.0)   one NaN anywhere makes every gradient NaN here
+    on_pre_optimizer_step
+    optimizer.step()            the watcher's step pre-hook: statistics, guard, forensic replay
+    on_optimizer_step           observe the step's loss (the mean of its micro-batches' losses)
+    model.zero_grad(); global_step += 1
+    on_step_end                 stop the run when the guard raised (control.should_training_stop)
+    on_log                      gradhealth/<kind> event counts added to the Trainer's logs (a step's
+                                events are complete when the next step's forward starts, so they
+                                appear in the log after that step's own). The Trainer puts its
+                                report_to integrations before user callbacks, so they do not see
+                                these counts: export the run store instead (gradhealth export)
+    on_train_end                remove the watcher (flush and close the run store)
+
+Where the NaN came from. The Trainer clips by the global norm before any callback sees the
+gradients: with one NaN entry the global norm is NaN and the clip coefficient
+``max_norm / (nan + eps)`` multiplies **every** gradient, so at ``on_pre_optimizer_step`` every
+layer is NaN. gradhealth does not read the source off the gradients: forensic replay re-runs the
+step's forward and backward at the optimizer's pre-hook, before the update, with per-module
+checks, and names the first module whose output went non-finite; the ``nonfinite`` event's
+layer is that module. The per-layer ``grad_norm`` is taken before clipping (from samples taken at
+the end of the backward pass), and the loss is observed raw, so a NaN loss is stored as NaN even
+though the Trainer's ``logging_nan_inf_filter`` logs a finite average in its place.
+
+Under ``on_nonfinite="raise"`` the guard's ``NonFiniteError`` would surface inside
+``optimizer.step()`` and end ``train()`` with a traceback; the callback catches it there, leaves
+the step undone, keeps it in ``callback.error`` and sets ``control.should_training_stop``.
+The Trainer does not hand callbacks the accelerator, so with fp16 pass the GradScaler yourself
+if you have it (``scaler=``); steps the scaler skipped then count as such.
+"""
+
+from __future__ import annotations
+
+from ..errors import ModelError
+from ._optim import stopping, wrap_step
+
+__all__ = ["GradHealthCallback"]
+
+TRANSFORMERS_FIX = "pip install 'gradhealth[transformers]' (or pip install transformers accelerate)"
+
+
+def _callback_base():
+    try:
+        from transformers import TrainerCallback
+    except ImportError:
+        raise ModelError("GradHealthCallback for the Hugging Face Trainer needs the transformers package, which "
+                         f"is not installed. Fix: {TRANSFORMERS_FIX}.") from None
+    return TrainerCallback
+
+
+def _real_class():
+    cls = globals().get("_HFGradHealthCallback")
+    if cls is None:
+        cls = type("_HFGradHealthCallback", (GradHealthCallback, _callback_base()),
+                   {"__module__": __name__, "__doc__": GradHealthCallback.__doc__})
+        globals()["_HFGradHealthCallback"] = cls
+    return cls
+
+
+def __getattr__(name):   # unpickling in another process finds the class by name
+    if name == "_HFGradHealthCallback":
+        return _real_class()
+    raise AttributeError(name)
+
+
+def _output_loss(out):
+    loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+    if loss is None and isinstance(out, (tuple, list)) and out and getattr(out[0], "ndim", None) == 0:
+        loss = out[0]
+    return loss if getattr(loss, "ndim", None) == 0 else None
+
+
+class GradHealthCallback:
+    """A ``transformers.TrainerCallback`` that runs :func:`gradhealth.watch` on the trained model.
+
+    Args:
+        run_dir: the run store's directory (``RUN_DIR/run.sqlite``), or None (in memory).
+        **watch_options: any keyword option of :func:`gradhealth.watch` (``on_nonfinite``,
+            ``every``, ``scaler``, ...).
+
+    Attributes:
+        watcher: the :class:`~gradhealth.watch.Watcher` of the current (or last) ``train()``.
+        error: the ``NonFiniteError`` that stopped training under ``on_nonfinite="raise"``, else None.
+
+    Raises:
+        ModelError: transformers is not installed (the message names the install command).
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is GradHealthCallback:
+            cls = _real_class()
+        return super().__new__(cls)
+
+    def __init__(self, run_dir=None, **watch_options):
+        _callback_base()
+        self.run_dir = run_dir
+        self.watch_options = dict(watch_options)
+        self.watcher = None
+        self.error = None
+        self._undo: list = []
+        self._losses: list = []
+        self._collect = True
+        self._counts: dict[str, int] = {}
+        self._seen = 0
+
+    # -- attach / detach ---------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        from ..watch import watch
+
+        self._detach()
+        opt = getattr(optimizer, "optimizer", optimizer)   # accelerate's AcceleratedOptimizer
+        self.watcher = watch(model, opt, run_dir=self.run_dir, **self.watch_options)
+        self.error, self._losses, self._collect, self._counts, self._seen = None, [], True, {}, 0
+        if opt is not None:
+            self._undo.append(wrap_step(opt, lambda inner: stopping(inner, self._stop)))
+        self._undo.append(model.register_forward_hook(self._keep_loss).remove)
+
+    def _stop(self, exc) -> None:
+        self.error = exc
+
+    def _keep_loss(self, module, inputs, out):
+        if self._collect and module.training:
+            loss = _output_loss(out)
+            if loss is not None:
+                self._losses.append(loss.detach())
+
+    def _detach(self) -> None:
+        if self.watcher is not None:
+            self.watcher.remove()
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._detach()
+
+    # -- per step ----------------------------------------------------------------------------
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._collect = False   # a forensic replay's forward is not a training loss
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        w = self.watcher
+        if w is not None and w.active and self._losses:
+            losses = self._losses
+            w.observe(losses[0] if len(losses) == 1 else sum(losses[1:], losses[0]) / len(losses))
+        self._losses, self._collect = [], True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.error is not None:
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.watcher is None or logs is None:
+            return
+        events = self.watcher.events
+        for e in events[self._seen:]:
+            self._counts[e.kind] = self._counts.get(e.kind, 0) + 1
+        self._seen = len(events)
+        counts = {f"gradhealth/{k}": v for k, v in self._counts.items()}
+        logs.update(counts)   # seen by the callbacks after this one (the printer / progress bar)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(counts)   # the Trainer stored its copy before on_log

@@ -1,0 +1,91 @@
+"""GradHealthCallback under the Hugging Face Trainer (CPU, a 2-layer GPT-2 built from a config in
+code, generated tokens, default max_grad_norm=1.0). A NaN planted by a forward hook in one block
+at step k: the watcher names that block and that step, although the Trainer's clip has made every
+gradient NaN before any callback runs. Oracle: where and when the NaN was planted; the stored
+loss of step k is NaN while the Trainer's own log shows a finite one."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+
+from gradhealth.store import load_run
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+K = 3
+BLOCK = "transformer.h.1"
+
+
+class Tokens(torch.utils.data.Dataset):
+    def __init__(self, n=96, length=12, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, 64, (n, length), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def train(tmp_path, **options):
+    from gradhealth.integrations.transformers import GradHealthCallback
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16)
+    model = transformers.GPT2LMHeadModel(config)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=8, report_to=[], use_cpu=True,
+                                          logging_steps=1, save_strategy="no", per_device_train_batch_size=8,
+                                          disable_tqdm=True, seed=0)
+    cb = GradHealthCallback(run_dir=tmp_path / "run", **options)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[cb])
+
+    def plant(_mod, _inp, out):
+        if model.training and trainer.state.global_step == K:
+            h = out[0] if isinstance(out, tuple) else out
+            h = h.clone()
+            h[0, 0, 0] = float("nan")
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+        return out
+
+    model.get_submodule(BLOCK).register_forward_hook(plant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    return cb, trainer
+
+
+def test_nan_source_is_named_before_the_clip_spreads_it(tmp_path):
+    cb, trainer = train(tmp_path)
+    w = cb.watcher
+    first = next(e for e in w.events if e.kind == "nonfinite")
+    assert (first.step, first.layer) == (K, BLOCK)
+    assert w.replays[0].step == K and w.replays[0].module == BLOCK
+    run = load_run(tmp_path / "run")
+    assert run.finished and run.meta["steps"] == 8
+    by_step = {r["step"]: r for r in run.steps}
+    assert math.isnan(by_step[K]["loss"]) and math.isfinite(by_step[K - 1]["loss"])
+    # the Trainer's own log of that step: its NaN filter shows a finite loss
+    logged = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+    assert math.isfinite(logged[K + 1]["loss"])
+    # the events reach the Trainer's logs (a step's events are complete when the next step starts)
+    assert logged[K + 2]["gradhealth/nonfinite"] >= 2 and "gradhealth/nonfinite" not in logged[K]
+    # the clip spread the NaN: nearly every layer's gradient is non-finite at step k, yet one is named
+    nonfinite_layers = [r for r in run.layer_stats if r["step"] == K and r["nonfinite"]]
+    assert len(nonfinite_layers) > len(run.layers) // 2
+    assert not w.active
+
+
+def test_raise_stops_training_at_the_nan_step(tmp_path):
+    from gradhealth.errors import NonFiniteError
+
+    cb, trainer = train(tmp_path, on_nonfinite="raise")
+    assert isinstance(cb.error, NonFiniteError)
+    assert trainer.state.global_step == K + 1 < 8
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert next(e for e in cb.watcher.events if e.kind == "nonfinite").layer == BLOCK
