@@ -8,10 +8,11 @@ model. Layer names and messages come from user models and are data: they are wra
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from .._text import safe_text
-from .run_view import AtWidth, format_value
+from .run_view import AtWidth, fold_tokens, format_value
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..probe.result import ProbeResult
@@ -151,10 +152,64 @@ def _extras(result) -> list[str]:
     return lines
 
 
+def _fixed_table(title: str, columns: list[tuple[str, int]], rows: list[list], styles: list[str]):
+    """A table of fixed column widths whose cells are pre-folded at token boundaries
+    (:func:`fold_tokens`), so rich never cuts a word, an identifier or a number."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=title, title_justify="left", header_style="bold", pad_edge=False)
+    for name, w in columns:
+        t.add_column(name, width=w, overflow="fold")
+    for cells in rows:
+        t.add_row(*[c if isinstance(c, Text) else Text(fold_tokens(safe_text(c), w), style=st)
+                    for c, (_, w), st in zip(cells, columns, styles)])
+    return t
+
+
+def _split(width: int, fixed: list[int], shares: list[float], floor: int = 8) -> list[int]:
+    """Column widths for a ``pad_edge=False`` table ``width`` wide: the fixed ones, then the
+    rest shared out (3 characters per column go to borders and padding)."""
+    n = len(fixed) + len(shares)
+    rest = max(floor * len(shares), width - (3 * n - 1) - sum(fixed))
+    out = [max(floor, int(rest * sh)) for sh in shares[:-1]]
+    return fixed + out + [max(floor, rest - sum(out))]
+
+
+def _findings_table(result, width: int):
+    kinds = [e.kind for e in result.findings]
+    sev = [e.severity for e in result.findings]
+    names = [safe_text(e.layer) for e in result.findings]
+    fixed = [max(map(len, kinds + ["kind"])), max(map(len, sev + ["severity"])),
+             min(max(map(len, names + ["layer"])), max(5, width // 6))]
+    widths = _split(width, fixed, [1.0])
+    from rich.text import Text
+
+    rows = [[Text(e.kind, style=VERDICT_STYLE.get(e.kind, "")), e.severity, safe_text(e.layer),
+             safe_text(e.message)] for e in result.findings]
+    return _fixed_table("findings", list(zip(("kind", "severity", "layer", "message"), widths)), rows,
+                        ["", "", "", ""])
+
+
+def _prescriptions_table(result, width: int):
+    """The ranked prescriptions; the code (meant to be copied) and the reasons fold at token
+    boundaries, never inside an identifier or a number, and nothing is cut at the edge."""
+    ps = result.prescriptions
+    w0 = max(len(str(p.rank)) for p in ps)
+    widths = _split(width, [max(1, w0)], [0.25, 0.38, 0.37])
+    longest = max(len(tok) for p in ps for tok in re.split(r"[\s(,;=]+|(?<=\.)", p.code) if tok) + 1
+    if widths[2] < longest:  # room for the longest code token, taken from the reasons
+        grow = min(longest - widths[2], max(0, widths[3] - 12))
+        widths[2] += grow
+        widths[3] -= grow
+    rows = [[str(p.rank), p.action, p.code, p.reason] for p in ps]
+    return _fixed_table("prescriptions (try in this order)",
+                        list(zip(("#", "change", "code", "why"), widths)), rows, ["", "", "bold", ""])
+
+
 def render(result: ProbeResult):
     """Everything as one rich renderable (used by ``ProbeResult.__rich__``)."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     style = VERDICT_STYLE.get(result.verdict, "")
@@ -171,24 +226,9 @@ def render(result: ProbeResult):
     for line in _extras(result):
         parts.append(Text(safe_text(line)))
     if result.findings:
-        ft = Table(title="findings", title_justify="left", header_style="bold", pad_edge=False)
-        for col in ("kind", "severity", "layer", "message"):
-            ft.add_column(col, no_wrap=col != "message")
-        for e in result.findings:
-            ft.add_row(Text(e.kind, style=VERDICT_STYLE.get(e.kind, "")), e.severity, Text(safe_text(e.layer)),
-                       Text(safe_text(e.message)))
-        parts.append(ft)
+        parts.append(AtWidth(lambda width: _findings_table(result, width)))
     if result.prescriptions:
-        pt = Table(title="prescriptions (try in this order)", title_justify="left", header_style="bold",
-                   pad_edge=False)
-        for col in ("#", "change", "code", "why"):
-            # the code is meant to be copied: fold it at any character rather than cut it short
-            pt.add_column(col, no_wrap=col == "#", overflow="fold" if col == "code" else "ellipsis",
-                          min_width=30 if col == "code" else None)
-        for p in result.prescriptions:
-            pt.add_row(str(p.rank), Text(safe_text(p.action)), Text(safe_text(p.code), style="bold"),
-                       Text(safe_text(p.reason)))
-        parts.append(pt)
+        parts.append(AtWidth(lambda width: _prescriptions_table(result, width)))
     for n in result.notes:
         parts.append(Text("note: " + safe_text(n), style="dim"))
     return Group(*parts)

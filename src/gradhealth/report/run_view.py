@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..store import Run
 
 __all__ = ["SEVERITY_RANK", "is_pathology", "summarize", "events_table", "EventsTable", "AtWidth",
-           "render_summary", "StatusLine", "format_value"]
+           "render_summary", "StatusLine", "format_value", "fold_tokens"]
 
 #: Severity -> rank; higher is worse.
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
@@ -51,6 +52,36 @@ def format_value(x: Any, digits: int = 4) -> str:
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
     return f"{v:.{digits}g}"
+
+
+# Inside a word too long for its column, a line may break after ( , ; = [ { / or after a dot
+# that starts an attribute (not the dot of a number): never inside an identifier or a number.
+_BREAK = re.compile(r"(?<=[(,;=\[{/])|(?<=\.)(?=[A-Za-z_])")
+
+
+def fold_tokens(text: str, width: int) -> str:
+    """``text`` folded into lines of at most ``width`` characters: at spaces, and inside a word
+    longer than the line only at code token boundaries (see ``_BREAK``); a single token longer
+    than ``width`` is the only thing ever cut. Existing line breaks are kept."""
+    width = max(1, int(width))
+    out: list[str] = []
+    for para in text.split("\n"):
+        line = ""
+        for word in para.split():
+            pieces = [w for w in _BREAK.split(word) if w] if len(word) > width else [word]
+            for k, piece in enumerate(pieces):
+                sep = " " if (line and k == 0) else ""
+                if len(line) + len(sep) + len(piece) <= width:
+                    line += sep + piece
+                    continue
+                if line:
+                    out.append(line)
+                while len(piece) > width:
+                    out.append(piece[:width])
+                    piece = piece[width:]
+                line = piece
+        out.append(line)
+    return "\n".join(out)
 
 
 def _event_order(e: Event):
@@ -161,41 +192,71 @@ def events_table(events: Iterable[Event], title: str | None = None, max_rows: in
     """A rich Table of events: step (and since), severity, kind, layer, message, remedy.
 
     The table takes the console's full width and gives most of it to the message and the
-    remedy. Below 110 columns (``width``) the remedy goes under the message in the same cell,
-    so that the code stays on whole lines in an 80-column terminal.
+    remedy. Below 110 columns (``width``) the remedy goes under the message in the same cell.
+    With ``width`` every cell is folded at token boundaries (:func:`fold_tokens`): no line is
+    wider than ``width``, and no identifier or number is split.
     """
     from rich.table import Table
 
     evs = list(events)
     narrow = width is not None and width < 110
     names = [e.layer if e.layer is not None else "(model)" for e in evs]
-    table = Table(title=title, header_style="bold", expand=True, show_lines=True)
-    table.add_column("step", justify="right", no_wrap=True)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("layer", overflow="fold", ratio=1,
-                     min_width=min(max([5] + [len(n) for n in names]), 14))
-    table.add_column("message" + (" / remedy" if narrow else ""), overflow="fold", ratio=4)
-    if not narrow:
-        table.add_column("remedy", overflow="fold", ratio=2)
     shown = evs if max_rows is None or len(evs) <= max_rows else evs[:max_rows]
-    for e, name in zip(shown, names):
-        step = _text(e.step)
+    steps = [_text(e.step) for e in shown]
+    for st, e in zip(steps, shown):
         if e.since is not None and e.since != e.step:
-            step.append(f"\nsince {e.since}", style="dim")
-        cells = [step, _text(e.severity, _SEVERITY_STYLE.get(e.severity, "")), _text(e.kind), _text(name)]
+            st.append(f"\nsince {e.since}", style="dim")
+    widths = _event_widths(shown, names, steps, width, narrow) if width is not None else None
+
+    def fold(s: Any, k: int, style: str = ""):  # safe_text first: its escapes fold like any text
+        from rich.text import Text
+
+        text = "-" if s is None else safe_text(s)
+        return Text(fold_tokens(text, widths[k]) if widths is not None else text, style=style)
+
+    table = Table(title=title, header_style="bold", expand=widths is None, show_lines=True)
+    w = widths or [None] * 6
+    table.add_column("step", justify="right", no_wrap=True, width=w[0])
+    table.add_column("severity", no_wrap=True, width=w[1])
+    table.add_column("kind", no_wrap=True, width=w[2])
+    table.add_column("layer", overflow="fold", ratio=None if widths else 1, width=w[3],
+                     min_width=None if widths else min(max([5] + [len(n) for n in names]), 14))
+    table.add_column("message" + (" / remedy" if narrow else ""), overflow="fold",
+                     ratio=None if widths else 4, width=w[4])
+    if not narrow:
+        table.add_column("remedy", overflow="fold", ratio=None if widths else 2, width=w[5])
+    for e, name, step in zip(shown, names, steps):
+        cells = [step, _text(e.severity, _SEVERITY_STYLE.get(e.severity, "")), _text(e.kind),
+                 fold(name, 3)]
         if narrow:
-            msg = _text(e.message)
+            msg = fold(e.message, 4)
             if e.remedy:
-                msg.append("\nfix: ", style="bold")
-                msg.append(_text(e.remedy, style="bold"))
+                msg.append("\nfix:\n", style="bold")
+                msg.append_text(fold(e.remedy, 4, style="bold"))
             cells.append(msg)
         else:
-            cells += [_text(e.message), _text(e.remedy or "")]
+            cells += [fold(e.message, 4), fold(e.remedy or "", 5)]
         table.add_row(*cells)
     if len(shown) < len(evs):
         table.caption = f"{len(evs) - len(shown)} more event(s) not shown"
     return table
+
+
+def _event_widths(evs: list, names: list, steps: list, width: int, narrow: bool) -> list[int]:
+    """Column widths of the events table at ``width`` (borders and padding take 3 per column + 1):
+    step, severity and kind as wide as their longest entry, the layer up to 14 (a fifth of a wide
+    terminal), the rest to the
+    message (and the remedy, 1:2 beside it on a wide terminal)."""
+    fixed = [max([4] + [len(line) for st in steps for line in st.plain.split("\n")]),
+             max([8] + [len(e.severity) for e in evs]), max([4] + [len(e.kind) for e in evs]),
+             0]
+    fixed[3] = min(max([5] + [len(n) for n in names]), max(14, (width - sum(fixed)) // 5))
+    n = 5 if narrow else 6
+    rest = max(10, width - (3 * n + 1) - sum(fixed))
+    if narrow:
+        return fixed + [rest, 0]
+    msg = max(10, rest * 2 // 3)
+    return fixed + [msg, max(10, rest - msg)]
 
 
 class AtWidth:
