@@ -12,4 +12,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 FIND=""
 [ -d /opt/wheels ] && FIND="--find-links /opt/wheels"
 python -m pip install -q $FIND "torch==2.13.0"
-python -m pip install -q $FIND -e ".[test,demo]"
+# the integrations' extras too (tests/integrations); the constraints file keeps torch at 2.13.0
+python -m pip install -q $FIND -c scripts/constraints.txt -e ".[test,demo,lightning,transformers,tensorboard,mlflow]"
