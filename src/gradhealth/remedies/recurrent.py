@@ -68,7 +68,7 @@ def forget_gate_bias_(model: nn.Module, value: float = 1.0, *, chrono: int | Non
     >>> import torch
     >>> lstm = torch.nn.LSTM(4, 8)
     >>> _ = forget_gate_bias_(lstm, 1.0)
-    >>> float((lstm.bias_ih_l0 + lstm.bias_hh_l0)[8:16].min())
+    >>> float((lstm.bias_ih_l0 + lstm.bias_hh_l0)[8:16].detach().min())
     1.0
     """
     if not isinstance(model, nn.Module):
