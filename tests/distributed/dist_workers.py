@@ -70,7 +70,7 @@ def ddp_worker(rank, world, nan_step=None, nan_on_rank=None):
             "skipped": [s.step for s in w.history if s.skipped]}
 
 
-def fsdp_worker(rank, world):
+def fsdp_worker(rank, world, nan_step=None, nan_on_rank=None, policy="warn"):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -84,13 +84,18 @@ def fsdp_worker(rank, world):
     per = BATCH // world
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with gradhealth.watch(model, opt) as w:
+        with gradhealth.watch(model, opt, on_nonfinite=policy) as w:
             for s in range(STEPS):
+                x = xs[s, rank * per:(rank + 1) * per].clone()
+                if s == nan_step and rank == nan_on_rank:
+                    x[0] = float("nan")
                 opt.zero_grad()
-                nn.functional.cross_entropy(model(xs[s, rank * per:(rank + 1) * per]),
-                                            ys[s, rank * per:(rank + 1) * per]).backward()
+                nn.functional.cross_entropy(model(x), ys[s, rank * per:(rank + 1) * per]).backward()
                 opt.step()
-    return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events]}
+    full = [float(p.full_tensor().detach().double().sum()) for p in model.parameters()]
+    return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events],
+            "msgs": [e.message for e in w.events], "params": full,
+            "skipped": [s.step for s in w.history if s.skipped]}
 
 
 def close(a, b, rel=1e-4):

@@ -51,12 +51,16 @@ import torch
 
 from .._checks import check_int
 from ..errors import NonFiniteError, ParameterError
+from ..stats.tensors import is_dtensor
 
 __all__ = ["nonfinite_grads", "bad_grads", "OVERFLOW_NORM", "StepGuard", "skip_nonfinite"]
 
 
 def _grad_values(g: torch.Tensor) -> torch.Tensor:
-    """The stored values of a gradient: dense as is, sparse (COO/CSR/...) its value array."""
+    """The stored values of a gradient: dense as is, sparse (COO/CSR/...) its value array, a
+    DTensor (FSDP2) this rank's shard."""
+    if is_dtensor(g):
+        g = g.to_local()
     if g.layout == torch.strided:
         return g
     if g.layout == torch.sparse_coo:
@@ -120,14 +124,34 @@ def bad_grads(params: Iterable[torch.Tensor]) -> torch.Tensor:
     :class:`StepGuard`'s check; :func:`nonfinite_grads` tests the entries only.
     """
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    meshes: dict[int, Any] = {}
     for p in params:
         g = p.grad
         if g is None:
             continue
+        if is_dtensor(g):
+            meshes.setdefault(id(g.device_mesh), g.device_mesh)
         v = _grad_values(g)
         if v.numel() == 0:
             continue
         groups.setdefault((v.device, v.dtype), []).append(v)
+    if not groups and not meshes:
+        return torch.zeros((), dtype=torch.bool)
+    flag = _bad_local(groups)
+    if meshes:
+        # sharded gradients: every rank must take the same decision, or the ranks that skip
+        # and those that step wait on different collectives. One all_reduce (MAX) of the flag.
+        import torch.distributed as dist
+
+        f = flag.to(torch.int32).reshape(1)
+        for mesh in meshes.values():
+            for d in range(mesh.ndim):
+                dist.all_reduce(f, op=dist.ReduceOp.MAX, group=mesh.get_group(d))
+        flag = f[0] > 0
+    return flag
+
+
+def _bad_local(groups: dict) -> torch.Tensor:
     if not groups:
         return torch.zeros((), dtype=torch.bool)
     out_device = next(iter(groups))[0]

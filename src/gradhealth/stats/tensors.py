@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
 from ..errors import ParameterError
 
-__all__ = ["tensor_norms", "grad_norms", "nonfinite_counts", "segment_norms", "dense_values"]
+__all__ = ["tensor_norms", "grad_norms", "nonfinite_counts", "segment_norms", "dense_values", "global_norms",
+           "is_dtensor", "local"]
 
 
 def _out_device(tensors: Sequence, device) -> torch.device:
@@ -25,6 +27,52 @@ def _out_device(tensors: Sequence, device) -> torch.device:
         if t is not None:
             return t.device
     return torch.device("cpu")
+
+
+def is_dtensor(t) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (FSDP2 / tensor-parallel
+    parameters and gradients), without importing torch.distributed."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a plain tensor, possibly empty); ``t`` itself otherwise."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def global_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Like :func:`tensor_norms`, but the norm of a sharded DTensor is the norm of the whole
+    tensor, not of this rank's shard.
+
+    Each rank's shards are reduced locally (squared norms, one fused reduction), then one
+    ``all_reduce`` (SUM) per (mesh, sharded mesh dims) group adds them up -- over the mesh
+    dimensions the tensor is *sharded* on only, never over a replicate dimension (which
+    would count each shard once per replica: the HSDP double count). Plain tensors pass
+    through :func:`tensor_norms` unchanged, with no collective. Every rank must call it at the
+    same point with the same tensors (the watcher's logged steps are the same on every rank).
+    """
+    ts = list(tensors)
+    flags = [is_dtensor(t) for t in ts]
+    if not any(flags):
+        return tensor_norms(ts)
+    sq = tensor_norms([local(t) for t in ts]).square()
+    groups: dict[tuple, tuple[Any, tuple[int, ...], list[int]]] = {}
+    for i, (t, dt) in enumerate(zip(ts, flags)):
+        if not dt:
+            continue
+        dims = tuple(d for d, pl in enumerate(t.placements) if pl.is_shard())
+        if dims:
+            groups.setdefault((id(t.device_mesh), dims), (t.device_mesh, dims, []))[2].append(i)
+    if groups:
+        import torch.distributed as dist
+
+        for mesh, dims, idx in groups.values():
+            sel = torch.tensor(idx, dtype=torch.long, device=sq.device)
+            part = sq.index_select(0, sel)
+            for d in dims:
+                dist.all_reduce(part, op=dist.ReduceOp.SUM, group=mesh.get_group(d))
+            sq = sq.index_copy(0, sel, part)
+    return sq.sqrt()
 
 
 def dense_values(t: torch.Tensor) -> torch.Tensor:

@@ -265,6 +265,6 @@ class Iteration:
     stepped: bool = False
     primary_stepped: bool = False
     forward: bool = False
-    bwd_queued: bool = False
+    bwd_queued: int = 0                          # 1: queued, 2: re-queued behind later callbacks
     layer_hooks: bool = False
     replayed: bool = False

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from ..stats.tensors import dense_values, tensor_norms
+from ..stats.tensors import dense_values, global_norms, is_dtensor, local
 from ._record import ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad, UpdateNorms
 from .hooks import CopyInertHook, HookSet, LayerMap, act_stats
 
@@ -117,8 +117,9 @@ def hook_method(site: str, passthrough: tuple[type[BaseException], ...] = ()) ->
 
 
 def norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Per-tensor 2-norms (float32, on the first tensor's device), fused per device/dtype."""
-    return tensor_norms(tensors)
+    """Per-tensor 2-norms (float32, on the first tensor's device), fused per device/dtype;
+    the norm of a sharded DTensor (FSDP2) is the whole tensor's (one all_reduce)."""
+    return global_norms(tensors)
 
 
 class Instruments:
@@ -151,6 +152,8 @@ class Instruments:
         dev = None
         for p in params:
             g = p.grad
+            if g is not None and is_dtensor(g):
+                g = g.to_local()   # this rank's shard: sampled before and after, like any tensor
             if g is None or g.layout != strided:
                 continue
             n = g.numel()
@@ -287,7 +290,7 @@ class Instruments:
                 if g is None:
                     rec.nf[p] = 0
                     continue
-                v = dense_values(g).detach()
+                v = dense_values(local(g)).detach()
                 rec.nf[p] = int(torch.logical_not(torch.isfinite(v)).sum())
                 rec.nf_bad += rec.nf[p] > 0
                 if rec.nf[p] == 0 and math.isinf(rec.post[p]):

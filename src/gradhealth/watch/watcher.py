@@ -399,11 +399,17 @@ class Watcher:
                     cap.grad_outputs = []
                 cap.grad_outputs.append((i, grad))
             if logged and not self._it.bwd_queued:
-                self._it.bwd_queued = True
+                self._it.bwd_queued = 1
                 torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
         return hook.__get__(self)
 
     def _on_backward_end(self) -> None:
+        # Re-queued once so it runs after the final callbacks queued later in this backward
+        # (DDP's writes the all-reduced gradients): it then sees what the optimizer will see.
+        if self._it.bwd_queued == 1:
+            self._it.bwd_queued = 2
+            torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
+            return
         self._it.bwd_queued = False
         self._backward_end()
 
