@@ -56,7 +56,8 @@ def format_value(x: Any, digits: int = 4) -> str:
 
 # Inside a word too long for its column, a line may break after ( , ; = [ { / or after a dot
 # that starts an attribute (not the dot of a number): never inside an identifier or a number.
-_BREAK = re.compile(r"(?<=[(,;=\[{/])|(?<=\.)(?=[A-Za-z_])")
+# (never right after a visible escape such as ``\x1b[``: it stays whole, so it reads as one)
+_BREAK = re.compile(r"(?<=[(,;=\[{/])(?<!\\x1b\[)|(?<=\.)(?=[A-Za-z_])")
 
 
 def fold_tokens(text: str, width: int) -> str:
@@ -250,7 +251,8 @@ def _event_widths(evs: list, names: list, steps: list, width: int, narrow: bool)
     fixed = [max([4] + [len(line) for st in steps for line in st.plain.split("\n")]),
              max([8] + [len(e.severity) for e in evs]), max([4] + [len(e.kind) for e in evs]),
              0]
-    fixed[3] = min(max([5] + [len(n) for n in names]), max(14, (width - sum(fixed)) // 5))
+    # names are shown escaped (safe_text), so measure them escaped: "x\x1b[2J" is 8 wide, not 5
+    fixed[3] = min(max([5] + [len(safe_text(n)) for n in names]), max(14, (width - sum(fixed)) // 5))
     n = 5 if narrow else 6
     rest = max(10, width - (3 * n + 1) - sum(fixed))
     if narrow:
