@@ -131,3 +131,26 @@ def test_rank1_remedy_for_a_vanishing_lstm_restores_the_gradient_at_t0():
     assert g_after > 1e20 * g_before, (g_before, g_after)
     after = probe(net, x, jacobian=False)
     assert after.recurrent[0].gains[0] > 1e20 * before.recurrent[0].gains[0]
+
+
+def test_apply_prescription_and_cure_accept_the_forget_gate_remedy():
+    # the same rank-1 code, applied by gradhealth's own apply_prescription (what `cure` runs):
+    # the oracle is the remedy called directly on an identical copy
+    import copy
+
+    from gradhealth.remedies import apply_prescription
+
+    torch.manual_seed(0)
+    net = LSTMNet().double()
+    x = torch.randn(8, 400, 4, dtype=torch.float64)
+    top = probe(net, x, jacobian=False).prescriptions[0]
+    twin = copy.deepcopy(net)
+    torch.manual_seed(1)            # chrono init draws its biases at random: same draws for both
+    apply_prescription(top, net)
+    torch.manual_seed(1)
+    _apply(top.code, twin)
+    for (n, a), (_, b) in zip(net.named_parameters(), twin.named_parameters()):
+        assert torch.equal(a, b), n
+    from gradhealth.remedies.prescribe import applies_to_model
+
+    assert applies_to_model(top.code)

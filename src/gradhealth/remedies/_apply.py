@@ -19,7 +19,7 @@ __all__ = ["apply_prescription", "applies_to_model", "MODEL_REMEDIES"]
 #: Remedies that change the model itself, once (the others act during training: clipping,
 #: guards, learning-rate changes, or are code changes to forward()).
 MODEL_REMEDIES = ("he_", "xavier_", "lecun_", "orthogonal_", "critical_", "gaussian_", "lsuv_",
-                  "zero_init_residual_", "replace_activation_")
+                  "zero_init_residual_", "replace_activation_", "forget_gate_bias_")
 
 
 def _parse_model_calls(code: str) -> list[tuple[str, list, dict]] | None:
@@ -87,10 +87,12 @@ def apply_prescription(prescription: Prescription | str, model: Any, inputs: Any
                              "into the training loop, and architecture changes into the model's code.")
     from .arch import replace_activation_
     from .init import critical_, gaussian_, he_, lecun_, lsuv_, orthogonal_, xavier_, zero_init_residual_
+    from .recurrent import forget_gate_bias_
 
     table = {"he_": he_, "xavier_": xavier_, "lecun_": lecun_, "orthogonal_": orthogonal_,
              "critical_": critical_, "gaussian_": gaussian_, "lsuv_": lsuv_,
-             "zero_init_residual_": zero_init_residual_, "replace_activation_": replace_activation_}
+             "zero_init_residual_": zero_init_residual_, "replace_activation_": replace_activation_,
+             "forget_gate_bias_": forget_gate_bias_}
 
     def value(v):
         if isinstance(v, tuple) and len(v) == 2 and v[0] == "__name__":
