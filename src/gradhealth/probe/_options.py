@@ -8,7 +8,7 @@ list of parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .._checks import check_choice, check_int
 from ..errors import ParameterError
@@ -18,6 +18,10 @@ from . import _analysis as A
 OWNER = "probe"
 
 
+
+ProbeMode = Literal["train", "eval", "as_is"]
+"""How ``probe`` sets the model's mode for the measurement (restored afterwards)."""
+
 @dataclass(frozen=True)
 class ProbeOptions:
     """The keyword options of :func:`~gradhealth.probe.probe` (see there for each one).
@@ -26,7 +30,7 @@ class ProbeOptions:
     ``layers`` (``None``: every layer), set once the layers are selected.
     """
 
-    mode: str = "train"
+    mode: ProbeMode = "train"
     seed: int = 0
     n_probes: int = 2
     jacobian: bool = True
@@ -41,7 +45,7 @@ class ProbeOptions:
         """The same options, each checked against its rule (ParameterError otherwise), in the
         order probe() documents them; ``thresholds=None`` becomes the default thresholds."""
         jacobian_batch, max_params = self.jacobian_batch, self.max_params
-        mode = check_choice(self.mode, "mode", OWNER, ("train", "eval", "as_is"))
+        mode = check_choice(self.mode, "mode", OWNER, get_args(ProbeMode))
         seed = check_int(self.seed, "seed", OWNER)
         n_probes = check_int(self.n_probes, "n_probes", OWNER, min_value=1)
         lanczos_steps = check_int(self.lanczos_steps, "lanczos_steps", OWNER, min_value=1)

@@ -31,7 +31,7 @@ from . import _analysis as A
 from ._assemble import Context, assemble
 from ._capture import Recorder
 from ._inputs import batch_size, make_leaves, prepare_inputs, short, split_inputs
-from ._options import OWNER, Batch, ProbeOptions, Scope
+from ._options import OWNER, Batch, ProbeMode, ProbeOptions, Scope
 from ._passes import checked_loss, checked_outputs, forward, recurrent_series
 from ._state import ModelState, cuda_devices, forked_rng, set_mode
 from .jacobian import model_spectrum
@@ -91,7 +91,7 @@ def read_back(tree):
 # noqa below: probe() keeps its documented keyword options (public API); they are checked
 # once into a ProbeOptions and passed on as that.
 def probe(model: nn.Module, inputs: Any, target: Any = None,  # noqa: PLR0913
-          loss_fn: Callable | str | None = None, *, mode: str = "train",
+          loss_fn: Callable | str | None = None, *, mode: ProbeMode = "train",
           layers: str | Sequence[str] | None = None, seed: int = 0, n_probes: int = 2,
           jacobian: bool = True, jacobian_batch: int | None = 8, lanczos_steps: int = 16,
           top_k: int = 3, max_params: int | None = 200_000_000,
