@@ -48,7 +48,7 @@ def single_process(nan_step=None, nan_rank_rows=None):
             "params": [float(p.detach().double().sum()) for p in model.parameters()]}
 
 
-def ddp_worker(rank, world, nan_step=None, nan_on_rank=None):
+def ddp_worker(rank, world, nan_step=None, nan_on_rank=None, run_dir=None):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     model, xs, ys = model_and_data()
@@ -57,7 +57,7 @@ def ddp_worker(rank, world, nan_step=None, nan_on_rank=None):
     per = BATCH // world
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with gradhealth.watch(ddp, opt, on_nonfinite="skip") as w:
+        with gradhealth.watch(ddp, opt, on_nonfinite="skip", run_dir=run_dir) as w:
             for s in range(STEPS):
                 x = xs[s, rank * per:(rank + 1) * per].clone()
                 if s == nan_step and rank == nan_on_rank:

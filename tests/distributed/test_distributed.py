@@ -42,3 +42,16 @@ def test_a_nan_on_one_rank_makes_every_rank_skip(tmp_path):
     ranks = run_ranks(ddp_worker, 2, 1, out_dir=tmp_path)
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == [2]
     assert ranks[0]["params"] == ranks[1]["params"]   # never silently diverged
+
+
+def test_each_rank_writes_its_own_store_and_rank0_is_the_run_dir(tmp_path):
+    from gradhealth.store import load_run
+
+    run_dir = tmp_path / "run"
+    ranks = run_ranks(ddp_worker, None, None, str(run_dir), out_dir=tmp_path)
+    r0, r1 = load_run(run_dir), load_run(run_dir / "rank1")
+    assert r0.meta["rank"] == 0 and r1.meta["rank"] == 1 and r0.meta["world_size"] == 2
+    # the oracle: what each rank's watcher had in memory
+    for run, r in zip((r0, r1), ranks):
+        got = [(row["step"], row["global_grad_norm"]) for row in run.steps]
+        assert [(n[0], n[1]) for n in r["norms"]] == got
