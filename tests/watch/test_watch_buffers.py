@@ -118,7 +118,7 @@ def test_replay_leaves_buffers_and_rng_as_an_unwatched_run_has_them():
     twin[1].calls = 0
     train(twin, opt_t, data)
     after_twin = torch.rand(3)
-    assert w.replays and w.replays[0].found
+    assert w.replays   # it ran (its NaN does not reproduce: NaNAt counts calls)
     for (n, b), (_, bt) in zip(model.named_buffers(), twin.named_buffers()):
         assert torch.equal(b, bt) or (torch.isnan(b).any() and torch.equal(torch.isnan(b), torch.isnan(bt))), n
     assert torch.equal(after_watched, after_twin)   # the replay gave the RNG back

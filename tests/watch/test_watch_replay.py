@@ -234,3 +234,43 @@ def test_backward_nan_in_functional_code_names_the_module_whose_forward_holds_it
     r = w.replays[0]
     assert (r.direction, r.module, r.cause) == ("backward", "1", "functional_code")
     assert "'1.lin'" in r.summary and "in the forward of '1'" in r.summary
+
+
+class _OnceNaN(nn.Module):
+    """NaN in its output on its 3rd call only: a fault that a re-run does not reproduce."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x * float("nan") if self.calls == 3 else x
+
+
+def test_replay_says_whether_the_fault_reproduces():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), _OnceNaN(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WatchWarning)
+        with watch(model, opt) as w:
+            for _ in range(4):
+                opt.zero_grad()
+                model(torch.randn(8, 4)).pow(2).mean().backward()
+                opt.step()
+    transient = w.replays[0]
+    assert transient.step == 2 and not transient.found and transient.transient
+    assert "did not reproduce" in transient.summary and "transient" in transient.summary
+    # a deterministic fault (the data) reproduces
+    torch.manual_seed(0)
+    m2 = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    o2 = torch.optim.SGD(m2.parameters(), lr=0.01)
+    x = torch.randn(8, 4)
+    x[0, 0] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WatchWarning)
+        with watch(m2, o2) as w2:
+            m2(x).pow(2).mean().backward()
+            o2.step()
+    assert w2.replays[0].found and not w2.replays[0].transient

@@ -58,6 +58,7 @@ class Capture:
     training: bool
     grad_enabled: bool
     grad_outputs: list | None = None   # [(output leaf index, grad tensor)], set in backward
+    outputs: list | None = None        # the original output leaves (references), set after forward
 
     @classmethod
     def of_call(cls, module: torch.nn.Module, args: tuple, kwargs: dict) -> Capture:
@@ -111,6 +112,14 @@ class ReplayReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def transient(self) -> bool:
+        """The step was re-run and its fault did **not** come back (``cause`` is
+        ``"not_reproduced"``): not the data nor the model as they are, but something outside
+        the replayed computation -- a non-deterministic kernel, a race, faulty hardware, an
+        in-place edit of the gradients. A fault that reproduces is deterministic."""
+        return self.cause == "not_reproduced"
 
 
 def tensor_summary(t: Any) -> dict:
@@ -282,10 +291,11 @@ def _replay_one(model: torch.nn.Module, cap: Capture, step: int, names: dict[int
         return ReplayReport(step, True, "backward", b["module"], b["module_type"], b["cause"], b["summary"],
                             b["stats"])
     return ReplayReport(step, False, "none", cause="not_reproduced",
-                        summary=("the replayed forward and backward passes are finite; the "
-                                 "non-finite values came from outside this forward/backward (gradient "
-                                 "accumulation, a custom hook, in-place gradient edits such as clipping), "
-                                 "or the computation is not deterministic"))
+                        summary=("the fault did not reproduce: re-run, the step's forward and backward "
+                                 "passes are finite, so it is transient -- it came from outside this "
+                                 "forward/backward (gradient accumulation, a custom hook, in-place "
+                                 "gradient edits such as clipping) or from a non-deterministic kernel, a "
+                                 "race or faulty hardware, not from the data or the model as they are"))
 
 
 def _output_gradients(outputs, cap: Capture, step: int) -> tuple[list, ReplayReport | None]:
@@ -301,6 +311,18 @@ def _output_gradients(outputs, cap: Capture, step: int) -> tuple[list, ReplayRep
              if i < len(out_leaves) and out_leaves[i].requires_grad and g is not None]
     gouts = [g for _, g in pairs]
     if not _all_finite(gouts):
+        orig = [o for i, o in enumerate(cap.outputs or []) if isinstance(o, torch.Tensor)
+                and (o.is_floating_point() or o.is_complex())]
+        if orig and not _all_finite(orig):
+            # the kept gradient is bad because the *original* output was: re-run, the forward
+            # is finite, so the fault did not reproduce (not the loss function's doing)
+            return pairs, ReplayReport(
+                step, False, "none", cause="not_reproduced",
+                stats={"original_output": tensor_summary(orig)},
+                summary=("the fault did not reproduce: the step's original forward output was "
+                         "non-finite but re-run it is finite, so it is transient -- a "
+                         "non-deterministic kernel, a race, faulty hardware, or state that changed "
+                         "since (not the data or the model as they are)"))
         st = {"output": tensor_summary([o for o, _ in pairs]), "grad_output": tensor_summary(gouts)}
         return pairs, ReplayReport(step, True, "loss", None, None, "loss_gradient",
                                    f"the model's outputs are finite (max |output| = "

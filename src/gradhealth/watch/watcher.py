@@ -189,10 +189,7 @@ class Watcher:
         with the step's other statistics (no extra sync), and only on logged steps.
 
         Args:
-            loss: a scalar: a tensor with one element or a Python/NumPy number.
-
-        Raises:
-            ParameterError: ``loss`` is not a scalar.
+            loss: a scalar: a tensor with one element or a Python/NumPy number (else ParameterError).
         """
         value = as_loss(loss)
         if not self._active:
@@ -387,7 +384,10 @@ class Watcher:
         cap = self._it.captures[-1] if (self.config.replay and self._it.captures) else None
         if cap is None and not logged:
             return
-        for i, t in enumerate(pytree.tree_leaves(output)):
+        leaves = pytree.tree_leaves(output)
+        if cap is not None:
+            cap.outputs = leaves   # references: the replay compares them with the re-run
+        for i, t in enumerate(leaves):
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 self._iter_hooks.add(t.register_hook(self._output_hook(i, cap, logged)))
 
