@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Union
 
@@ -55,16 +56,23 @@ _SHRINK = 1.0 - 1e-6  # target just inside the bound, so that clipping is idempo
 
 
 # --- shared pieces --------------------------------------------------------------------------
-def _params_list(parameters: Params, owner: str) -> list[torch.Tensor]:
+def _params_list(parameters: Params, owner: str, param: str = "parameters") -> list[torch.Tensor]:
     if isinstance(parameters, torch.Tensor):
         return [parameters]
     if isinstance(parameters, nn.Module):
         return list(parameters.parameters())
+    rule = "a tensor, an iterable of tensors or a Module"
+    if isinstance(parameters, (str, bytes)):
+        raise ParameterError(param, owner, rule, parameters, "pass model.parameters() (or the model).")
     try:
-        return list(parameters)
+        out = list(parameters)
     except TypeError:
-        raise ParameterError("parameters", owner, "a tensor, an iterable of tensors or a Module",
-                             type(parameters).__name__, "pass model.parameters().") from None
+        raise ParameterError(param, owner, rule, type(parameters).__name__, "pass model.parameters().") from None
+    bad = next((p for p in out if not isinstance(p, torch.Tensor)), None)
+    if bad is not None:
+        raise ParameterError(param, owner, rule, f"an iterable holding a {type(bad).__name__}",
+                             "pass model.parameters() (or the model).")
+    return out
 
 
 def _dense_grad(p: torch.Tensor) -> torch.Tensor | None:
@@ -92,8 +100,13 @@ def _check_norm_type(norm_type, owner: str) -> float:
         return math.inf
     if isinstance(norm_type, (int, float)) and not isinstance(norm_type, bool) and norm_type == math.inf:
         return math.inf
-    return check_real(norm_type, "norm_type", owner, low=0.0, low_inclusive=False,
-                      fix="pass norm_type=2.0 (Euclidean), 1.0, or float('inf').")
+    ok = isinstance(norm_type, numbers.Real) and not isinstance(norm_type, bool) and float(norm_type) > 0
+    if not ok or math.isnan(float(norm_type)):
+        # the rule says what is accepted: any real p > 0, and inf (float('inf') or 'inf') for the max norm
+        raise ParameterError("norm_type", owner, "a real number > 0, or inf (float('inf') or 'inf': the "
+                             "largest absolute value)", norm_type,
+                             "pass norm_type=2.0 (Euclidean), 1.0, or float('inf').")
+    return float(norm_type)
 
 
 def _grouped(grads: Sequence[torch.Tensor]) -> dict[tuple, tuple[list[torch.Tensor], list[int]]]:
@@ -238,7 +251,7 @@ def _layers(model: Params, owner: str) -> list[tuple[str, list[torch.Tensor]]]:
             if ps:
                 out.append((name or "(root)", ps))
         return out
-    return [(str(i), [p]) for i, p in enumerate(_params_list(model, owner))]
+    return [(str(i), [p]) for i, p in enumerate(_params_list(model, owner, "model"))]
 
 
 def clip_by_layer_norm_(model: Params, max_norm: float, norm_type: float = 2.0, *,
@@ -346,7 +359,7 @@ def agc_(model: Params, clipping: float = 0.01, eps: float = 1e-3, *,
         else:
             patterns = [exclude] if isinstance(exclude, str) else list(exclude)
     else:
-        named = [(str(i), p) for i, p in enumerate(_params_list(model, owner))]
+        named = [(str(i), p) for i, p in enumerate(_params_list(model, owner, "model"))]
         all_names = named
         patterns = [] if exclude is None else ([exclude] if isinstance(exclude, str) else list(exclude))
     names_of: dict[int, list[str]] = {}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_int, check_real
-from ..errors import ParameterError
+from ..errors import GradHealthError, ParameterError
 from ._plan import _plan, _Target
 from ._summary import InitSummary, LayerInit, _biases, _std
 
@@ -79,7 +79,8 @@ def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.1, max_iter: int = 10
         :class:`InitSummary` (``scheme`` gives the measured variance and passes per layer).
 
     Raises:
-        ParameterError: the batch gives non-finite outputs (bad inputs or an already
+        ParameterError: no batch (``inputs=None``), a batch the model's forward does not accept
+            (checked before anything is re-initialised), or the batch gives non-finite outputs (bad inputs or an already
             diverged model), or bad arguments.
     """
     owner = "lsuv_"
@@ -87,6 +88,10 @@ def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.1, max_iter: int = 10
     max_iter = check_int(max_iter, "max_iter", owner, min_value=1)
     check_choice(init, "init", owner, ["orthogonal", "none"],
                  fix="pass init='orthogonal' (the paper's pre-initialisation) or 'none' (keep the weights).")
+    if inputs is None:
+        raise ParameterError("inputs", owner, "one batch: a tensor, a tuple (model(*inputs)) or a dict "
+                             "(model(**inputs))", None, "pass a batch of training data, e.g. "
+                             "lsuv_(model, x_train[:256]).")
     targets, unmatched = _plan(model, owner, layers=layers, needs_activation=False)
     unmatched = list(unmatched)
     rnn = [t for t in targets if isinstance(t.module, nn.RNNBase)]
@@ -100,6 +105,7 @@ def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.1, max_iter: int = 10
     try:
         model.eval()
         with torch.no_grad():
+            _check_batch(model, inputs, owner)  # before anything is re-initialised
             if init == "orthogonal":
                 _pre_initialise(targets)
             order = _forward_order(model, inputs, targets, owner)
@@ -123,6 +129,33 @@ def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.1, max_iter: int = 10
         for m, mode in was_training.items():
             m.train(mode)
     return summary
+
+
+def _describe(inputs: Any) -> str:
+    """What the batch is, for a message: ``"a tensor of shape (3, 5)"``, ``"a tuple of 2"``."""
+    if isinstance(inputs, torch.Tensor):
+        return f"a tensor of shape {tuple(inputs.shape)}"
+    if isinstance(inputs, (tuple, list, Mapping)):
+        return f"a {type(inputs).__name__} of {len(inputs)}"
+    return f"a {type(inputs).__name__}"
+
+
+def _check_batch(model: nn.Module, inputs: Any, owner: str) -> None:
+    """One forward pass; a ParameterError naming ``inputs`` when the model does not accept the
+    batch (wrong shape, dtype or type), instead of the forward's own TypeError/RuntimeError.
+    The random number generators are restored afterwards: a forward that draws (functional
+    dropout) gives the same LSUV as without this check."""
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            _call(model, inputs)
+    except GradHealthError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ParameterError("inputs", owner, "a batch the model's forward accepts", _describe(inputs),
+                             f"model(inputs) raised {type(exc).__name__}: {first}. Pass a batch shaped "
+                             "like the training data.") from exc
 
 
 def _pre_initialise(targets: list[_Target]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import ParameterError, StoreError
 from ..events import Event, jsonable
 from .schema import DB_NAME, LAYER_STAT_COLUMNS, SCHEMA_VERSION, STEP_COLUMNS, decode_value, loads_evidence
 
@@ -122,7 +122,10 @@ def _check_field(field: str, cols, owner: str) -> None:
                              f"pass e.g. field={names[0]!r}.")
 
 
-def _db_path(run_dir: str | os.PathLike) -> tuple[Path, Path]:
+def _db_path(run_dir: str | os.PathLike, owner: str = "load_run") -> tuple[Path, Path]:
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise ParameterError("run_dir", owner, "a path (str or os.PathLike) to a run directory or its "
+                             f"{DB_NAME}", run_dir, "pass e.g. load_run('runs/exp1').")
     p = Path(run_dir)
     if p.is_file() and p.name == DB_NAME:
         return p.parent, p
@@ -164,6 +167,7 @@ def load_run(run_dir: str | os.PathLike, *, layer_stats: bool = True) -> Run:
     Raises:
         StoreError: the directory is missing, is not a gradhealth run, cannot be read, or was
             written by a newer gradhealth (newer schema version).
+        ParameterError: ``run_dir`` is not a path (``str`` or ``os.PathLike``).
     """
     root, db = _db_path(run_dir)
     conn = _connect(db)

@@ -112,14 +112,26 @@ class PowerTable:
                 "log10_abs": self.log10_abs.tolist()}
 
 
+#: The deepest :func:`power_table` (two float64 arrays of this length: 160 MB).
+MAX_POWER_DEPTH = 10_000_000
+#: Caps of :func:`deep_linear`: layers, width, and float64 values held in all (the Gaussian
+#: init keeps ``depth * trials * width**2`` weights, the norms ``2 * (depth+1) * trials * width``).
+MAX_LINEAR_DEPTH = 100_000
+MAX_LINEAR_WIDTH = 4096
+MAX_LINEAR_VALUES = 50_000_000
+
+
 def power_table(weight: float, depth: int) -> PowerTable:
     """``w**l`` for ``l = 1..depth``, the forward (and backward) gain of a linear chain.
+
+    ``depth`` is at most :data:`MAX_POWER_DEPTH` (10,000,000).
 
     Examples: ``0.6**3 = 0.216``, ``0.6**15 = 4.70e-4``, ``1.6**15 = 1152.9``,
     ``2.34**20 = 2.43e7``.
     """
     w = check_real(weight, "weight", "power_table")
-    L = check_int(depth, "depth", "power_table", min_value=1, max_value=10_000_000)
+    L = check_int(depth, "depth", "power_table", min_value=1, max_value=MAX_POWER_DEPTH,
+                  fix=f"pass a depth from 1 to {MAX_POWER_DEPTH:,}.")
     ls = np.arange(1, L + 1)
     with np.errstate(over="ignore", under="ignore", divide="ignore"):
         values = np.power(w, ls.astype(float))
@@ -297,8 +309,11 @@ def deep_linear(depth: int = 30, width: int = 32, *, init: str = "identity", sca
     """Run a deep linear network forward and backward with explicit matrix products.
 
     Args:
-        depth: number of layers ``L``.
-        width: units per layer ``n``.
+        depth: number of layers ``L`` (at most :data:`MAX_LINEAR_DEPTH`, 100,000).
+        width: units per layer ``n`` (at most :data:`MAX_LINEAR_WIDTH`, 4096). The run holds
+            ``depth * trials * width**2`` weights with ``init="gaussian"`` and
+            ``2 * (depth + 1) * trials * width`` values with either init: at most
+            :data:`MAX_LINEAR_VALUES` (50,000,000).
         init: ``"identity"`` (``W_l = scale * I``) or ``"gaussian"`` (entries
             ``N(0, sigma_w**2 / width)``, fresh per layer and per trial).
         scale: ``a`` in ``W = a*I`` (1.5 explodes, 0.5 vanishes).
@@ -310,11 +325,19 @@ def deep_linear(depth: int = 30, width: int = 32, *, init: str = "identity", sca
         :class:`DeepLinearResult` with measured and predicted norms.
     """
     owner = "deep_linear"
-    L = check_int(depth, "depth", owner, min_value=1)
-    n = check_int(width, "width", owner, min_value=1)
-    T = check_int(trials, "trials", owner, min_value=1)
+    L = check_int(depth, "depth", owner, min_value=1, max_value=MAX_LINEAR_DEPTH,
+                  fix=f"pass a depth from 1 to {MAX_LINEAR_DEPTH:,}.")
+    n = check_int(width, "width", owner, min_value=1, max_value=MAX_LINEAR_WIDTH,
+                  fix=f"pass a width from 1 to {MAX_LINEAR_WIDTH:,}.")
+    T = check_int(trials, "trials", owner, min_value=1, max_value=MAX_LINEAR_VALUES,
+                  fix="pass trials=1 or a few more.")
     if init not in ("identity", "gaussian"):
         raise ParameterError("init", owner, "'identity' or 'gaussian'", init, "pass init='identity'.")
+    held = L * T * n * n if init == "gaussian" else 2 * (L + 1) * T * n
+    if held > MAX_LINEAR_VALUES:
+        raise ParameterError("depth", owner, f"small enough that the run holds at most {MAX_LINEAR_VALUES:,} "
+                             f"values (depth={L}, width={n}, trials={T}, init={init!r} hold {held:,})", L,
+                             "pass a smaller depth, width or number of trials.")
     a = check_real(scale, "scale", owner)
     sw = check_real(sigma_w, "sigma_w", owner, low=0.0)
     rng = np.random.default_rng(seed)

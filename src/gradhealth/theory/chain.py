@@ -62,6 +62,25 @@ __all__ = [
 ]
 
 
+#: Caps of :func:`scalar_chain`, checked before anything is allocated: layers (the chain rule
+#: of :class:`ChainFactors` is quadratic in depth), grid points, and values per curve array
+#: (depth * points; the result holds four such float64 arrays, 320 MB at the cap).
+MAX_CHAIN_DEPTH = 10_000
+MAX_CHAIN_POINTS = 1_000_000
+MAX_CHAIN_VALUES = 10_000_000
+#: Cap on the width of :func:`weight_claim`'s matrices (an eigenvalue solve of width x width).
+MAX_CLAIM_WIDTH = 1000
+
+
+def _check_chain_size(depth: int, n: int, owner: str) -> None:
+    """ParameterError naming ``depth`` when ``depth * n`` is past :data:`MAX_CHAIN_VALUES`."""
+    if depth * n > MAX_CHAIN_VALUES:
+        most = max(1, MAX_CHAIN_VALUES // n)
+        raise ParameterError("depth", owner, f"at most {most:,} with {n:,} input points (depth * points "
+                             f"<= {MAX_CHAIN_VALUES:,})", depth,
+                             f"pass depth={most} or smaller, or fewer input points.")
+
+
 def _as_float_tuple(v) -> tuple:
     return tuple(float(t) for t in np.asarray(v, dtype=float).ravel())
 
@@ -303,10 +322,12 @@ def scalar_chain(activation: str | Activation | Callable = "tanh",
             :class:`Activation`, or a callable ``phi`` (then give ``derivative=phi'``).
         weight: one ``w`` shared by all layers, or a list ``[w_1, ..., w_L]``.
         depth: number of layers ``L``; may be left out when ``weight`` or ``bias`` is a list.
+            At most :data:`MAX_CHAIN_DEPTH` (10,000), and ``depth * points`` (or
+            ``depth * x.size``) at most :data:`MAX_CHAIN_VALUES` (10,000,000).
         bias: one ``b`` shared by all layers, or a list ``[b_1, ..., b_L]``.
         x: inputs (any shape, flattened); default ``points`` evenly spaced over ``x_range``.
         x_range: ``(low, high)`` with ``low < high``, used when ``x`` is None.
-        points: grid size (>= 2), used when ``x`` is None.
+        points: grid size (2 to :data:`MAX_CHAIN_POINTS`, 1,000,000), used when ``x`` is None.
         derivative: ``phi'`` for a callable ``activation``.
 
     Returns:
@@ -321,7 +342,8 @@ def scalar_chain(activation: str | Activation | Callable = "tanh",
     owner = "scalar_chain"
     act = get_activation(activation, derivative, owner=owner)
     if depth is not None:
-        depth = check_int(depth, "depth", owner, min_value=1)
+        depth = check_int(depth, "depth", owner, min_value=1, max_value=MAX_CHAIN_DEPTH,
+                          fix=f"pass a depth from 1 to {MAX_CHAIN_DEPTH:,}.")
     w_list = _per_layer(weight, "weight", depth)
     b_list = _per_layer(bias, "bias", depth if depth is not None else
                         (len(w_list) if w_list is not None else None))
@@ -330,7 +352,8 @@ def scalar_chain(activation: str | Activation | Callable = "tanh",
         if given is None:
             raise ParameterError("depth", owner, "an integer >= 1 when weight and bias are numbers",
                                  None, "pass depth=3 (or lists of per-layer weights).")
-        depth = len(given)
+        depth = check_int(len(given), "depth", owner, max_value=MAX_CHAIN_DEPTH,
+                          fix=f"pass at most {MAX_CHAIN_DEPTH:,} per-layer values.")
     # _per_layer returned None: the value is a scalar
     w = w_list if w_list is not None else np.full(depth, float(cast(float, weight)))
     b = b_list if b_list is not None else np.full(depth, float(cast(float, bias)))
@@ -343,12 +366,16 @@ def scalar_chain(activation: str | Activation | Callable = "tanh",
         if not lo < hi:
             raise ParameterError("x_range", owner, "(low, high) with low < high", tuple(x_range),
                                  f"pass x_range=({min(lo, hi)}, {max(lo, hi) if lo != hi else lo + 1}).")
-        xs = np.linspace(lo, hi, check_int(points, "points", owner, min_value=2))
+        n = check_int(points, "points", owner, min_value=2, max_value=MAX_CHAIN_POINTS,
+                      fix=f"pass points from 2 to {MAX_CHAIN_POINTS:,}, e.g. points=1001.")
+        _check_chain_size(depth, n, owner)
+        xs = np.linspace(lo, hi, n)
     else:
         xs = np.asarray(x, dtype=float).ravel()
         if xs.size == 0 or not np.isfinite(xs).all():
             raise ParameterError("x", owner, "a non-empty array of finite numbers",
                                  f"array of size {xs.size}", "drop NaN/inf inputs.")
+        _check_chain_size(depth, xs.size, owner)
 
     z, a, d, s = _forward(act, w, b, xs)
     abs_s = np.abs(s)
@@ -480,9 +507,11 @@ def weight_claim(weight: float = 0.7, depth: int = 50, width: int = 8, *, seed: 
     """
     owner = "weight_claim"
     w = check_real(weight, "weight", owner)
-    L = check_int(depth, "depth", owner, min_value=1)
-    n = check_int(width, "width", owner, min_value=1)
     xs = np.linspace(-3, 3, 601)
+    L = check_int(depth, "depth", owner, min_value=1, max_value=MAX_CHAIN_VALUES // xs.size,
+                  fix=f"pass a depth from 1 to {MAX_CHAIN_VALUES // xs.size:,}.")
+    n = check_int(width, "width", owner, min_value=1, max_value=MAX_CLAIM_WIDTH,
+                  fix=f"pass a width from 1 to {MAX_CLAIM_WIDTH:,}.")
     tanh_c = scalar_chain("tanh", w, L, 0.0, x=xs)
     sig_c = scalar_chain("sigmoid", w, L, -w / 2, x=xs)
     ls = np.arange(1, L + 1, dtype=float)

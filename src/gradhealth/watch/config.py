@@ -102,6 +102,9 @@ class WatchConfig:
         # the order of the checks is the order of the options in watch()'s signature, so the
         # first wrong option is the one reported
         put = object.__setattr__
+        if self.run_dir is not None and not isinstance(self.run_dir, (str, PathLike)):
+            raise ParameterError("run_dir", OWNER, "a path (str or os.PathLike) or None", self.run_dir,
+                                 "pass run_dir='runs/exp1', or leave it out to keep nothing on disk.")
         put(self, "on_nonfinite", check_choice(self.on_nonfinite, "on_nonfinite", OWNER, ON_NONFINITE_CHOICES,
                                                fix="pass on_nonfinite='warn', 'skip', 'rollback' or 'raise'."))
         put(self, "every", as_schedule(self.every, "every", OWNER))
