@@ -30,3 +30,55 @@ def float_pair(text: str, name: str, owner: str) -> tuple[float, float]:
     except ValueError:
         raise ParameterError(name, owner, "two numbers", text, f"pass e.g. --{name} -1 1") from None
     return a, b
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """Directories whose frames are not the user's code: gradhealth, the standard library and
+    the installed packages."""
+    import os
+    import sysconfig
+    from pathlib import Path
+
+    dirs = {str(Path(__file__).resolve().parents[1])}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            dirs.add(str(Path(path).resolve()))
+    return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
+
+
+def is_gradhealth_file(filename: str) -> bool:
+    """True for a file of the gradhealth package (or of runpy: the frames of ``gradhealth run``)."""
+    import os
+    import runpy
+    from pathlib import Path
+
+    if filename in (runpy.__file__, "<frozen runpy>"):
+        return True
+    ours = str(Path(__file__).resolve().parents[1]) + os.sep
+    return os.path.abspath(filename).startswith(ours)
+
+
+def user_location(exc: BaseException) -> str | None:
+    """``"FILE:LINE"`` of the last frame of ``exc``'s traceback in the user's own code (not
+    gradhealth, not the standard library, not an installed package; the first frame outside
+    gradhealth when every frame is in a library); a SyntaxError's own file and line."""
+    import os
+    import traceback
+
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not is_gradhealth_file(f.filename)]
+    libs = _library_dirs()
+    mine = [f for f in frames if not f.filename.startswith("<")
+            and not os.path.abspath(f.filename).startswith(libs)]
+    frame = mine[-1] if mine else (frames[0] if frames else None)
+    return f"{frame.filename}:{frame.lineno}" if frame else None
+
+
+def one_line(exc: BaseException) -> str:
+    """``"Type: first line of the message"`` of an exception."""
+    text = str(exc).strip().splitlines()
+    if isinstance(exc, SyntaxError) and exc.msg:
+        text = [exc.msg]
+    return f"{type(exc).__name__}: {text[0]}" if text and text[0] else type(exc).__name__

@@ -24,12 +24,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--weight", "-w", type=float, nargs="+", default=[8.0], metavar="W",
                         help="shared weight, or one per layer (default: 8)")
     parser.add_argument("--depth", "-L", type=int, default=None,
-                        help="number of layers (default: 3, or the number of weights/biases given)")
+                        help="number of layers, 1 to 10,000 (default: 3, or the number of weights/biases given)")
     parser.add_argument("--bias", "-b", type=float, nargs="+", default=[0.0], metavar="B",
                         help="shared bias, or one per layer (default: 0)")
     parser.add_argument("--x-range", type=float, nargs=2, default=[-1.0, 1.0], metavar=("LOW", "HIGH"),
                         help="input range (default: -1 1)")
-    parser.add_argument("--points", type=int, default=1001, help="grid size (default: 1001)")
+    parser.add_argument("--points", type=int, default=1001,
+                        help="grid size, 2 to 1,000,000, with depth * points <= 10,000,000 (default: 1001)")
     parser.add_argument("--at", type=float, default=None,
                         help="input at which to break dy/dw_k into factors "
                              "(default: three quarters of the way through the range, 0.5 for -1 1)")

@@ -20,7 +20,7 @@ _MAX_ROWS = 40
 def add_arguments(parser) -> None:
     """Add the arguments of ``gradhealth power`` to its subparser."""
     parser.add_argument("--weight", "-w", type=float, default=0.6, help="the weight w (default: 0.6)")
-    parser.add_argument("--depth", "-L", type=int, default=15, help="number of layers (default: 15)")
+    parser.add_argument("--depth", "-L", type=int, default=15, help="number of layers, 1 to 10,000,000 (default: 15)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 

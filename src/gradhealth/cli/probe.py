@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ that fails or is already non-finite).
 
 _OWNER = "gradhealth probe"
 
+#: The most elements --input-shape may ask for (400 MB of float32): checked before allocating.
+MAX_INPUT_ELEMENTS = 100_000_000
+
 
 def add_arguments(parser) -> None:
     """Add the arguments of ``gradhealth probe`` to its subparser."""
@@ -56,7 +60,8 @@ def add_target_arguments(parser, loss_help: str | None = None) -> None:
                         help="FILE.py:FACTORY or package.module:FACTORY")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--input-shape", metavar="SHAPE",
-                     help="random N(0,1) float inputs of this shape, e.g. 32,784 or 8,3,32,32")
+                     help="random N(0,1) float inputs of this shape, e.g. 32,784 or 8,3,32,32 "
+                          "(at most 100,000,000 elements)")
     src.add_argument("--inputs", metavar="FILE.pt", help="inputs saved with torch.save")
     parser.add_argument("--loss", choices=("surrogate", "mse", "ce"), default="surrogate",
                         help=loss_help or "loss to differentiate (default: surrogate, a fixed random "
@@ -90,6 +95,11 @@ def _parse_shape(text: str, owner: str = _OWNER) -> tuple[int, ...]:
     if not shape or any(s < 1 for s in shape):
         raise ParameterError("input-shape", owner, "comma-separated positive integers", text,
                              "pass e.g. --input-shape 32,784 (batch first).")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise ParameterError("input-shape", owner, f"a shape of at most {MAX_INPUT_ELEMENTS:,} elements "
+                             f"in all ({math.prod(shape):,} asked)", text,
+                             f"pass a smaller batch (at most {MAX_INPUT_ELEMENTS:,} elements), e.g. "
+                             "--input-shape 32,784, or save a batch and pass --inputs FILE.pt.")
     return shape
 
 
@@ -112,18 +122,42 @@ def _load_module(spec: str, owner: str = _OWNER):
             mod_spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(name, None)
-            raise ModelError(f"Importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise _user_error(f"Importing {str(path)!r} failed:", exc) from None
         finally:
             sys.path.pop(0)
         return module
     try:
         return importlib.import_module(path_part)
     except ModuleNotFoundError as exc:
+        if exc.name and path_part.split(".")[0] != exc.name.split(".")[0]:
+            # the target was found, but it imports something that is missing
+            raise _user_error(f"Importing {path_part!r} failed:", exc) from None
         raise ParameterError("target", owner, "FILE.py:FACTORY or an importable package.module:FACTORY",
-                             spec, f"module {exc.name!r} was not found; give a file path "
-                             "(e.g. examples/probe_mlp.py:make_model) or install the package.") from None
+                             spec, f"module {exc.name!r} was not found (from {os.getcwd()}); give a file "
+                             "path (e.g. examples/probe_mlp.py:make_model) or install the package.") from None
     except Exception as exc:
-        raise ModelError(f"Importing {path_part!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise _user_error(f"Importing {path_part!r} failed:", exc) from None
+
+
+def _user_error(what: str, exc: BaseException) -> ModelError:
+    """A one-line ModelError for an exception of the user's own code, with the user's file:line
+    (the last frame in user code)."""
+    from ._common import one_line, user_location
+
+    where = user_location(exc)
+    return ModelError(f"{what} {one_line(exc)}" + (f" (at {where})" if where else ""))
+
+
+class _CwdOnPath:
+    """The current directory first on ``sys.path`` while a target is imported and its factory
+    runs, as ``python -m`` has it (the console script's ``sys.path[0]`` is its bin/ instead)."""
+
+    def __enter__(self):
+        self.saved = sys.path[:]
+        sys.path.insert(0, os.getcwd())
+
+    def __exit__(self, *exc):
+        sys.path[:] = self.saved
 
 
 def load_factory(spec: str, owner: str = _OWNER):
@@ -133,8 +167,21 @@ def load_factory(spec: str, owner: str = _OWNER):
     if ":" not in spec or not spec.rpartition(":")[0] or not spec.rpartition(":")[2]:
         raise ParameterError("target", owner, "of the form PATH_OR_MODULE:FACTORY", spec,
                              "pass e.g. examples/probe_mlp.py:make_model")
-    module = _load_module(spec, owner)
-    fname = spec.rpartition(":")[2]
+    with _CwdOnPath():
+        module = _load_module(spec, owner)
+        fname = spec.rpartition(":")[2]
+        made = _call_factory(module, fname, spec, owner)
+    if isinstance(made, nn.Module):
+        return made, None
+    if isinstance(made, (tuple, list)) and len(made) == 2 and isinstance(made[0], nn.Module):
+        return made[0], made[1]
+    raise ModelError(f"The factory {fname}() must return a torch.nn.Module or a (model, inputs) pair; "
+                     f"it returned {type(made).__name__}.")
+
+
+def _call_factory(module, fname: str, spec: str, owner: str):
+    """``module.FACTORY()``; a ParameterError when there is no such callable, a one-line
+    ModelError with the user's file:line when it raises."""
     factory = getattr(module, fname, None)
     if factory is None or not callable(factory):
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
@@ -143,15 +190,37 @@ def load_factory(spec: str, owner: str = _OWNER):
                              f"{fname!r} is not a callable there; callables defined in it: "
                              + (", ".join(found) or "none"))
     try:
-        made = factory()
+        return factory()
     except Exception as exc:
-        raise ModelError(f"The factory {fname}() raised {type(exc).__name__}: {exc}") from exc
-    if isinstance(made, nn.Module):
-        return made, None
-    if isinstance(made, (tuple, list)) and len(made) == 2 and isinstance(made[0], nn.Module):
-        return made[0], made[1]
-    raise ModelError(f"The factory {fname}() must return a torch.nn.Module or a (model, inputs) pair; "
-                     f"it returned {type(made).__name__}.")
+        raise _user_error(f"The factory {fname}() raised", exc) from None
+
+
+def check_device(text: str, owner: str = _OWNER) -> None:
+    """A ParameterError naming ``--device`` when torch cannot parse it or this build/machine
+    has no such device; checked before the model is built."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ParameterError("device", owner, "a torch device, e.g. cpu, cuda, cuda:1 or mps", text,
+                             f"pass --device cpu ({str(exc).splitlines()[0][:200]}).") from None
+    rule = "a device this torch build and machine have"
+    if dev.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise ParameterError("device", owner, rule, text,
+                                 "this torch build has no CUDA; use --device cpu (or install a CUDA "
+                                 "build of torch).")
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ParameterError("device", owner, rule, text,
+                                 "no CUDA device is visible (torch.cuda.is_available() is False); "
+                                 "use --device cpu.")
+        if dev.index is not None and dev.index >= n:
+            raise ParameterError("device", owner, rule, text,
+                                 f"only {n} CUDA device(s) are visible; use --device cuda:0 .. cuda:{n - 1}.")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ParameterError("device", owner, rule, text, "MPS is not available here; use --device cpu.")
 
 
 def _load_inputs(path: str, owner: str = _OWNER):
@@ -179,6 +248,8 @@ def run(args) -> int:
     from ..probe import probe
     from ._common import console, print_json
 
+    if args.device:
+        check_device(args.device, _OWNER)
     model, inputs, target = load_target(args)
     if args.device:
         try:

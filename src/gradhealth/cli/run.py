@@ -19,9 +19,11 @@ and the model(s) whose parameters they hold: per-layer gradient statistics, dete
 events, optional guard, and a run store in --run-dir. A live status line shows the step, the
 loss, the global gradient norm and the newest alarm; the diagnosis is printed at the end.
 
-Exit code: the script's own (its traceback is printed and the code is 1 if it raised);
-1 if it succeeded but a pathology was found (unless --no-fail-on-pathology); 0 otherwise;
-2 for a usage error (script or module not found).
+Exit code: the script's own (if it raised: its traceback without gradhealth's frames, then one
+line with the last line of your code it reached, and the code is 1); 1 if it succeeded but a
+pathology was found (unless --no-fail-on-pathology); 0 otherwise; 2 for a usage error (script
+or module not found, a --run-dir that is a file or cannot be created: refused before the
+script starts).
 
 Examples:
   gradhealth run train.py --epochs 3
@@ -180,15 +182,51 @@ def _exec(kind: str, target: str, script_args: list[str]) -> tuple[int, object]:
         sys.argv, sys.path[:] = saved_argv, saved_path
 
 
-def _print_traceback(exc: BaseException, stream) -> None:
-    """Print the traceback without the frames of runpy and of this module."""
-    import runpy
+def _without_gradhealth(te: traceback.TracebackException, seen=None) -> None:
+    """Drop the frames of gradhealth (and runpy) from ``te`` and the exceptions it chains."""
+    from ._common import is_gradhealth_file
 
-    ours = {__file__, runpy.__file__, "<frozen runpy>"}
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in ours:
-        tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb, file=stream)
+    seen = set() if seen is None else seen
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not is_gradhealth_file(f.filename)])
+    for other in (te.__cause__, te.__context__):
+        if other is not None:
+            _without_gradhealth(other, seen)
+
+
+def _print_traceback(exc: BaseException, stream) -> None:
+    """Print the script's traceback without the frames of runpy and of gradhealth, then one
+    line: where in the user's code it stopped (the last frame in user code), and why."""
+    from ._common import one_line, user_location
+
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    _without_gradhealth(te)
+    stream.write("".join(te.format()))
+    where = user_location(exc)
+    stream.write(f"gradhealth run: the script stopped{' at ' + where if where else ''}: {one_line(exc)}\n")
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Raise _Usage unless the store can make ``run_dir``: checked before the script starts, not
+    after it trained. Nothing is created here (a script that never steps leaves no directory)."""
+    from ..errors import ParameterError
+
+    def refuse(why: str) -> None:
+        raise _Usage(str(ParameterError("run-dir", "gradhealth run", "a directory that can be created and "
+                                        "written", str(run_dir), why)))
+
+    if run_dir.exists() and not run_dir.is_dir():
+        refuse("it is a file; pass a directory (new or a run directory), e.g. --run-dir runs/exp1.")
+    existing = run_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        refuse(f"{str(existing)!r} is a file, so nothing can be created under it; pass a path in a "
+               "writable directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        refuse(f"{str(existing)!r} is not writable; pass a path in a writable directory.")
 
 
 # ---------------------------------------------------------------------------- the command
@@ -204,6 +242,11 @@ def run(args) -> int:
         print(f"gradhealth run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(target)
+    try:
+        _check_run_dir(run_dir)
+    except _Usage as exc:
+        print(f"gradhealth run: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     watch_kwargs = {}
     if args.on_nonfinite:
         watch_kwargs["on_nonfinite"] = args.on_nonfinite

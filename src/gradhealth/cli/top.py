@@ -31,13 +31,17 @@ Examples:
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
 
+#: The most events one frame shows (--events).
+MAX_EVENTS = 1000
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (holds run.sqlite)")
     parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                         help="refresh every SECONDS (default 1)")
     parser.add_argument("--once", action="store_true", help="print one frame and exit")
-    parser.add_argument("--events", type=int, default=6, metavar="N", help="newest events shown (6)")
+    parser.add_argument("--events", type=int, default=6, metavar="N",
+                        help=f"newest events shown (0 to {MAX_EVENTS}; default 6)")
     parser.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                         help="give up if the store has not appeared after SECONDS (default: wait)")
 
@@ -185,9 +189,12 @@ def render(snap: Snapshot, run_dir: str, width: int = 100):
 def run(args) -> int:
     from rich.live import Live
 
+    from .._checks import check_int
     from . import EXIT_OK, EXIT_USAGE
     from ._common import console
 
+    check_int(args.events, "events", "gradhealth top", min_value=0, max_value=MAX_EVENTS,
+              fix=f"pass e.g. --events 6 (0 to {MAX_EVENTS}).")
     out = console()
     if args.once:
         snap = read_snapshot(args.run_dir, args.events)
