@@ -29,7 +29,7 @@ class WatchWarning(UserWarning):
     """Something the watcher found, or could not do, while training went on."""
 
 
-def _rank_dir(run_dir: Path) -> tuple[Path, tuple[int, int] | None]:
+def _rank_dir(run_dir: Any) -> tuple[Any, tuple[int, int] | None]:
     """Under torch.distributed with several ranks, one store per rank: rank 0 writes
     ``run_dir`` (what ``gradhealth summary RUN_DIR`` reads), rank r > 0 ``run_dir/rank{r}``
     (two ranks writing one SQLite file would replace each other's run)."""
@@ -38,10 +38,10 @@ def _rank_dir(run_dir: Path) -> tuple[Path, tuple[int, int] | None]:
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             r, n = dist.get_rank(), dist.get_world_size()
-            return (run_dir if r == 0 else run_dir / f"rank{r}"), (r, n)
+            return (run_dir if r == 0 else Path(run_dir) / f"rank{r}"), (r, n)
     except Exception:   # a process group in a strange state: write where asked
         pass
-    return run_dir, None
+    return run_dir, None   # unchanged: RunStore validates it (a blank string is a ParameterError)
 
 
 class RunLog:
@@ -70,7 +70,7 @@ class RunLog:
         """Open ``run_dir/run.sqlite`` and write the run's metadata."""
         from ..store import RunStore
 
-        run_dir, rank = _rank_dir(Path(run_dir))
+        run_dir, rank = _rank_dir(run_dir)
         if rank is not None:
             meta = {**meta, "rank": rank[0], "world_size": rank[1]}
         try:
