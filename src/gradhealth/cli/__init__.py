@@ -32,6 +32,7 @@ COMMANDS = {
     "summary": "summary",
     "report": "report",
     "top": "top",
+    "export": "export",
     "meanfield": "meanfield",
     "phase": "phase",
 }
