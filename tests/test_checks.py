@@ -25,3 +25,21 @@ def test_check_real_accepts_and_returns_float():
 def test_check_choice_message_lists_choices():
     with pytest.raises(ParameterError, match="one of 'a', 'b'. Got 'c'"):
         check_choice("c", "mode", "f", ["a", "b"])
+
+
+def test_check_int_fix_names_the_bound_that_was_broken():
+    # oracle: the fix, followed literally, passes the check
+    import re
+
+    from gradhealth._checks import check_int
+    from gradhealth.errors import ParameterError
+
+    for value, lo, hi in [(50, 1, 10), (0, 1, 10), (-3, 0, None), (10 ** 9, None, 1000), ("7", 1, 10)]:
+        with pytest.raises(ParameterError) as e:
+            check_int(value, "depth", "owner", min_value=lo, max_value=hi)
+        fix = e.value.fix
+        m = re.search(r"depth=(-?\d+)", fix) or re.search(r"between (-?\d+) and", fix)
+        assert m, fix
+        assert check_int(int(m.group(1)), "depth", "owner", min_value=lo, max_value=hi) == int(m.group(1))
+    with pytest.raises(ParameterError, match=r"depth=10 or smaller"):
+        check_int(50, "depth", "owner", min_value=1, max_value=10)

@@ -34,10 +34,26 @@ def check_int(value: Any, name: str, owner: str, *, min_value: int | None = None
             rule = f"an integer <= {max_value}"
         else:
             rule = "an integer"
-        if fix is None and min_value is not None:
-            fix = f"pass {name}={min_value} or larger."
+        if fix is None:
+            fix = _int_fix(value, name, min_value, max_value)
         raise ParameterError(name, owner, rule, value, fix)
     return value
+
+
+def _int_fix(value: Any, name: str, min_value: int | None, max_value: int | None) -> str | None:
+    """A fix that fits the rule: the bound the value broke (the nearest allowed integer)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if max_value is not None and int(value) > max_value:
+            return f"pass {name}={max_value} or smaller."
+        if min_value is not None and int(value) < min_value:
+            return f"pass {name}={min_value} or larger."
+    if min_value is not None and max_value is not None:
+        return f"pass an integer {name} between {min_value} and {max_value}."
+    if min_value is not None:
+        return f"pass {name}={min_value} or larger."
+    if max_value is not None:
+        return f"pass {name}={max_value} or smaller."
+    return None
 
 
 def check_real(value: Any, name: str, owner: str, *, low: float | None = None,
