@@ -116,7 +116,7 @@ def test_dominant_activation_does_not_depend_on_hash_seed():
 
     code = ("import torch; from torch import nn; import gradhealth\n"
             "m = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))\n"
-            "w = gradhealth.watch(m, torch.optim.SGD(m.parameters(), lr=0.1)); a = w._info['activation']\n"
+            "w = gradhealth.watch(m, torch.optim.SGD(m.parameters(), lr=0.1)); a = w._log.model_info['activation']\n"
             "w.remove(); print(a)\n")
     seen = set()
     for seed in ("0", "1", "2", "3", "4", "5"):

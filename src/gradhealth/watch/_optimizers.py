@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..detectors.base import safe_text
+from ..errors import ParameterError
 from ..events import Event
 
 __all__ = ["Optimizers", "learning_rate", "structure_event"]
@@ -27,6 +28,14 @@ class Optimizers:
     def owns(opt, param_pos: dict[int, int]) -> bool:
         """Whether ``opt`` steps at least one of the model's parameters."""
         return any(id(p) in param_pos for g in opt.param_groups for p in g["params"])
+
+    @staticmethod
+    def check_owned(opt, param_pos: dict[int, int]) -> None:
+        """ParameterError unless ``opt`` steps a parameter of the watched model."""
+        if not Optimizers.owns(opt, param_pos):
+            raise ParameterError("optimizer", "gradhealth.watch", "an optimizer over parameters of the watched model",
+                                 f"{type(opt).__name__} with none of them",
+                                 "pass the optimizer built from model.parameters().")
 
     def add(self, opt) -> None:
         self.watched.append(opt)

@@ -231,6 +231,22 @@ class NonFinitePolicy:
                                          on_skip=lambda info, _o=opt: on_skip(_o, info), model=self.model,
                                          on_error=lambda exc: self._internal("guard", exc))
 
+    def state_dict(self, optimizers: list) -> dict:
+        """Guard counters per optimizer (in the watcher's order) and the episode flags."""
+        guards = []
+        for o in optimizers:
+            g = self.guards.get(id(o))
+            guards.append(None if g is None else [g.steps, g.skipped_steps, g.consecutive_skips])
+        return {"guards": guards, "episode": self.episode, "state_bad": self.state_bad}
+
+    def load_state_dict(self, state: dict, optimizers: list) -> None:
+        for o, counters in zip(optimizers, state.get("guards", [])):
+            g = self.guards.get(id(o))
+            if g is not None and counters is not None:
+                g.steps, g.skipped_steps, g.consecutive_skips = (int(c) for c in counters)
+        self.episode = bool(state.get("episode", False))
+        self.state_bad = bool(state.get("state_bad", False))
+
     def guarding(self, opt) -> bool:
         """Whether ``opt``'s steps are checked by an active guard."""
         g = self.guards.get(id(opt))

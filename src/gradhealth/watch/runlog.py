@@ -157,6 +157,24 @@ class RunLog:
             lines.append(f"  ... and {len(self.events) - 20} more")
         return "\n".join(lines)
 
+    # ------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict:
+        """The detectors' state (their windows and baselines), as plain Python/NumPy data."""
+        return {"detectors": self._det_state}
+
+    def load_state_dict(self, state: Any, policy, optimizers: list) -> tuple[int, int]:
+        """Restore what :meth:`Watcher.state_dict` saved; returns ``(step, skipped)``."""
+        ok = (isinstance(state, dict) and state.get("version") == 1 and isinstance(state.get("step"), int)
+              and isinstance(state.get("log"), dict) and "detectors" in state["log"])
+        if not ok:
+            raise ParameterError("state", "Watcher.load_state_dict", "a dict from Watcher.state_dict()",
+                                 type(state).__name__ if not isinstance(state, dict) else sorted(state),
+                                 "pass watcher.state_dict() as saved with the checkpoint.")
+        self._det_state = state["log"]["detectors"]
+        policy.load_state_dict(state.get("policy") or {}, optimizers)
+        return int(state["step"]), int(state.get("skipped", 0))
+
     # ------------------------------------------------------------------ steps
 
     def record(self, stats: StepStats, measured: Measured, t: float) -> None:

@@ -109,7 +109,7 @@ class Watcher:
         self._names = {id(m): n for n, m in model.named_modules()}
         _registry.check_overlap(self)
         for o in opts:
-            self._check_owned(o)
+            Optimizers.check_owned(o, self._map.param_pos)
 
         self._hooks = HookSet()        # permanent (until remove)
         self._iter_hooks = HookSet()   # this iteration only (detail module hooks, tensor hooks)
@@ -153,10 +153,6 @@ class Watcher:
     def store(self):
         """The run store (``run_dir`` given), else None."""
         return self._log.store
-
-    @property
-    def _info(self) -> dict:
-        return self._log.model_info
 
     @property
     def layers(self) -> LayerTable:
@@ -237,6 +233,17 @@ class Watcher:
         _registry.unregister(self)
         self._log.close({"steps": self.step, "skipped_steps": self._skipped_total, "n_events": len(self.events)})
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue (step, skipped steps, detector windows, guard
+        counters): save it with the checkpoint, give it to :meth:`load_state_dict`."""
+        return {"version": 1, "step": self.step, "skipped": self._skipped_total,
+                "log": self._log.state_dict(), "policy": self._policy.state_dict(self._opts.watched)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`, before the first resumed step (ParameterError if
+        ``state`` is not one)."""
+        self.step, self._skipped_total = self._log.load_state_dict(state, self._policy, self._opts.watched)
+
     def summary(self) -> str:
         """A few plain-text lines: steps, skipped steps, and the events by kind."""
         return self._log.summary(self.step, self._skipped_total)
@@ -247,15 +254,8 @@ class Watcher:
         """Whether hooks should act: attached, and not inside a forensic replay."""
         return self._active and not self._policy.replaying
 
-    def _check_owned(self, opt) -> None:
-        if not Optimizers.owns(opt, self._map.param_pos):
-            raise ParameterError("optimizer", _OWNER, "an optimizer over parameters of the watched model",
-                                 f"{type(opt).__name__} with none of them",
-                                 "pass the optimizer built from model.parameters().")
-
     def _state_tensors(self) -> list[torch.Tensor]:
-        """What a rollback restores: the parameters and the buffers (BatchNorm running
-        statistics are poisoned by a NaN batch in the forward pass, before any guard acts)."""
+        """What a rollback restores: the parameters and the buffers (BatchNorm statistics)."""
         return list(self._map.params) + [b for b in self.model.buffers()]
 
     def _attach(self, opts: list) -> None:
@@ -282,7 +282,7 @@ class Watcher:
             return True
         if not Optimizers.owns(opt, self._map.param_pos):
             if register:
-                self._check_owned(opt)
+                Optimizers.check_owned(opt, self._map.param_pos)
             self._opts.rejected.add(id(opt))
             return False
         self._opts.add(opt)
@@ -509,7 +509,7 @@ class Watcher:
             # forward depth: the first detail step fixes the order of the layers seen running
             self._map.table = forward_depth(self._map.table, self._inst.depth_seen)
             self._inst.depth_known = True
-        stats, measured = step_stats(rec, self._map.table, self._map.pos_layer, loss, self._info)
+        stats, measured = step_stats(rec, self._map.table, self._map.pos_layer, loss, self._log.model_info)
         self._log.record(stats, measured, rec.t)
 
     # ------------------------------------------------------------------ non-finite steps
