@@ -4,6 +4,8 @@ detector baselines and guard counters. Oracle: the same training without the int
 from __future__ import annotations
 
 import copy
+import io
+import json
 import warnings
 
 import pytest
@@ -54,6 +56,12 @@ def test_a_resumed_run_continues_steps_and_detector_baselines(restore):
             _train(model, opt, first, data, 0, CUT)
         ckpt = {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
                 "watch": copy.deepcopy(first.state_dict())}
+        # the watcher's state survives a checkpoint read with weights_only=True (and JSON)
+        buf = io.BytesIO()
+        torch.save(ckpt["watch"], buf)
+        buf.seek(0)
+        ckpt["watch"] = torch.load(buf, weights_only=True)
+        assert json.loads(json.dumps(ckpt["watch"])) == ckpt["watch"]
         model2, opt2 = _fresh()
         model2.load_state_dict(ckpt["model"])
         opt2.load_state_dict(ckpt["opt"])

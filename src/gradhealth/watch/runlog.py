@@ -10,6 +10,7 @@ event per site and a :class:`WatchWarning`.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import deque
@@ -42,6 +43,49 @@ def _rank_dir(run_dir: Any) -> tuple[Any, tuple[int, int] | None]:
     except Exception:   # a process group in a strange state: write where asked
         pass
     return run_dir, None   # unchanged: RunStore validates it (a blank string is a ParameterError)
+
+
+def _encode(x: Any) -> Any:
+    """Detector state -> plain data (see :meth:`RunLog.state_dict`); :func:`_decode` inverts it."""
+    import numpy as np
+
+    if type(x).__name__ == "_Failed":   # a chained detector that last raised: its state before
+        return _encode(x.state)
+    if isinstance(x, np.ndarray):
+        return {"__ndarray__": _encode(x.tolist()), "dtype": str(x.dtype), "shape": list(x.shape)}
+    if isinstance(x, np.generic):
+        return _encode(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return {"__float__": repr(x)}
+    if isinstance(x, tuple):
+        return {"__tuple__": [_encode(v) for v in x]}
+    if isinstance(x, (set, frozenset)):
+        return {"__set__": [_encode(v) for v in sorted(x, key=repr)], "frozen": isinstance(x, frozenset)}
+    if isinstance(x, list):
+        return [_encode(v) for v in x]
+    if isinstance(x, dict):
+        return {"__dict__": [[_encode(k), _encode(v)] for k, v in x.items()]}
+    return x
+
+
+def _decode(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, list):
+        return [_decode(v) for v in x]
+    if isinstance(x, dict):
+        if "__ndarray__" in x:
+            return np.array(_decode(x["__ndarray__"]), dtype=x["dtype"]).reshape(x["shape"])
+        if "__float__" in x:
+            return float(x["__float__"])
+        if "__tuple__" in x:
+            return tuple(_decode(v) for v in x["__tuple__"])
+        if "__set__" in x:
+            items = [_decode(v) for v in x["__set__"]]
+            return frozenset(items) if x["frozen"] else set(items)
+        if "__dict__" in x:
+            return {_decode(k): _decode(v) for k, v in x["__dict__"]}
+    return x
 
 
 class RunLog:
@@ -160,8 +204,10 @@ class RunLog:
     # ------------------------------------------------------------------ resume
 
     def state_dict(self) -> dict:
-        """The detectors' state (their windows and baselines), as plain Python/NumPy data."""
-        return {"detectors": self._det_state}
+        """The detectors' state (their windows and baselines) as plain data: dicts, lists,
+        strings and numbers only (NumPy arrays and tuples tagged), so that a checkpoint holding
+        it loads with ``torch.load(weights_only=True)`` and dumps as JSON."""
+        return {"detectors": _encode(self._det_state)}
 
     def load_state_dict(self, state: Any, policy, optimizers: list) -> tuple[int, int]:
         """Restore what :meth:`Watcher.state_dict` saved; returns ``(step, skipped)``."""
@@ -171,7 +217,7 @@ class RunLog:
             raise ParameterError("state", "Watcher.load_state_dict", "a dict from Watcher.state_dict()",
                                  type(state).__name__ if not isinstance(state, dict) else sorted(state),
                                  "pass watcher.state_dict() as saved with the checkpoint.")
-        self._det_state = state["log"]["detectors"]
+        self._det_state = _decode(state["log"]["detectors"])
         policy.load_state_dict(state.get("policy") or {}, optimizers)
         return int(state["step"]), int(state.get("skipped", 0))
 
