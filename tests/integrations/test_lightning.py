@@ -81,3 +81,31 @@ def test_raise_stops_the_fit_at_the_nan_step(tmp_path):
     assert first_nonfinite(cb.watcher.events) == (NAN_STEP, "nonfinite", NAN_LAYER)
     # the bad step was not applied: the weights are finite
     assert all(torch.isfinite(p).all() for p in trainer.lightning_module.parameters())
+
+
+def test_a_run_resumed_from_a_checkpoint_continues_its_steps(tmp_path):
+    # oracle: the steps the uninterrupted fit would have logged (0..N-1); the second fit resumes
+    # from the checkpoint written at step 4 and must log 4..N-1, not restart at 0
+    from gradhealth.integrations.lightning import GradHealthCallback
+
+    x, y = make_data(N_STEPS)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+
+    def trainer(cb, steps):
+        return pl.Trainer(max_steps=steps, callbacks=[cb], logger=False, enable_progress_bar=False,
+                          enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
+
+    cut = 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cb1 = GradHealthCallback()
+        t1 = trainer(cb1, cut)
+        t1.fit(Module(), loader)
+        ckpt = tmp_path / "cut.ckpt"
+        t1.save_checkpoint(ckpt)
+        assert [s.step for s in cb1.watcher.history] == list(range(cut))
+        cb2 = GradHealthCallback()
+        t2 = trainer(cb2, N_STEPS)
+        t2.fit(Module(), loader, ckpt_path=ckpt)
+    steps = [s.step for s in cb2.watcher.history]
+    assert steps and steps[0] == cut and steps == list(range(cut, cut + len(steps)))

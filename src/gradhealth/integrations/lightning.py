@@ -116,6 +116,25 @@ class GradHealthCallback:
         self._loss = None
         self._seen = 0
         self._counts: dict[str, int] = {}
+        self._resume: dict | None = None
+
+    # -- checkpoints: Lightning saves and restores a callback's state_dict with the checkpoint
+    def state_dict(self) -> dict:
+        """The watcher's :meth:`~gradhealth.watch.Watcher.state_dict` (plain data: it loads
+        with ``weights_only=True``), so a run resumed from ``ckpt_path`` continues its steps and
+        detector baselines."""
+        if self.watcher is not None:
+            return {"watcher": self.watcher.state_dict()}
+        return {"watcher": self._resume} if self._resume is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = (state_dict or {}).get("watcher")
+        if state is None:
+            return
+        if self.watcher is not None and self.watcher.active:
+            self.watcher.load_state_dict(state)
+        else:
+            self._resume = state
 
     # -- attach / detach ---------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -131,6 +150,9 @@ class GradHealthCallback:
             if type(opt).__name__ != "LBFGS":
                 self._undo.append(wrap_step(opt, closure_first))
         self.watcher = watch(pl_module, opts or None, run_dir=self.run_dir, **options)
+        if self._resume is not None:   # restored from a checkpoint (ckpt_path=...): continue
+            self.watcher.load_state_dict(self._resume)
+            self._resume = None
         for opt in opts:   # outermost: turn the guard's NonFiniteError into a stop
             self._undo.append(wrap_step(opt, lambda inner, _t=trainer: stopping(inner, lambda e: self._stop(_t, e))))
         self.error = None
