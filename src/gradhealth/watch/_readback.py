@@ -18,29 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
+from ..stats.transfer import to_host
 from ._record import Loss, StepRecord, absorb
 
 __all__ = ["ReadbackQueue", "to_host", "transfer"]
-
-
-def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """Each tensor flattened to float32 on the host, with one device-to-host copy per device."""
-    flat = [t.detach().reshape(-1).float() for t in tensors]
-    by_dev: dict[torch.device, list[int]] = {}
-    for k, f in enumerate(flat):
-        by_dev.setdefault(f.device, []).append(k)
-    host: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(flat)
-    for ks in by_dev.values():
-        cat = torch.cat([flat[k] for k in ks]).cpu().numpy()
-        o = 0
-        for k in ks:
-            n = flat[k].numel()
-            host[k] = cat[o:o + n]
-            o += n
-    return host
 
 
 def transfer(recs: Sequence[StepRecord]) -> None:
