@@ -204,6 +204,18 @@ def _detect_fx(model: nn.Module, targets: set[str]) -> dict[str, tuple[_Act | No
     return out
 
 
+def traced_activation(model: nn.Module) -> str | None:
+    """The activation that follows most weight layers of ``model``, read from one
+    ``torch.fx`` trace, so functional calls (``torch.relu``, ``F.gelu``, ``x.tanh()``) count as
+    well as modules; None when the model does not trace or no weight layer is followed by one.
+    (What the watcher's prescriptions use when the model has no activation *modules*.)"""
+    found = _detect_fx(model, {n for n, _ in weight_layers(model)})
+    if not found:
+        return None
+    acts = [a.name for a, _ in found.values() if a is not None]
+    return max(acts, key=acts.count) if acts else None
+
+
 def _detect_module_order(model: nn.Module, name: str) -> tuple[_Act | None, str]:
     leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
     idx = next((i for i, (n, _) in enumerate(leaves) if n == name), None)

@@ -97,9 +97,10 @@ class RunLog:
         clock: returns the current training step (stamped on ``internal`` events).
     """
 
-    def __init__(self, config, clock):
+    def __init__(self, config, clock, model=None):
         self.config = config
         self._clock = clock
+        self._model = model          # read once, lazily, for a functional activation (below)
         self.events: list[Event] = []
         self.history: deque[StepStats] = deque(maxlen=config.history_size)
         self.store: Any = None
@@ -179,8 +180,18 @@ class RunLog:
                 pass
 
     def with_remedy(self, e: Event) -> Event:
-        """``e`` with the code of its first prescription as ``remedy``."""
+        """``e`` with the code of its first prescription as ``remedy``. A model whose
+        activations are all functional (``torch.relu`` in ``forward``) has none in the layer
+        table: then one ``torch.fx`` trace, at the first remedy, finds it, so that watch
+        prescribes what probe does (``he_(model, activation='relu')``, not a gain-1 init)."""
         try:
+            if "activation" not in self.model_info and self._model is not None:
+                from ..remedies._plan import traced_activation
+
+                model, self._model = self._model, None          # once
+                act = traced_activation(model)
+                if act:
+                    self.model_info["activation"] = act
             return with_remedy(e, self.model_info)
         except Exception as exc:
             self.internal("prescribe", exc)

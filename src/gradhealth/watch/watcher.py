@@ -102,7 +102,7 @@ class Watcher:
         opts = as_optimizers(optimizer)
 
         self.model = model
-        self._log = RunLog(config, clock=lambda: self.step)
+        self._log = RunLog(config, clock=lambda: self.step, model=model)
         self.step = 0
         self._active = False
         self._map: LayerMap = discover_layers(model)
