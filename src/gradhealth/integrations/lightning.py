@@ -52,6 +52,7 @@ Events are logged as ``gradhealth/<kind>`` (the running count of each kind) with
 from __future__ import annotations
 
 from ..errors import ModelError
+from ._callback import WatchingCallback, real_class
 from ._optim import closure_first, stopping, wrap_step
 
 __all__ = ["GradHealthCallback"]
@@ -69,12 +70,7 @@ def _callback_base():
 
 
 def _real_class():
-    cls = globals().get("_LightningGradHealthCallback")
-    if cls is None:
-        cls = type("_LightningGradHealthCallback", (GradHealthCallback, _callback_base()),
-                   {"__module__": __name__, "__doc__": GradHealthCallback.__doc__})
-        globals()["_LightningGradHealthCallback"] = cls
-    return cls
+    return real_class(globals(), "_LightningGradHealthCallback", GradHealthCallback, _callback_base)
 
 
 def __getattr__(name):   # unpickling in a spawned process finds the class by name
@@ -83,7 +79,7 @@ def __getattr__(name):   # unpickling in a spawned process finds the class by na
     raise AttributeError(name)
 
 
-class GradHealthCallback:
+class GradHealthCallback(WatchingCallback):
     """A ``lightning.pytorch.Callback`` that runs :func:`gradhealth.watch` on the fitted module.
 
     Args:
@@ -107,15 +103,9 @@ class GradHealthCallback:
 
     def __init__(self, run_dir=None, **watch_options):
         _callback_base()
-        self.run_dir = run_dir
-        self.watch_options = dict(watch_options)
-        self.watcher = None
-        self.error = None
-        self._undo: list = []
+        super().__init__(run_dir, watch_options)
         self._stepped = False
         self._loss = None
-        self._seen = 0
-        self._counts: dict[str, int] = {}
         self._resume: dict | None = None
 
     # -- checkpoints: Lightning saves and restores a callback's state_dict with the checkpoint
@@ -156,18 +146,12 @@ class GradHealthCallback:
         for opt in opts:   # outermost: turn the guard's NonFiniteError into a stop
             self._undo.append(wrap_step(opt, lambda inner, _t=trainer: stopping(inner, lambda e: self._stop(_t, e))))
         self.error = None
-        self._seen, self._counts, self._stepped, self._loss = 0, {}, False, None
+        self._events.reset()
+        self._stepped, self._loss = False, None
 
     def _stop(self, trainer, exc) -> None:
         self.error = exc
         trainer.should_stop = True
-
-    def _detach(self) -> None:
-        if self.watcher is not None:
-            self.watcher.remove()
-        for undo in reversed(self._undo):
-            undo()
-        self._undo = []
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._detach()
@@ -197,14 +181,10 @@ class GradHealthCallback:
         self._log_events(pl_module)
 
     def _log_events(self, pl_module) -> None:
-        events = self.watcher.events
-        if len(events) == self._seen:
+        if not self._events.update(self.watcher):
             return
-        for e in events[self._seen:]:
-            self._counts[e.kind] = self._counts.get(e.kind, 0) + 1
-        self._seen = len(events)
         try:
-            pl_module.log_dict({f"gradhealth/{k}": float(v) for k, v in self._counts.items()},
+            pl_module.log_dict({k: float(v) for k, v in self._events.metrics().items()},
                                on_step=True, on_epoch=False, prog_bar=False, logger=True)
         except Exception as exc:   # a logger's failure must not stop training
             self.watcher._internal("lightning.log_dict", exc)

@@ -50,6 +50,7 @@ if you have it (``scaler=``); steps the scaler skipped then count as such.
 from __future__ import annotations
 
 from ..errors import ModelError
+from ._callback import WatchingCallback, real_class
 from ._optim import stopping, wrap_step
 
 __all__ = ["GradHealthCallback"]
@@ -67,12 +68,7 @@ def _callback_base():
 
 
 def _real_class():
-    cls = globals().get("_HFGradHealthCallback")
-    if cls is None:
-        cls = type("_HFGradHealthCallback", (GradHealthCallback, _callback_base()),
-                   {"__module__": __name__, "__doc__": GradHealthCallback.__doc__})
-        globals()["_HFGradHealthCallback"] = cls
-    return cls
+    return real_class(globals(), "_HFGradHealthCallback", GradHealthCallback, _callback_base)
 
 
 def __getattr__(name):   # unpickling in another process finds the class by name
@@ -88,7 +84,7 @@ def _output_loss(out):
     return loss if getattr(loss, "ndim", None) == 0 else None
 
 
-class GradHealthCallback:
+class GradHealthCallback(WatchingCallback):
     """A ``transformers.TrainerCallback`` that runs :func:`gradhealth.watch` on the trained model.
 
     Args:
@@ -111,15 +107,9 @@ class GradHealthCallback:
 
     def __init__(self, run_dir=None, **watch_options):
         _callback_base()
-        self.run_dir = run_dir
-        self.watch_options = dict(watch_options)
-        self.watcher = None
-        self.error = None
-        self._undo: list = []
+        super().__init__(run_dir, watch_options)
         self._losses: list = []
         self._collect = True
-        self._counts: dict[str, int] = {}
-        self._seen = 0
 
     # -- attach / detach ---------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -128,7 +118,8 @@ class GradHealthCallback:
         self._detach()
         opt = getattr(optimizer, "optimizer", optimizer)   # accelerate's AcceleratedOptimizer
         self.watcher = watch(model, opt, run_dir=self.run_dir, **self.watch_options)
-        self.error, self._losses, self._collect, self._counts, self._seen = None, [], True, {}, 0
+        self.error, self._losses, self._collect = None, [], True
+        self._events.reset()
         if opt is not None:
             self._undo.append(wrap_step(opt, lambda inner: stopping(inner, self._stop)))
         self._undo.append(model.register_forward_hook(self._keep_loss).remove)
@@ -141,13 +132,6 @@ class GradHealthCallback:
             loss = _output_loss(out)
             if loss is not None:
                 self._losses.append(loss.detach())
-
-    def _detach(self) -> None:
-        if self.watcher is not None:
-            self.watcher.remove()
-        for undo in reversed(self._undo):
-            undo()
-        self._undo = []
 
     def on_train_end(self, args, state, control, **kwargs):
         self._detach()
@@ -171,11 +155,8 @@ class GradHealthCallback:
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.watcher is None or logs is None:
             return
-        events = self.watcher.events
-        for e in events[self._seen:]:
-            self._counts[e.kind] = self._counts.get(e.kind, 0) + 1
-        self._seen = len(events)
-        counts = {f"gradhealth/{k}": v for k, v in self._counts.items()}
+        self._events.update(self.watcher)
+        counts = self._events.metrics()
         logs.update(counts)   # seen by the callbacks after this one (the printer / progress bar)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(counts)   # the Trainer stored its copy before on_log

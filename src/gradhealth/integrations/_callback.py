@@ -1,0 +1,64 @@
+"""What the Lightning and Hugging Face callbacks share: the lazily built framework subclass, the
+watcher's lifecycle (attach, the undo list, detach) and the event counts they log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["real_class", "WatchingCallback", "EventCounts"]
+
+
+def real_class(namespace: dict, name: str, cls: type, base: Callable[[], type]) -> type:
+    """``cls`` combined with the framework's callback class ``base()``, built on first use and
+    kept in ``namespace`` under ``name`` (so that unpickling in another process finds it)."""
+    real = namespace.get(name)
+    if real is None:
+        real = type(name, (cls, base()), {"__module__": namespace["__name__"], "__doc__": cls.__doc__})
+        namespace[name] = real
+    return real
+
+
+class EventCounts:
+    """A watcher's events counted by kind, for a framework's logger (``gradhealth/<kind>``)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._seen = 0
+
+    def update(self, watcher) -> bool:
+        """Count the events added since the last call; whether there were any."""
+        events = watcher.events
+        if len(events) == self._seen:
+            return False
+        for e in events[self._seen:]:
+            self.counts[e.kind] = self.counts.get(e.kind, 0) + 1
+        self._seen = len(events)
+        return True
+
+    def metrics(self) -> dict[str, int]:
+        return {f"gradhealth/{k}": v for k, v in self.counts.items()}
+
+
+class WatchingCallback:
+    """The state both callbacks keep: the watch options, the watcher of the current (or last)
+    run, the error that stopped it, what to undo at the end, and the event counts."""
+
+    def __init__(self, run_dir: Any = None, watch_options: dict | None = None):
+        self.run_dir = run_dir
+        self.watch_options = dict(watch_options or {})
+        self.watcher = None
+        self.error = None
+        self._undo: list = []
+        self._events = EventCounts()
+
+    def _detach(self) -> None:
+        """Remove the watcher and undo every wrapper and hook, last first (idempotent)."""
+        if self.watcher is not None:
+            self.watcher.remove()
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
