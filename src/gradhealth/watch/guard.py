@@ -30,7 +30,6 @@ import torch
 from .._text import safe_text
 from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
-from ..stats.tensors import is_dtensor
 from .replay import ReplayReport, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
@@ -214,7 +213,6 @@ class NonFinitePolicy:
         self.state_bad = False  # the optimizer state was found non-finite (said once)
         self.replays: list[ReplayReport] = []
         self.replaying = False  # the watcher's hooks stand still while a replay runs
-        self._sharded: bool | None = None   # DTensor parameters (FSDP2): no replay
         # skip/rollback: the buffers before each iteration's forward (restored on a skipped step)
         self.buffers = BufferSnapshot(model) if config.on_nonfinite in ("skip", "rollback") else None
 
@@ -264,13 +262,12 @@ class NonFinitePolicy:
 
     # ------------------------------------------------------------------ forensic replay
 
-    def replay(self, rec, captures: list, names: dict[int, str]) -> None:
-        """Replay ``rec``'s step (``config.replay``); the report becomes ``rec.origin``."""
+    def replay(self, rec, captures: list, names: dict[int, str], sharded: bool = False) -> None:
+        """Replay ``rec``'s step (``config.replay``); the report becomes ``rec.origin``.
+        ``sharded``: the model has DTensor parameters (the layer map knows)."""
         if not self.config.replay:
             return
-        if self._sharded is None:
-            self._sharded = any(is_dtensor(p) for p in self.model.parameters())
-        if self._sharded:
+        if sharded:
             # replaying a sharded (FSDP2) model re-runs its all-gathers and reduce-scatters on
             # the ranks that replay, and stops at the first non-finite value on each rank at a
             # different point: the ranks' collectives would no longer match (a hang)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .._vocab import layer_role, module_activation
 from ..detectors.base import LayerTable
+from ..stats.tensors import is_dtensor
 
 __all__ = ["HookSet", "LayerMap", "discover_layers", "activation_info", "act_stats", "unit_dim"]
 
@@ -130,6 +131,7 @@ class LayerMap:
     n_modules: int = 0
     conv: list[bool] = field(default_factory=list)
     pos_layer: list[int] = field(default_factory=list)   # position in params -> layer index (-1: none)
+    sharded: bool = False   # some parameter is a DTensor (FSDP2): norms need a collective, no replay
 
     def rows(self) -> list[dict]:
         t = self.table
@@ -200,7 +202,7 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
     table = LayerTable(tuple(names), tuple(types), tuple(roles), tuple(fams), tuple(acts),
                        tuple(depth), tuple(nparams))
     return LayerMap(table, modules, index_of_module, params, param_layer, param_pos, pnames,
-                    n_modules, conv, pos_layer)
+                    n_modules, conv, pos_layer, sharded=any(is_dtensor(p) for p in params))
 
 
 def unit_dim(t: torch.Tensor, after_conv: bool) -> int:

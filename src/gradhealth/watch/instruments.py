@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from ..stats.tensors import dense_values, global_norms, is_dtensor, local
+from ..stats.tensors import dense_values, global_norms, is_dtensor, local, tensor_norms
 from ._record import ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad, UpdateNorms
 from .hooks import CopyInertHook, HookSet, LayerMap, act_stats
 
@@ -116,10 +116,11 @@ def hook_method(site: str, passthrough: tuple[type[BaseException], ...] = ()) ->
     return deco
 
 
-def norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+def norms(tensors: list[torch.Tensor], sharded: bool = False) -> torch.Tensor:
     """Per-tensor 2-norms (float32, on the first tensor's device), fused per device/dtype;
-    the norm of a sharded DTensor (FSDP2) is the whole tensor's (one all_reduce)."""
-    return global_norms(tensors)
+    with ``sharded`` (the model has DTensor parameters, FSDP2) the norm of a sharded tensor is
+    the whole tensor's (one all_reduce) -- otherwise no per-tensor DTensor test on the hot path."""
+    return global_norms(tensors) if sharded else tensor_norms(tensors)
 
 
 class Instruments:
@@ -150,9 +151,10 @@ class Instruments:
         cache = self._idx_cache
         strided, f32 = torch.strided, torch.float32
         dev = None
+        sharded = self._host._map.sharded
         for p in params:
             g = p.grad
-            if g is not None and is_dtensor(g):
+            if sharded and g is not None and is_dtensor(g):
                 g = g.to_local()   # this rank's shard: sampled before and after, like any tensor
             if g is None or g.layout != strided:
                 continue
@@ -231,7 +233,7 @@ class Instruments:
         gs = getattr(opt, "grad_scale", None)
         unscale = gs if isinstance(gs, torch.Tensor) else None
         pos = self._positions(params, withg)
-        n = norms([p.grad for p in withg])
+        n = norms([p.grad for p in withg], self._host._map.sharded)
         if unscale is not None:
             n = n / unscale.to(n.device, n.dtype)
         rec.pending.append(GradNorms(n, positions=pos))
@@ -332,7 +334,7 @@ class Instruments:
         if not params:
             return
         ppos = self._host._map.param_pos
-        rec.pending.append(ParamNorms(norms(params), positions=[ppos[id(p)] for p in params]))
+        rec.pending.append(ParamNorms(norms(params, self._host._map.sharded), positions=[ppos[id(p)] for p in params]))
         if self._host.config.update_ratio:
             upd = [p for p in params if p.grad is not None]
             if upd:
@@ -347,7 +349,7 @@ class Instruments:
         params, before = rec.upd_buffers.pop(id(opt))
         torch._foreach_sub_(before, [p.detach() for p in params])
         ppos = self._host._map.param_pos
-        rec.pending.append(UpdateNorms(norms(before), positions=[ppos[id(p)] for p in params]))
+        rec.pending.append(UpdateNorms(norms(before, self._host._map.sharded), positions=[ppos[id(p)] for p in params]))
 
     # ------------------------------------------------------------------ detail-step layer hooks
 

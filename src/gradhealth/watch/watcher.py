@@ -517,7 +517,7 @@ class Watcher:
     def _replay(self, rec: StepRecord) -> None:
         if not self._it.replayed:   # once per step (the statistics and the guard may both ask)
             self._it.replayed = True
-            self._policy.replay(rec, self._it.captures, self._names)
+            self._policy.replay(rec, self._it.captures, self._names, self._map.sharded)
 
     def _on_nonfinite_stats(self, opt, rec: StepRecord) -> None:
         """Non-finite gradients seen in the statistics of a logged step (pre-step hook)."""
