@@ -87,21 +87,39 @@ def nonfinite_grads(params: Iterable[torch.Tensor]) -> torch.Tensor:
         ``torch.tensor(True)`` if any gradient is non-finite, else ``torch.tensor(False)``
         (on the CPU when no parameter has a gradient).
     """
+    return _any_nonfinite(_grouped(params)[0], math.inf)
+
+
+def _grouped(params: Iterable[torch.Tensor]) -> tuple[dict, dict[int, Any]]:
+    """The non-empty gradient values of ``params`` by (device, dtype), and the device meshes of
+    the DTensor gradients among them (their values are this rank's shard)."""
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    meshes: dict[int, Any] = {}
     for p in params:
         g = p.grad
         if g is None:
             continue
+        if is_dtensor(g):
+            meshes.setdefault(id(g.device_mesh), g.device_mesh)
         v = _grad_values(g)
         if v.numel() == 0:  # _foreach_norm(inf) has no identity for an empty tensor
             continue
         groups.setdefault((v.device, v.dtype), []).append(v)
+    return groups, meshes
+
+
+def _any_nonfinite(groups: dict, ord: float) -> torch.Tensor:
+    """Whether the ``ord``-norm of any tensor in ``groups`` is non-finite (0-dim bool, no sync):
+    one fused norm per group; 2-norms of half-precision tensors accumulate in float32."""
     if not groups:
         return torch.zeros((), dtype=torch.bool)
     out_device = next(iter(groups))[0]
     flags = []
-    for (device, _dtype), tensors in groups.items():
-        norms = torch._foreach_norm(tensors, math.inf)
+    for (device, dtype), tensors in groups.items():
+        if ord == 2 and dtype in (torch.float16, torch.bfloat16):
+            norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+        else:
+            norms = torch._foreach_norm(tensors, ord)
         flag = torch.logical_not(torch.isfinite(torch.stack(norms)).all())
         flags.append(flag if device == out_device else flag.to(out_device, non_blocking=True))
     return flags[0] if len(flags) == 1 else torch.stack(flags).any()
@@ -123,21 +141,8 @@ def bad_grads(params: Iterable[torch.Tensor]) -> torch.Tensor:
     propagate into the norm, and the overflow is the norm itself becoming ``inf``. This is the
     :class:`StepGuard`'s check; :func:`nonfinite_grads` tests the entries only.
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    meshes: dict[int, Any] = {}
-    for p in params:
-        g = p.grad
-        if g is None:
-            continue
-        if is_dtensor(g):
-            meshes.setdefault(id(g.device_mesh), g.device_mesh)
-        v = _grad_values(g)
-        if v.numel() == 0:
-            continue
-        groups.setdefault((v.device, v.dtype), []).append(v)
-    if not groups and not meshes:
-        return torch.zeros((), dtype=torch.bool)
-    flag = _bad_local(groups)
+    groups, meshes = _grouped(params)
+    flag = _any_nonfinite(groups, 2)
     if meshes:
         # sharded gradients: every rank must take the same decision, or the ranks that skip
         # and those that step wait on different collectives. One all_reduce (MAX) of the flag.
@@ -149,21 +154,6 @@ def bad_grads(params: Iterable[torch.Tensor]) -> torch.Tensor:
                 dist.all_reduce(f, op=dist.ReduceOp.MAX, group=mesh.get_group(d))
         flag = f[0] > 0
     return flag
-
-
-def _bad_local(groups: dict) -> torch.Tensor:
-    if not groups:
-        return torch.zeros((), dtype=torch.bool)
-    out_device = next(iter(groups))[0]
-    flags = []
-    for (device, dtype), tensors in groups.items():
-        if dtype in (torch.float16, torch.bfloat16):
-            norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
-        else:
-            norms = torch._foreach_norm(tensors, 2)
-        flag = torch.logical_not(torch.isfinite(torch.stack(norms)).all())
-        flags.append(flag if device == out_device else flag.to(out_device, non_blocking=True))
-    return flags[0] if len(flags) == 1 else torch.stack(flags).any()
 
 
 def _nonfinite_report(params: list[tuple[str, torch.Tensor]]) -> tuple[list[dict], list[dict]]:
