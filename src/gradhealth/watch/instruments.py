@@ -316,15 +316,12 @@ class Instruments:
                  if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() and v.dim()]
         if not items:
             return []
-        groups: dict[tuple, list[int]] = {}
-        for i, (_, _, v) in enumerate(items):
-            groups.setdefault((v.device, v.dtype), []).append(i)
-        bad: list[int] = []
-        for idx in groups.values():
-            norms = torch.stack(torch._foreach_norm([items[i][2] for i in idx], math.inf))
-            finite = torch.isfinite(norms).cpu().tolist()
-            bad += [i for i, ok in zip(idx, finite) if not ok]
-        return [(items[i][0], items[i][1]) for i in sorted(bad)]
+        vals = [local(v) for _, _, v in items]
+        # the max |entry| of each state tensor (stats.tensor_norms: fused per device/dtype), in
+        # float64 so that no finite float64 state reads as inf (MPS has no float64)
+        wide = torch.float32 if any(v.device.type == "mps" for v in vals) else torch.float64
+        finite = torch.isfinite(tensor_norms(vals, math.inf, dtype=wide)).tolist()
+        return [(pos, k) for (pos, k, _), ok in zip(items, finite) if not ok]
 
     # ------------------------------------------------------------------ parameters and updates
 
