@@ -91,9 +91,6 @@ def dense_values(t: torch.Tensor) -> torch.Tensor:
     return t.values()  # sparse CSR and friends
 
 
-_dense = dense_values
-
-
 def _one_group(ts: list, norm_type: float, out_dev: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
     """The usual case of :func:`tensor_norms` without its per-tensor grouping: strided
     tensors, none requiring grad, all of one real floating dtype that needs no wider
