@@ -17,9 +17,53 @@ from typing import Any
 
 from ..errors import ParameterError, StoreError
 from ..events import Event, jsonable
-from .schema import DB_NAME, LAYER_STAT_COLUMNS, SCHEMA_VERSION, STEP_COLUMNS, decode_value, loads_evidence
+from .schema import (
+    DB_NAME,
+    LAYER_STAT_COLUMNS,
+    SCHEMA_VERSION,
+    STEP_COLUMNS,
+    decode_norms,
+    decode_value,
+    loads_evidence,
+)
 
-__all__ = ["Run", "load_run", "to_pandas", "to_records"]
+__all__ = ["Run", "LayerColumns", "load_run", "to_pandas", "to_records"]
+
+_LAYER_FIELDS = tuple(c for c, _ in LAYER_STAT_COLUMNS)
+
+
+@dataclass
+class LayerColumns:
+    """The ``layer_stats`` table column by column, as NumPy arrays (one entry per stored row,
+    in ``(step, layer)`` order): what the report reads for large runs instead of one dict per row.
+
+    Attributes:
+        step, layer: int64 arrays, the row keys.
+        values: field -> float64 array; NaN where the value was NaN *or* not recorded.
+        recorded: field -> bool array; False where the value was not recorded (NULL).
+    """
+
+    step: Any
+    layer: Any
+    values: dict = field(default_factory=dict)
+    recorded: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.step.size)
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], fields: tuple[str, ...] = _LAYER_FIELDS) -> "LayerColumns":
+        """The columns of ``Run.layer_stats``-style dict rows (the slow path, and the oracle)."""
+        import numpy as np
+
+        n = len(rows)
+        out = cls(np.fromiter((r["step"] for r in rows), dtype=np.int64, count=n),
+                  np.fromiter((r["layer"] for r in rows), dtype=np.int64, count=n))
+        for f in fields:
+            vals = [r.get(f) for r in rows]
+            out.recorded[f] = np.fromiter((v is not None for v in vals), dtype=bool, count=n)
+            out.values[f] = np.fromiter((np.nan if v is None else v for v in vals), dtype=np.float64, count=n)
+        return out
 
 
 @dataclass
@@ -33,8 +77,15 @@ class Run:
         layers: ``[{"index", "name", "type", "n_params"}, ...]`` in index order.
         steps: one dict per recorded step, every column of the ``steps`` table present
             (``None`` = not recorded, ``nan`` = recorded as NaN), in step order.
-        layer_stats: one dict per (step, layer) row; ``layer`` is the index into ``layers``.
+        layer_stats: one dict per (step, layer) row; ``layer`` is the index into ``layers``
+            (empty when loaded with ``layer_stats="columns"``: see ``columns``).
         events: :class:`~gradhealth.events.Event` objects in the order they were written.
+        time_grads: per-time-step gradient norms of recurrent layers, one dict
+            ``{"step", "layer", "norms"}`` per (detail step, layer), ``norms`` a float64 array
+            (NaN/Inf kept); empty for runs of schema version 1.
+        columns: the per-layer rows as :class:`LayerColumns` (``load_run(...,
+            layer_stats="columns")``), or None.
+        notes: what could not be read, said plainly (e.g. damaged time series).
     """
 
     run_dir: Path
@@ -43,6 +94,35 @@ class Run:
     steps: list[dict] = field(default_factory=list)
     layer_stats: list[dict] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    time_grads: list[dict] = field(default_factory=list)
+    columns: LayerColumns | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def layer_columns(self, fields: tuple[str, ...] | None = None) -> LayerColumns:
+        """The per-layer rows as :class:`LayerColumns`: the columns read from SQLite when the
+        run was loaded with ``layer_stats="columns"``, else built from ``layer_stats``."""
+        if self.columns is not None:
+            missing = [f for f in (fields or ()) if f not in self.columns.values]
+            if missing:
+                raise ParameterError("fields", "Run.layer_columns", "fields that were loaded ("
+                                     + ", ".join(self.columns.values) + ")", missing,
+                                     f"load the run with load_run(..., fields={tuple(fields or ())!r}).")
+            return self.columns
+        return LayerColumns.from_rows(self.layer_stats, tuple(fields or _LAYER_FIELDS))
+
+    def time_series(self, name: str | int):
+        """Per-time-step gradient norms of one recurrent layer over the detail steps.
+
+        Returns:
+            ``(steps, norms)``: an int64 array of steps and a list of float64 arrays (one per
+            step, time step 0 first; lengths may differ between steps). Empty when the run
+            recorded none for that layer (or is of schema version 1).
+        """
+        import numpy as np
+
+        idx = self._layer_indices(name)
+        rows = [r for r in self.time_grads if r["layer"] in idx]
+        return np.array([r["step"] for r in rows], dtype=np.int64), [r["norms"] for r in rows]
 
     @property
     def finished(self) -> bool:
@@ -157,12 +237,16 @@ def _connect(db: Path) -> sqlite3.Connection:
     raise StoreError(f"{str(db)!r} cannot be read as a gradhealth run ({last}).")
 
 
-def load_run(run_dir: str | os.PathLike, *, layer_stats: bool = True) -> Run:
+def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
+             fields: tuple[str, ...] | None = None) -> Run:
     """Load a run directory (finished, crashed, or still being written).
 
     Args:
         run_dir: the run directory (or its ``run.sqlite``).
-        layer_stats: set False to skip the per-layer rows (the biggest table).
+        layer_stats: ``True``: the per-layer rows as dicts (``Run.layer_stats``); ``False``:
+            skip them (the biggest table); ``"columns"``: read them column by column into
+            NumPy arrays (``Run.columns``), the fast path for large runs.
+        fields: with ``"columns"``, the ``layer_stats`` columns to read (default: all).
 
     Raises:
         StoreError: the directory is missing, is not a gradhealth run, cannot be read, or was
@@ -195,9 +279,16 @@ def load_run(run_dir: str | os.PathLike, *, layer_stats: bool = True) -> Run:
         run.layers = [{"index": i, "name": n, "type": t, "n_params": p} for i, n, t, p in
                       conn.execute("SELECT idx, name, type, n_params FROM layers ORDER BY idx")]
         run.steps = _rows(conn, "steps", ("step",), STEP_COLUMNS, "step")
-        if layer_stats:
+        if layer_stats == "columns":
+            run.columns = _columns(conn, _check_fields(fields))
+        elif layer_stats:
             run.layer_stats = _rows(conn, "layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS,
                                     "step, layer")
+        if "time_grads" in tables:
+            run.time_grads, bad = _time_grads(conn)
+            if bad:
+                run.notes.append(f"{bad} per-time-step gradient row(s) could not be decoded and are "
+                                 "left out")
         run.events = [
             Event(step=s, kind=k, layer=l, severity=sev, message=m,
                   evidence=loads_evidence(ev), remedy=r or "", since=since)
@@ -210,6 +301,54 @@ def load_run(run_dir: str | os.PathLike, *, layer_stats: bool = True) -> Run:
     finally:
         conn.close()
     return run
+
+
+def _check_fields(fields) -> tuple[str, ...]:
+    if fields is None:
+        return _LAYER_FIELDS
+    got = tuple(fields) if isinstance(fields, (list, tuple)) else (fields,)
+    bad = [f for f in got if f not in _LAYER_FIELDS]
+    if bad or not got:
+        raise ParameterError("fields", "load_run", "a tuple of layer_stats columns ("
+                             + ", ".join(_LAYER_FIELDS) + ")", fields, "pass e.g. fields=('grad_norm',).")
+    return got
+
+
+def _columns(conn, fields: tuple[str, ...]) -> LayerColumns:
+    """``layer_stats`` straight into arrays: SQLite gives each value with a NULL flag, so the
+    rows are all numbers and become one float64 matrix without a dict per row."""
+    import numpy as np
+
+    pos = {c: i for i, c in enumerate(_LAYER_FIELDS)}
+    sel = ", ".join(f"ifnull({f}, 0.0), {f} IS NULL" for f in fields)
+    cur = conn.execute(f"SELECT step, layer, {sel}, nan_mask FROM layer_stats ORDER BY step, layer")
+    chunks = []
+    while True:
+        part = cur.fetchmany(65536)
+        if not part:
+            break
+        chunks.append(np.array(part, dtype=np.float64))
+    width = 3 + 2 * len(fields)
+    a = np.concatenate(chunks) if chunks else np.zeros((0, width))
+    mask = a[:, -1].astype(np.int64)
+    out = LayerColumns(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64))
+    for k, f in enumerate(fields):
+        null = a[:, 3 + 2 * k] != 0
+        is_nan = null & ((mask >> pos[f]) & 1).astype(bool)
+        out.recorded[f] = ~null | is_nan
+        out.values[f] = np.where(null, np.nan, a[:, 2 + 2 * k])
+    return out
+
+
+def _time_grads(conn) -> tuple[list[dict], int]:
+    out, bad = [], 0
+    for step, layer, blob in conn.execute("SELECT step, layer, norms FROM time_grads ORDER BY step, layer"):
+        norms = decode_norms(blob)
+        if norms is None:
+            bad += 1
+            continue
+        out.append({"step": step, "layer": layer, "norms": norms})
+    return out, bad
 
 
 def _rows(conn, table: str, keys: tuple[str, ...], cols, order: str) -> list[dict[str, Any]]:
@@ -276,4 +415,6 @@ def to_records(run: Run) -> dict:
         "steps": run.steps,
         "layer_stats": run.layer_stats,
         "events": [e.to_dict() for e in run.events],
+        "time_grads": [{"step": r["step"], "layer": r["layer"], "norms": [float(v) for v in r["norms"]]}
+                       for r in run.time_grads],
     })

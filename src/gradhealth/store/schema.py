@@ -18,8 +18,9 @@ import json
 import math
 from typing import Any
 
-#: Bumped whenever a table or column changes meaning. Readers refuse newer versions.
-SCHEMA_VERSION = 1
+#: Bumped whenever a table or column changes meaning or a table is added. Readers refuse newer
+#: versions and read older ones (version 1 has no ``time_grads`` table: no time series).
+SCHEMA_VERSION = 2
 
 #: File name of the database inside a run directory.
 DB_NAME = "run.sqlite"
@@ -94,7 +95,44 @@ CREATE TABLE IF NOT EXISTS events (
     since    INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_by_step ON events (step);
+CREATE TABLE IF NOT EXISTS time_grads (
+    step  INTEGER NOT NULL,
+    layer INTEGER NOT NULL,
+    norms BLOB NOT NULL,
+    PRIMARY KEY (step, layer)
+) WITHOUT ROWID;
 """
+
+#: Byte layout of ``time_grads.norms``: little-endian float64, one per time step (NaN, +Inf and
+#: -Inf are kept bit for bit, so no NaN mask is needed).
+TIME_GRAD_DTYPE = "<f8"
+
+#: Most time steps one ``time_grads`` row keeps (longer series are dropped with a warning).
+MAX_TIME_STEPS = 1_000_000
+
+
+def encode_norms(values: Any) -> bytes:
+    """A 1-D sequence of floats as the ``time_grads.norms`` BLOB.
+
+    Raises:
+        TypeError, ValueError: not a 1-D sequence of numbers, or longer than MAX_TIME_STEPS.
+    """
+    import numpy as np
+
+    a = np.asarray(values, dtype=TIME_GRAD_DTYPE)
+    if a.ndim != 1 or a.size > MAX_TIME_STEPS:
+        raise ValueError(f"time_grad must be a 1-D sequence of at most {MAX_TIME_STEPS} numbers, "
+                         f"got shape {a.shape}")
+    return a.tobytes()
+
+
+def decode_norms(blob: Any):
+    """Inverse of :func:`encode_norms` (a float64 array), or None for a damaged value."""
+    import numpy as np
+
+    if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) % 8:
+        return None
+    return np.frombuffer(bytes(blob), dtype=TIME_GRAD_DTYPE).astype(np.float64)
 
 
 def encode_row(row: dict, cols: tuple[tuple[str, str], ...], keys: tuple[str, ...]) -> tuple[list, int]:

@@ -37,6 +37,7 @@ from .schema import (
     SCHEMA_VERSION,
     STEP_COLUMNS,
     dumps_evidence,
+    encode_norms,
     encode_row,
 )
 
@@ -45,6 +46,7 @@ __all__ = ["RunStore", "StoreWarning"]
 _OWNER = "RunStore"
 _STEP_NAMES = frozenset(c for c, _ in STEP_COLUMNS)
 _LAYER_STAT_NAMES = frozenset(c for c, _ in LAYER_STAT_COLUMNS)
+_TIME_KEY = "time_grad"   # key of a layer row that carries its per-time-step gradient norms
 
 
 #: How long a locked database is retried (seconds) before the store stops writing.
@@ -160,7 +162,9 @@ class RunStore:
     def append_layer_stats(self, rows: Iterable[dict]) -> None:
         """Append per-layer rows; keys ``step`` and ``layer`` (the layer's index, required),
         ``grad_norm``, ``param_norm``, ``update_ratio``, ``nonfinite``, ``out_grad_norm``,
-        ``act_std``, ``dead_frac``, ``sat_frac``."""
+        ``act_std``, ``dead_frac``, ``sat_frac``; and, for a recurrent layer, ``time_grad``: the
+        gradient norm at each time step (a 1-D sequence of floats, NaN/Inf kept), which goes
+        to the ``time_grads`` table."""
         self._put("layer_stats", rows if isinstance(rows, list) else list(rows))
 
     def append_events(self, events: Iterable[Event]) -> None:
@@ -414,8 +418,26 @@ class RunStore:
         self._upsert(conn, "steps", ("step",), STEP_COLUMNS, _STEP_NAMES, rows)
 
     def _write_layer_stats(self, conn: sqlite3.Connection, rows: list[dict]) -> None:
+        series = []
+        stats = rows
+        if any(_TIME_KEY in r for r in rows if isinstance(r, dict)):
+            stats = []
+            for r in rows:
+                if not isinstance(r, dict) or _TIME_KEY not in r:
+                    stats.append(r)
+                    continue
+                try:
+                    series.append((int(r["step"]), int(r["layer"]), encode_norms(r[_TIME_KEY])))
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    self._bad_row("time_grads", r, exc)
+                rest = {k: v for k, v in r.items() if k != _TIME_KEY}
+                if len(rest) > 2:  # more than step and layer: statistics too
+                    stats.append(rest)
         self._upsert(conn, "layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS,
-                     _LAYER_STAT_NAMES, rows)
+                     _LAYER_STAT_NAMES, stats)
+        if series:
+            conn.executemany("INSERT OR REPLACE INTO time_grads (step, layer, norms) VALUES (?, ?, ?)",
+                             series)
 
     def _write_events(self, conn: sqlite3.Connection, events: list[Event]) -> None:
         rows = []
@@ -468,7 +490,7 @@ class RunStore:
         return sql
 
     def _bad_row(self, table: str, row: Any, exc: BaseException) -> None:
-        self.dropped_rows += table in ("steps", "layer_stats")
+        self.dropped_rows += table in ("steps", "layer_stats", "time_grads")
         self._note(f"bad:{table}", f"gradhealth run store: dropped a malformed {table} row "
                    f"({type(exc).__name__}: {exc}): {str(row)[:200]}. Further ones are dropped "
                    "silently and counted in RunStore.dropped_rows.")

@@ -218,7 +218,9 @@ def _num(x):
 def store_rows(s: StepStats, m: Measured, seconds: float) -> tuple[dict, list[dict]]:
     """The run store's ``steps`` row and ``layer_stats`` rows of one step.
 
-    NULL (None) where nothing was measured; a layer with nothing measured gets no row.
+    NULL (None) where nothing was measured; a layer with nothing measured gets no row. A
+    recurrent layer's row on a step that measured its per-time-step gradient norms (detail
+    steps) carries them as ``time_grad`` (the store keeps them in its ``time_grads`` table).
 
     Args:
         s: the step's statistics.
@@ -232,6 +234,10 @@ def store_rows(s: StepStats, m: Measured, seconds: float) -> tuple[dict, list[di
            "global_grad_norm_clipped": s.global_grad_norm_clipped if m.clipped else None}
     rows = []
     measured_grad = np.isfinite(s.grad_norm) | (s.nonfinite_grad > 0)
+    time_grad = {}
+    if s.time_grad:
+        index = {name: i for i, name in enumerate(s.layers.names)}
+        time_grad = {index[n]: v for n, v in s.time_grad.items() if n in index}
     for i in range(len(s.layers)):
         vals = {"grad_norm": s.grad_norm[i] if measured_grad[i] else None,
                 "param_norm": s.param_norm[i] if (s.nonfinite_param[i] >= 0) else None,
@@ -241,7 +247,9 @@ def store_rows(s: StepStats, m: Measured, seconds: float) -> tuple[dict, list[di
                 "act_std": s.act_std[i] if m.act[i] else None,
                 "dead_frac": s.dead_frac[i] if (m.act[i] and np.isfinite(s.dead_frac[i])) else None,
                 "sat_frac": s.sat_frac[i] if (m.act[i] and np.isfinite(s.sat_frac[i])) else None}
-        if all(v is None for v in vals.values()):
+        if i in time_grad:
+            vals["time_grad"] = time_grad[i]
+        elif all(v is None for v in vals.values()):
             continue
         vals["step"] = s.step
         vals["layer"] = i
