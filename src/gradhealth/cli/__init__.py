@@ -35,6 +35,7 @@ COMMANDS = {
     "export": "export",
     "meanfield": "meanfield",
     "phase": "phase",
+    "trainability": "trainability",
 }
 
 

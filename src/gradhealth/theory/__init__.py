@@ -7,6 +7,7 @@ torch unavailable).
 - :mod:`.chain` — one-unit-per-layer chains, ``w**L`` tables, deep linear networks.
 - :mod:`.meanfield` — length and correlation maps, ``q*``, ``c*``, ``chi_1``, depth scales.
 - :mod:`.criticality` — the critical ``sigma_w2`` (``chi_1 = 1``), critical lines, phase diagrams.
+- :mod:`.trainability` — the predicted trainable depth ``k * xi_c`` and the fit of ``k`` to measurements.
 """
 
 from .activations import Activation, activation_names, get_activation
@@ -24,6 +25,7 @@ from .chain import (
 )
 from .criticality import PhaseDiagram, critical_line, critical_sigma_w2, phase_diagram
 from .meanfield import MeanFieldResult, analyze, chi_1
+from .trainability import DepthMultipleFit, DepthScaleCurve, depth_scale_curve, fit_depth_multiple
 
 __all__ = [
     "Activation",
@@ -46,4 +48,8 @@ __all__ = [
     "critical_line",
     "critical_sigma_w2",
     "phase_diagram",
+    "DepthScaleCurve",
+    "DepthMultipleFit",
+    "depth_scale_curve",
+    "fit_depth_multiple",
 ]

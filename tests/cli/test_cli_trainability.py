@@ -1,0 +1,52 @@
+"""`gradhealth trainability`: a tiny grid end to end, JSON, cache, and usage errors (exit 2)."""
+
+import json
+
+import pytest
+
+from gradhealth.cli import main
+from gradhealth.theory.trainability import depth_scale_curve
+
+TINY = ["trainability", "--activation", "tanh", "--sigma-w2", "1.0,1.75,4.0", "--depths", "4,48", "--steps", "100",
+        "--jobs", "1", "--no-progress"]
+
+
+def test_tiny_grid_json_figure_and_cache(tmp_path, capsys):
+    out = tmp_path / "t.png"
+    args = TINY + ["--out", str(out), "--cache", str(tmp_path / "c"), "--json"]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    d = json.loads(cap.out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert d["trainable"] == [[1, 1, 1], [0, 1, 0]] and d["cached"] == 0
+    assert "about" in cap.err and "6 cells (0 cached)" in cap.err     # the estimate, before training
+    # the curve is the theory's own
+    xi = depth_scale_curve("tanh", [1.0, 1.75, 4.0], 0.05).xi_c
+    assert [float(v) for v in d["curve"]["xi_c"]] == pytest.approx(list(xi))
+    assert d["fit"]["agreement"] == 1.0
+    assert main(args) == 0                                        # resumes: everything cached
+    again = json.loads(capsys.readouterr().out)
+    assert again["cached"] == 6 and again["accuracy"] == d["accuracy"]
+
+
+def test_text_output_states_the_measured_k(tmp_path, capsys):
+    assert main(TINY[:-5] + ["--depths", "2,3", "--steps", "3", "--no-cache", "--no-progress",
+                             "--out", str(tmp_path / "f.png")]) == 0
+    text = capsys.readouterr().out
+    assert "measured k" in text and "paper's k = 6" in text and "wrote" in text
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--activation", "nope"], "activation"),
+    (["--depths=-1,4"], "'depth_grid'"),
+    (["--depths", ""], "'depth_grid'"),
+    (["--sigma-w2", "a,b"], "'sigma-w2'"),
+    (["--jobs", "0"], "'jobs'"),
+    (["--steps", "0"], "'steps'"),
+    (["--out", "x.txt"], "'out'"),
+])
+def test_usage_errors_exit_2(extra, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["trainability", "--no-cache", "--no-progress"] + extra) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
