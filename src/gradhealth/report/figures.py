@@ -84,19 +84,23 @@ def layer_grid(run: "Run", field: str = "grad_norm") -> Grid:
     """
     import numpy as np
 
-    rows = [(r["step"], r["layer"], r[field]) for r in run.layer_stats if r.get(field) is not None]
-    has = {li for _, li, _ in rows}
+    cols = run.layer_columns((field,))
+    rec = cols.recorded[field]
+    st, li, val = cols.step[rec], cols.layer[rec], cols.values[field][rec]
+    has = set(np.unique(li).tolist())
     layers = [d for d in run.layers if d["index"] in has]
-    steps = np.array(sorted({s for s, _, _ in rows}), dtype=np.int64)
+    steps = np.unique(st)
     values = np.full((len(layers), len(steps)), np.nan)
     recorded = np.zeros(values.shape, dtype=bool)
-    if rows:
-        pos = {d["index"]: i for i, d in enumerate(layers)}
-        arr = np.array([(pos[li], s, float(v)) for s, li, v in rows], dtype=np.float64)
-        r = arr[:, 0].astype(np.int64)
-        c = np.searchsorted(steps, arr[:, 1].astype(np.int64))
-        values[r, c] = arr[:, 2]
-        recorded[r, c] = True
+    if st.size:
+        pos = np.full(int(max(max(has), max((d["index"] for d in layers), default=0))) + 1, -1, dtype=np.int64)
+        pos[[d["index"] for d in layers]] = np.arange(len(layers))
+        keep = (li >= 0) & (li < pos.size)
+        r = pos[li[keep]]
+        ok = r >= 0
+        c = np.searchsorted(steps, st[keep][ok])
+        values[r[ok], c] = val[keep][ok]
+        recorded[r[ok], c] = True
     return Grid([d["name"] for d in layers], [d["type"] for d in layers], steps, values,
                 _classify(values, recorded))
 
@@ -159,12 +163,27 @@ def _first_nonfinite_step(run: "Run"):
         if any(isinstance(v, float) and not math.isfinite(v) for v in vals) or (s.get("nonfinite_count") or 0) > 0:
             cands.append(s["step"])
             break
-    for r in run.layer_stats:
-        g = r.get("grad_norm")
-        if (isinstance(g, float) and not math.isfinite(g)) or (r.get("nonfinite") or 0) > 0:
-            cands.append(r["step"])
-            break  # rows are in step order
+    bad = nonfinite_layer_rows(run)
+    if bad is not None and bad.any():
+        cands.append(int(run.layer_columns().step[bad].min()))
     return min(cands) if cands else None
+
+
+def nonfinite_layer_rows(run: "Run"):
+    """Bool array over the per-layer rows (:meth:`~gradhealth.store.Run.layer_columns`): the
+    layer's gradient was non-finite (norm NaN/Inf, or a NaN/Inf count above 0); None when
+    the run has no gradient norms."""
+    import numpy as np
+
+    cols = run.layer_columns()
+    if "grad_norm" not in cols.values:
+        return None
+    g, rec = cols.values["grad_norm"], cols.recorded["grad_norm"]
+    bad = rec & ~np.isfinite(g)
+    if "nonfinite" in cols.values:
+        with np.errstate(invalid="ignore"):
+            bad |= cols.recorded["nonfinite"] & (np.nan_to_num(cols.values["nonfinite"]) > 0)
+    return bad
 
 
 def _mark_first_nonfinite(run, ax, to_x=lambda s: s) -> None:

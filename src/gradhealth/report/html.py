@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 import os
 import re
@@ -27,7 +26,8 @@ from typing import Any, Callable, Sequence
 
 from .._text import safe_text
 from ..errors import StoreError
-from ..events import Event, Prescription
+from ..events import Event
+from .probe_json import load_probe, probe_from_dict
 from .run_view import SEVERITY_RANK, format_value, is_pathology, summarize
 
 __all__ = ["Report", "FigureSpec", "visible", "probe_from_dict", "load_probe", "write_demo_report"]
@@ -110,10 +110,10 @@ class Report:
         problems: list[str] = []
         damaged = False
         if isinstance(run_dir, Run):
-            run = run_dir
+            run = run_dir if run_dir.columns is not None else replace(run_dir, columns=run_dir.layer_columns())
         else:
-            try:
-                run = load_run(run_dir)
+            try:  # columns, not a dict per row: 1e5 steps x 500 layers stay tractable
+                run = load_run(run_dir, layer_stats="columns", fields=REPORT_FIELDS)
             except StoreError as exc:
                 try:  # the per-layer table is the biggest: a damaged page there spares the rest
                     run = load_run(run_dir, layer_stats=False)
@@ -122,6 +122,7 @@ class Report:
                 damaged = True
                 problems.append(f"the per-layer rows could not be read ({exc}); the heatmap and "
                                 "update ratios are missing")
+        problems.extend(run.notes)
         report = _run_report(run, problems)
         report.damaged = damaged
         return report
@@ -145,6 +146,44 @@ class Report:
         elif isinstance(result, dict):
             result = probe_from_dict(result)
         return _probe_report(result)
+
+    @classmethod
+    def from_cure(cls, before, after, applied: Sequence = ()) -> "Report":
+        """The report of a cure: the probe of the model before and after the change.
+
+        Args:
+            before, after: :class:`~gradhealth.probe.ProbeResult` (or their ``to_dict()`` /
+                JSON path, as for :meth:`from_probe`).
+            applied: the :class:`~gradhealth.events.Prescription` records that were applied
+                (default: the top prescription of ``before``).
+        """
+        from .more_figures import plot_cure
+
+        results = []
+        for res in (before, after):
+            if isinstance(res, (str, os.PathLike)):
+                try:
+                    res = load_probe(res)
+                except (OSError, ValueError, TypeError, KeyError) as exc:
+                    return cls.unreadable(str(res), f"{str(res)!r} is not a readable probe result "
+                                          f"JSON ({exc}). Fix: pass the output of `gradhealth probe --json`.")
+            results.append(probe_from_dict(res) if isinstance(res, dict) else res)
+        b, a = results
+        rep = _probe_report(b)
+        used = list(applied) or list(b.prescriptions[:1])
+        rep.kind, rep.verdict = "cure", a.verdict
+        rep.headline = (f"before: {b.verdict}" + (f" (worst: {b.worst_layer})" if b.worst_layer else "")
+                        + f"; after the cure: {a.verdict}" + (f" (worst: {a.worst_layer})" if a.worst_layer else ""))
+        rep.prescriptions = [{"action": "applied: " + p.action, "code": p.code, "why": p.reason} for p in used]
+        rep.facts = [("before", b.verdict), ("after", a.verdict)] + rep.facts
+        rep.figures.insert(0, FigureSpec("cure", "Before and after the cure",
+                                         "Backward gain per layer of the same model before (red) and "
+                                         "after (green) the applied change.", lambda ax: plot_cure(b, a, ax=ax),
+                                         (9.0, 3.8)))
+        if not a.healthy:
+            rep.problems.append(f"after the cure the model is still {a.verdict}: {a.summary}")
+        rep.events = list(a.findings) + list(b.findings)
+        return rep
 
     # -- output -----------------------------------------------------------------------------
     @property
@@ -265,7 +304,8 @@ def _run_report(run, problems: list[str]) -> Report:
         if key in run.meta:
             facts.append((key, _short(run.meta[key])))
     figs = []
-    if run.layer_stats:
+    cols = run.layer_columns()
+    if len(cols) and cols.recorded.get("grad_norm", cols.step[:0]).any():
         figs.append(FigureSpec("grad_heatmap", "Gradient flow",
                                "Per-layer gradient norm (log10 colour), layers in depth order, "
                                "input at top. NaN, Inf and zeros are cells of their own colour, "
@@ -277,10 +317,18 @@ def _run_report(run, problems: list[str]) -> Report:
         figs.append(FigureSpec("global_norm", "Global gradient norm, before and after clipping",
                                "If clipping works, the applied norm stays at the threshold "
                                "while the pre-clip norm spikes.", _bind(F.plot_global_norm, run)))
-    if any(r.get("update_ratio") is not None for r in run.layer_stats):
+    if "update_ratio" in cols.recorded and cols.recorded["update_ratio"].any():
         figs.append(FigureSpec("update_ratio", "Update ratio per layer",
                                "||Δθ|| / ||θ|| on detail steps: ~1e-3 is typical; far below, "
                                "the layer stopped learning.", _bind(F.plot_update_ratio, run)))
+    from . import more_figures as M
+
+    for i, name in M.recurrent_layers(run)[:4]:
+        figs.append(FigureSpec(f"time_grads_{i}", f"Gradient per time step: {name}",
+                               "The gradient norm reaching each time step of the recurrent layer's "
+                               "input on the detail steps (log scale); NaN/Inf at the top edge, "
+                               "0/-Inf at the bottom, counted in the legend.",
+                               _bind_layer(M.plot_time_grads, run, i), (9.0, 3.2)))
     return Report(kind="run", source=str(run.run_dir), verdict=verdict, headline=headline,
                   first=_first_dict(first), prescriptions=presc, facts=facts,
                   events=list(run.events), figures=figs, problems=problems,
@@ -289,19 +337,39 @@ def _run_report(run, problems: list[str]) -> Report:
 
 def _layer_rows(run) -> list[dict]:
     """Per layer: the newest gradient norm and when its gradient was first non-finite."""
+    import numpy as np
+
+    from .figures import nonfinite_layer_rows
+
     rows = {d["index"]: {**d, "last": None, "nonfinite_steps": 0, "first_nonfinite": None}
             for d in run.layers}
-    for r in run.layer_stats:  # in step order
-        d = rows.get(r["layer"])
-        g = r.get("grad_norm")
-        if d is None or g is None:
-            continue
-        d["last"] = g
-        if not math.isfinite(g) or (r.get("nonfinite") or 0) > 0:
-            d["nonfinite_steps"] += 1
-            if d["first_nonfinite"] is None:
-                d["first_nonfinite"] = r["step"]
+    cols = run.layer_columns()
+    if "grad_norm" not in cols.values or not len(cols):
+        return list(rows.values())
+    rec = cols.recorded["grad_norm"]
+    bad = nonfinite_layer_rows(run) & rec
+    li, st, g = cols.layer[rec], cols.step[rec], cols.values["grad_norm"][rec]
+    b = bad[rec]
+    # rows are in (step, layer) order: a layer's last row is its newest, its first bad one the first
+    u, at = np.unique(li[::-1], return_index=True)
+    last = g[li.size - 1 - at]
+    ub, first_at = np.unique(li[b], return_index=True)
+    nbad = np.bincount(li[b] - (li.min() if li.size else 0), minlength=0) if b.any() else None
+    for i, v in zip(u.tolist(), last.tolist()):
+        if i in rows:
+            rows[i]["last"] = v
+    for i, s0 in zip(ub.tolist(), st[b][first_at].tolist()):
+        if i in rows:
+            rows[i]["first_nonfinite"] = int(s0)
+            rows[i]["nonfinite_steps"] = int(nbad[i - li.min()])
     return list(rows.values())
+
+
+def _bind_layer(plot, run, layer):
+    def draw(ax):
+        return plot(run, layer, ax=ax)
+
+    return draw
 
 
 def _bind(plot, data):
@@ -349,6 +417,14 @@ def _probe_report(result) -> Report:
                        "Backward gain, GSC and parameter-gradient norm per layer (forward "
                        "order), dots in verdict colours; NaN/Inf/0 marked at the edges.",
                        _bind(F.plot_probe_layers, result), (9.0, 4.2))]
+    from .more_figures import plot_probe_meanfield
+
+    figs.append(FigureSpec("probe_meanfield", "Measured gain against mean-field theory",
+                           "Backward gain per layer (dots in verdict colours) and, for a plain "
+                           "fully connected stack, the gain mean-field theory predicts from its "
+                           "activation and weight variance (chi_1 per layer, anchored at the "
+                           "stack's last layer). Without a prediction the title says why.",
+                           _bind(plot_probe_meanfield, result), (9.0, 3.6)))
     if result.recurrent:
         figs.append(FigureSpec("probe_time", "Gradient per time step", "Recurrent layers: the "
                                "gradient reaching each time step.", _bind(F.plot_probe_time, result), (9.0, 3.6)))
@@ -361,55 +437,8 @@ def _probe_report(result) -> Report:
                   figures=figs, problems=list(result.notes))
 
 
-_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def _num(x):
-    if isinstance(x, str) and x in _NONFINITE:
-        return _NONFINITE[x]
-    if isinstance(x, list):
-        return tuple(_num(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _num(v) for k, v in x.items()}
-    return x
-
-
-def _build(cls, d: dict | None, **over):
-    from dataclasses import fields
-
-    if d is None:
-        return None
-    names = {f.name for f in fields(cls)}
-    kw = {k: _num(v) for k, v in d.items() if k in names}
-    kw.update(over)
-    return cls(**kw)
-
-
-def probe_from_dict(d: dict):
-    """A :class:`~gradhealth.probe.ProbeResult` back from its ``to_dict()`` / JSON form
-    (``"nan"``/``"inf"`` strings become floats again; unknown keys are ignored)."""
-    from ..probe import result as R
-
-    layers = tuple(_build(R.LayerReport, lr, evidence=_num(lr.get("evidence") or {}))
-                   for lr in d.get("layers", []))
-    res = d.get("residual")
-    residual = None if res is None else _build(
-        R.ResidualSummary, res, blocks=tuple(_build(R.ResidualBlock, b) for b in res.get("blocks", [])))
-    return R.ProbeResult(
-        verdict=d["verdict"], worst_layer=d.get("worst_layer"), layers=layers,
-        findings=tuple(_build(Event, e, evidence=_num(e.get("evidence") or {})) for e in d.get("findings", [])),
-        prescriptions=tuple(_build(Prescription, p) for p in d.get("prescriptions", [])),
-        jacobian=_build(R.JacobianSpectrum, d.get("jacobian")), residual=residual,
-        recurrent=tuple(_build(R.TimeSeries, t) for t in d.get("recurrent", [])),
-        meanfield=_build(R.MeanFieldCheck, d.get("meanfield")), loss=_num(d.get("loss") or {}),
-        settings=d.get("settings") or {}, notes=tuple(d.get("notes") or ()))
-
-
-def load_probe(path):
-    """Read the JSON of ``gradhealth probe --json`` (or ``ProbeResult.to_json()``)."""
-    with open(path, encoding="utf-8") as fh:
-        return probe_from_dict(json.load(fh))
-
+#: The per-layer columns the run report reads.
+REPORT_FIELDS = ("grad_norm", "nonfinite", "update_ratio")
 
 # ------------------------------------------------------------------------------------------
 # the demo's report
@@ -498,7 +527,8 @@ _PAGE = """{% if full %}<!DOCTYPE html>
 <div class="gh-report">
 <header id="first-screen">
 <h1>gradhealth {{ r.kind|v }} report: <span class="verdict" style="background:{{ hue }}">{{ r.verdict|v|upper }}</span></h1>
-{% if r.first %}<p class="where" id="first-problem">First problem: <b>{{ r.first.kind|v }}</b> in
+{% if r.kind == "cure" %}<p class="where" id="cure-outcome">{{ r.headline|v }}</p>{% endif %}
+{% if r.first %}<p class="where" id="first-problem">{% if r.kind == "cure" %}Before the cure, the first problem{% else %}First problem{% endif %}: <b>{{ r.first.kind|v }}</b> in
 {% if r.first.layer is not none %}layer <code class="layer">{{ r.first.layer|v }}</code>{% else %}the model as a whole{% endif %}
 {% if when is not none %} at step <b class="step">{{ when }}</b>{% if r.first.step is not none and r.first.step != when %} (seen at step {{ r.first.step }}){% endif %}{% endif %}</p>
 <p class="why"><b>Why:</b> {{ r.first.message|vn }}</p>
