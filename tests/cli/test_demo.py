@@ -49,7 +49,10 @@ def test_demo_index_is_rendered_html_and_links_the_reports(tmp_path, capsys):
     assert report.exists() and str(report) in printed
     assert 'href="report/index.html"' in html
     pages = sorted(p.name for p in (out / "report").glob("*.html"))
-    assert "watched_run_broken.html" in pages and len(pages) == 5
+    assert pages == ["cure_sigmoid_before_after.html", "index.html", "probe_relu_he_after_cure.html",
+                     "probe_sigmoid_before_cure.html", "watched_run_broken.html", "watched_run_healthy.html"]
+    for p in (p for p in pages if p != "index.html"):
+        assert f'href="{p}"' in (out / "report" / "index.html").read_text(), p
     assert "VANISHING" in (out / "report" / "watched_run_broken.html").read_text().upper()
 
 
