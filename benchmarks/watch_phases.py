@@ -10,8 +10,10 @@ Phases (``hooks`` is the total of the top-level entry points; the others are ins
 
 * ``hooks``: every hook gradhealth runs in the step (root-module pre/post, the output tensor
   hook, the end of the backward, the optimizer pre/post hooks, ``observe``).
+* ``backward_end``: the clip fingerprints taken at the end of the backward pass.
 * ``measure_grads``: the fused norms and the clip fingerprints, queued on the device.
-* ``read``: the host transfer(s) of the step and their decoding (``transfer``).
+* ``read``: the host transfer(s) of the step and their decoding (``transfer``); inside it
+  ``read:to_host`` (the device-to-host copy) and ``read:decode_clip`` (clip coefficients).
 * ``assemble``: the record to :class:`~gradhealth.detectors.StepStats` (``step_stats``).
 * ``detectors``: the detector chain, and each detector on its own (``det:<name>``).
 * ``record_rest``: :meth:`RunLog.record` minus the detectors (history, events, store rows).
@@ -36,7 +38,7 @@ import torch
 
 from gradhealth import detectors as det_mod
 from gradhealth.detectors.base import Detector, chain
-from gradhealth.watch import _readback, never, runlog, watch
+from gradhealth.watch import _readback, _record, never, runlog, watch
 from gradhealth.watch import watcher as watcher_mod
 from gradhealth.watch.instruments import Instruments
 
@@ -100,7 +102,10 @@ def instrumented(clock: Clock):
         fn = getattr(W, name)
         patch(W, name, clock.wrap_hook_factory(fn) if name == "_output_hook" else clock.wrap("hooks", fn, top=True))
     patch(Instruments, "measure_grads", clock.wrap("measure_grads", Instruments.measure_grads))
+    patch(Instruments, "backward_end", clock.wrap("backward_end", Instruments.backward_end))
     patch(_readback, "transfer", clock.wrap("read", _readback.transfer))
+    patch(_readback, "to_host", clock.wrap("read:to_host", _readback.to_host))
+    patch(_record, "decode_clip", clock.wrap("read:decode_clip", _record.decode_clip))
     patch(watcher_mod, "step_stats", clock.wrap("assemble", watcher_mod.step_stats))
     patch(runlog.RunLog, "record", clock.wrap("record", runlog.RunLog.record))
     try:
@@ -136,7 +141,8 @@ def profile(key: str, steps: int, every: int) -> dict:
 def print_profile(p: dict) -> None:
     ph = p["phases_ms"]
     print(f"\n{p['name']} (every={p['every']}, {p['steps']} steps; median step {p['step_ms']:.3f} ms)")
-    order = ["hooks", "measure_grads", "read", "assemble", "detectors", "record_rest"]
+    order = ["hooks", "backward_end", "measure_grads", "read", "read:to_host", "read:decode_clip", "assemble",
+             "detectors", "record_rest"]
     for k in order + sorted(k for k in ph if k.startswith("det:")):
         if k in ph:
             share = f"{100 * ph[k] / p['step_ms']:5.1f}% of a step" if k == "hooks" else ""

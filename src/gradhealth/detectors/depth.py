@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..events import Event
-from .base import Detector, StepStats, safe_text, theil_sen_slope
+from .base import Detector, StepStats, median, safe_text, theil_sen_slope, theil_sen_slope_uniform
 
 __all__ = ["exploding_vanishing", "update_ratio", "depth_trend"]
 
@@ -53,6 +53,34 @@ def depth_trend(values: np.ndarray, *, min_points: int = 4) -> dict[str, Any] | 
     ends = float(10 ** (np.median(y[:k]) - np.median(y[-k:])))
     return {"growth_per_layer": float(10 ** (-b)), "gsc": float(10 ** (-b * (pos.size - 1))),
             "ends_ratio": ends, "n": int(pos.size), "positions": pos}
+
+
+def _trend_verdict(values: np.ndarray, min_points: int, ratio: float,
+                   min_growth: float) -> tuple[dict[str, Any] | None, str | None]:
+    """``(depth_trend(values), _verdict(that, ratio, min_growth))``, computed for less.
+
+    The verdict needs the unfitted ends ratio beyond ``sqrt(ratio)`` (or its inverse), so when
+    the ends already rule out both verdicts the Theil-Sen fit is skipped: the trend returned
+    is then a stub (``n`` and ``positions`` only; it means "measured, no verdict", which is all
+    the detector reads of it). Otherwise the trend is :func:`depth_trend`'s, value for value:
+    the same medians (:func:`~gradhealth.detectors.base.median` is ``np.median`` to the bit)
+    and the same pairwise slopes (:func:`theil_sen_slope_uniform`).
+    """
+    v = values if values.dtype == np.float64 else np.asarray(values, dtype=float)
+    pos = np.flatnonzero(np.isfinite(v) & (v > 0))
+    n = pos.size
+    if n < min_points or n < 2:     # n < 2: no slope, depth_trend says None
+        return None, None
+    y = np.log10(v[pos])
+    k = max(1, n // 3)
+    ends = float(10 ** (median(y[:k]) - median(y[-k:])))
+    root = math.sqrt(ratio)
+    if not ends >= root and not ends <= 1.0 / root:
+        return {"n": int(n), "positions": pos}, None
+    b = theil_sen_slope_uniform(y)
+    tr = {"growth_per_layer": float(10 ** (-b)), "gsc": float(10 ** (-b * (n - 1))),
+          "ends_ratio": ends, "n": int(n), "positions": pos}
+    return tr, _verdict(tr, ratio, min_growth)
 
 
 def _verdict(tr: dict | None, ratio: float, min_growth: float) -> str | None:
@@ -116,16 +144,22 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
     def init():
         return {}
 
+    cache: dict[str, Any] = {}
+
+    def rms_divisor(L) -> np.ndarray:
+        """``sqrt(n_params)`` per layer (NaN where 0), once per layer table."""
+        if cache.get("table") is not L:
+            n_par = np.asarray(L.n_params, dtype=float)
+            cache["table"], cache["div"] = L, np.sqrt(np.where(n_par > 0, n_par, np.nan))
+        return cache["div"]
+
     def update(stats: StepStats, state: dict):
         new_state = dict(state)
         events: list[Event] = []
         L = stats.layers
-        weight = L.is_weight()
-        order = L.forward_order(weight)
-        info = dict(stats.info or {})
+        order = L.weight_order
 
-        def handle(key: str, tr: dict | None, verdict: str | None, idx: np.ndarray | None,
-                   what: str, layer: str | None, extra: dict):
+        def handle(key: str, tr: dict | None, verdict: str | None, what: str, event_facts):
             if tr is None:
                 return  # keep the state: nothing was measured here
             prev = state.get(key)
@@ -143,10 +177,9 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
             twin = {"depth": "param_depth", "param_depth": "depth"}.get(key)
             if twin is not None and state.get(twin, (None,))[0] == verdict:
                 return
-            g = tr["growth_per_layer"]
-            worst = layer
-            ev = dict(info)
-            ev.update({"growth_per_layer": g, "gsc": tr["gsc"], "ends_ratio": tr["ends_ratio"],
+            worst, extra = event_facts()     # built only for an event
+            ev = dict(stats.info or {})
+            ev.update({"growth_per_layer": tr["growth_per_layer"], "gsc": tr["gsc"], "ends_ratio": tr["ends_ratio"],
                        "depth": tr["n"], "signal": what, "worst_layer": worst, "lr": stats.lr})
             ev.update(extra)
             sev, message = _describe(verdict, what, tr, worst, stats.step)
@@ -155,33 +188,30 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
 
         # 1) depth trend of the backward signal
         vals = stats.out_grad_rms[order] if order.size else np.zeros(0)
-        tr = depth_trend(vals, min_points=min_layers)
+        tr, verdict = _trend_verdict(vals, min_layers, ratio, min_growth)
         if tr is not None:
-            first = L.names[order[tr["positions"][0]]]
-            handle("depth", tr, _verdict(tr, ratio, min_growth), order, "out_grad", first,
-                   {"series": [float(x) for x in vals[tr["positions"]]],
-                    "series_layers": [L.names[order[p]] for p in tr["positions"]]})
+            p = tr["positions"]
+            handle("depth", tr, verdict, "out_grad",
+                   lambda: (L.names[order[p[0]]], {"series": [float(x) for x in vals[p]],
+                                                    "series_layers": [L.names[order[q]] for q in p]}))
         else:
             # 2) fallback: per-entry weight-gradient norms
-            n_par = np.asarray(L.n_params, dtype=float)
             with np.errstate(divide="ignore", invalid="ignore"):
-                rms = stats.grad_norm / np.sqrt(np.where(n_par > 0, n_par, np.nan))
-            vals = rms[order] if order.size else np.zeros(0)
-            trp = depth_trend(vals, min_points=min_layers)
+                rms = stats.grad_norm / rms_divisor(L)
+            pvals = rms[order] if order.size else np.zeros(0)
+            trp, verdict = _trend_verdict(pvals, min_layers, param_ratio, min_growth)
             if trp is not None:
-                first = L.names[order[trp["positions"][0]]]
-                handle("param_depth", trp, _verdict(trp, param_ratio, min_growth), order,
-                       "param_grad", first,
-                       {"series": [float(x) for x in vals[trp["positions"]]]})
+                pp = trp["positions"]
+                handle("param_depth", trp, verdict, "param_grad",
+                       lambda: (L.names[order[pp[0]]], {"series": [float(x) for x in pvals[pp]]}))
 
         # 3) per-time-step trends of recurrent layers
         for name, series in (stats.time_grad or {}).items():
-            trt = depth_trend(np.asarray(series, dtype=float), min_points=min_steps)
-            if trt is None:
-                continue
-            extra = {"is_recurrent": True, "time_steps": int(len(series)),
-                     "series": [float(x) for x in np.asarray(series, dtype=float)]}
-            handle(f"time:{name}", trt, _verdict(trt, time_ratio, min_growth), None, "time", name, extra)
+            s = np.asarray(series, dtype=float)
+            trt, verdict = _trend_verdict(s, min_steps, time_ratio, min_growth)
+            handle(f"time:{name}", trt, verdict, "time",
+                   lambda name=name, s=s: (name, {"is_recurrent": True, "time_steps": int(len(s)),
+                                                  "series": [float(x) for x in s]}))
         return events, new_state
 
     return Detector(init, update, "exploding_vanishing")

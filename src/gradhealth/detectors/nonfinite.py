@@ -45,6 +45,9 @@ def nonfinite(*, max_listed: int = 8) -> Detector:
     def update(stats: StepStats, state):
         if stats.skip_reason == "scaler":
             return [], state
+        if (not state and not stats.loss_nonfinite and stats.nonfinite_grad.max(initial=0) <= 0
+                and stats.nonfinite_param.max(initial=0) <= 0):
+            return [], state    # the usual step: nothing non-finite now or before (no event, same state)
         active: dict[str, tuple] = {}
         nf_grad = np.where(stats.nonfinite_grad > 0, stats.nonfinite_grad, 0)
         nf_param = np.where(stats.nonfinite_param > 0, stats.nonfinite_param, 0)

@@ -26,10 +26,13 @@ def _fraction_detector(field: str, kind: str, threshold: float, patience: int, n
 
     def update(stats: StepStats, state: dict):
         vals = getattr(stats, field)
+        finite = np.flatnonzero(np.isfinite(vals))
+        if not finite.size:
+            return [], state    # not measured at this step (off the detail schedule): nothing changes
         new = dict(state)
         events: list[Event] = []
         info = dict(stats.info or {})
-        for i in np.flatnonzero(np.isfinite(vals)):
+        for i in finite:
             layer = stats.layers.names[i]
             n, first, emitted = state.get(layer, (0, stats.step, False))
             if vals[i] >= threshold:

@@ -205,6 +205,38 @@ def decode_clip(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float | N
     if not pos:
         return
     half = v.size // 2
+    if scale is None and np.array_equal(v[:half], v[half:]):
+        _decode_unclipped(rec, pos, v[:half], rest)
+        return
+    _decode_general(rec, pos, v, scale, rest)
+
+
+def _decode_unclipped(rec: StepRecord, pos: list[int], e32: np.ndarray, rest: list[int] | None) -> None:
+    """:func:`_decode_general` where the samples after equal those before, bit for bit (no
+    clipping, no unscaling: the usual step). Every ratio is then exactly 1, no tensor is
+    inexact, and the general path would give each sampled tensor with a finite non-zero sample
+    the coefficient 1.0, the rest (while sampling) the common 1.0, and no clip: the same here
+    without the per-sample arithmetic. (NaN samples never compare equal: they take the
+    general path.)"""
+    e = e32.reshape(len(pos), 4)
+    has = (np.isfinite(e) & (e != 0)).any(axis=1)
+    uniform = bool(has.any())
+    rec.clip_uniform = uniform if rec.clip_uniform is None else False
+    if not uniform:
+        if rest is not None:
+            rec.clip_exact = False
+        return
+    clip = rec.clip
+    clip.update(dict.fromkeys(np.asarray(pos)[has].tolist(), 1.0))
+    if rest is not None:
+        missing = dict.fromkeys(rest, 1.0)
+        missing.update(clip)
+        clip.update(missing)
+
+
+def _decode_general(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float | None,
+                    rest: list[int] | None) -> None:
+    half = v.size // 2
     e = v[:half].astype(float).reshape(len(pos), 4)
     k = v[half:].astype(float).reshape(len(pos), 4)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -245,10 +277,9 @@ def decode_clip(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float | N
     if rest is not None:
         common = _median(vals_c)
         if uniform and common > 0 and math.isfinite(common):
-            clip = rec.clip
-            for p in rest:
-                if p not in clip:
-                    clip[p] = common
+            missing = dict.fromkeys(rest, common)   # the unsampled positions (one C-level pass)
+            missing.update(rec.clip)
+            rec.clip.update(missing)
         else:
             rec.clip_exact = False
     if np.any(np.abs(vals_c - 1.0) > 1e-5):
