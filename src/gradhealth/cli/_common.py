@@ -22,6 +22,24 @@ def print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
+def save_figure(draw, out, owner: str) -> None:
+    """Draw with ``draw()`` (it returns the Axes) on the Agg backend and save the figure to
+    ``out``; a path that cannot be written is a ParameterError on ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ax = draw()
+    try:
+        ax.figure.savefig(out, dpi=120, bbox_inches="tight")
+    except (OSError, ValueError) as exc:
+        raise ParameterError("out", owner, "a writable figure file", str(out),
+                             f"choose another path ({exc}).") from None
+    finally:
+        plt.close(ax.figure)
+
+
 def float_pair(text: str, name: str, owner: str) -> tuple[float, float]:
     """Parse ``"A B"`` / ``"A,B"`` into two floats (used for ranges)."""
     parts = text.replace(",", " ").split()

@@ -64,10 +64,9 @@ def run(args) -> int:
     import numpy as np
 
     from .._checks import check_int, check_real
-    from ..errors import ParameterError
     from ..theory.criticality import phase_diagram
     from ..theory.meanfield import analyze
-    from ._common import console, print_json
+    from ._common import console, print_json, save_figure
 
     owner = "gradhealth phase"
     out = check_figure_path(args.out, "out", owner)
@@ -83,19 +82,7 @@ def run(args) -> int:
     pd = phase_diagram(args.activation, w, b, dropout_keep=args.dropout_keep)
     seconds = time.perf_counter() - t0
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ax = pd.plot(color=args.color)
-    try:
-        ax.figure.savefig(out, dpi=120, bbox_inches="tight")
-    except (OSError, ValueError) as exc:
-        raise ParameterError("out", owner, "a writable figure file", str(out),
-                             f"choose another path ({exc}).") from None
-    finally:
-        plt.close(ax.figure)
+    save_figure(lambda: pd.plot(color=args.color), out, owner)
 
     from ..theory.criticality import critical_line
 

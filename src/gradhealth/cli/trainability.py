@@ -83,7 +83,7 @@ def run(args) -> int:
     from ..experiments._cells import load_data
     from ..experiments._runner import default_cache_dir, estimate_seconds
     from ..experiments.trainability import RunOptions, pending, run_spec
-    from ._common import console, print_json
+    from ._common import console, print_json, save_figure
     from .phase import check_figure_path
 
     owner = "gradhealth trainability"
@@ -101,7 +101,7 @@ def run(args) -> int:
               f"process(es)", markup=False)
     result = _run_with_bar(spec, RunOptions(jobs=jobs, cache_dir=cache), len(todo), total,
                            progress=not args.no_progress, con=con, run_spec=run_spec)
-    _save(result, out, owner)
+    save_figure(result.plot, out, owner)
     if args.json:
         print_json({"out": str(out), "estimate_seconds": eta, **result.to_dict()})
         return 0
@@ -122,20 +122,3 @@ def _run_with_bar(spec, options, todo: int, total: int, *, progress: bool, con, 
         task = bar.add_task("cells", total=total, completed=total - todo)
         return run_spec(spec, replace(options, on_cell=lambda done, n, rec: bar.update(task, completed=done)))
 
-
-def _save(result, out, owner: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..errors import ParameterError
-
-    ax = result.plot()
-    try:
-        ax.figure.savefig(out, dpi=120, bbox_inches="tight")
-    except (OSError, ValueError) as exc:
-        raise ParameterError("out", owner, "a writable figure file", str(out),
-                             f"choose another path ({exc}).") from None
-    finally:
-        plt.close(ax.figure)
