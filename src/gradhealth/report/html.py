@@ -137,15 +137,8 @@ class Report:
     def from_probe(cls, result) -> "Report":
         """The report of a probe: a :class:`~gradhealth.probe.ProbeResult`, its ``to_dict()``,
         or the path of the JSON ``gradhealth probe --json`` printed."""
-        if isinstance(result, (str, os.PathLike)):
-            try:
-                result = load_probe(result)
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                return cls.unreadable(str(result), f"{str(result)!r} is not a readable probe result "
-                                      f"JSON ({exc}). Fix: pass the output of `gradhealth probe --json`.")
-        elif isinstance(result, dict):
-            result = probe_from_dict(result)
-        return _probe_report(result)
+        result = _probe_source(result)
+        return result if isinstance(result, Report) else _probe_report(result)
 
     @classmethod
     def from_cure(cls, before, after, applied: Sequence = ()) -> "Report":
@@ -159,16 +152,10 @@ class Report:
         """
         from .more_figures import plot_cure
 
-        results = []
-        for res in (before, after):
-            if isinstance(res, (str, os.PathLike)):
-                try:
-                    res = load_probe(res)
-                except (OSError, ValueError, TypeError, KeyError) as exc:
-                    return cls.unreadable(str(res), f"{str(res)!r} is not a readable probe result "
-                                          f"JSON ({exc}). Fix: pass the output of `gradhealth probe --json`.")
-            results.append(probe_from_dict(res) if isinstance(res, dict) else res)
-        b, a = results
+        b, a = _probe_source(before), _probe_source(after)
+        for res in (b, a):
+            if isinstance(res, Report):
+                return res
         rep = _probe_report(b)
         used = list(applied) or list(b.prescriptions[:1])
         rep.kind, rep.verdict = "cure", a.verdict
@@ -255,6 +242,18 @@ class Report:
 
     def __rich__(self):
         return render_rich(self)
+
+
+def _probe_source(result):
+    """A probe result from a ProbeResult, its ``to_dict()`` or a JSON path; for a path that
+    cannot be read, the unreadable Report that says why."""
+    if isinstance(result, (str, os.PathLike)):
+        try:
+            return load_probe(result)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            return Report.unreadable(str(result), f"{str(result)!r} is not a readable probe result "
+                                     f"JSON ({exc}). Fix: pass the output of `gradhealth probe --json`.")
+    return probe_from_dict(result) if isinstance(result, dict) else result
 
 
 def _draw_nothing(report: Report):
