@@ -83,15 +83,25 @@ def poisoned_html(poisoned_run_dir, tmp_path_factory):
     return Report.from_run(poisoned_run_dir).to_html(tmp_path_factory.mktemp("html") / "report.html")
 
 
-@pytest.fixture(scope="session")
-def probe_result():
-    """A real probe of a 12-layer sigmoid MLP with default init: vanishing gradients."""
-    import gradhealth
-
+def sigmoid_mlp():
+    """A 12-layer sigmoid MLP with default init (it vanishes) and a batch, seeded: (model, x)."""
     torch.manual_seed(0)
     layers = []
     for _ in range(12):
         layers += [nn.Linear(32, 32), nn.Sigmoid()]
     model = nn.Sequential(*layers, nn.Linear(32, 4))
-    x = torch.randn(64, 32)
-    return gradhealth.probe(model, x)
+    return model, torch.randn(64, 32)
+
+
+@pytest.fixture(name="sigmoid_mlp")
+def sigmoid_mlp_fixture():
+    """A fresh :func:`sigmoid_mlp` (tests may change the model)."""
+    return sigmoid_mlp()
+
+
+@pytest.fixture(scope="session")
+def probe_result():
+    """A real probe of a 12-layer sigmoid MLP with default init: vanishing gradients."""
+    import gradhealth
+
+    return gradhealth.probe(*sigmoid_mlp())

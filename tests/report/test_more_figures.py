@@ -98,15 +98,10 @@ def test_no_meanfield_prediction_is_said_not_invented():
     assert not any(ln.get_linestyle() == "--" for ln in ax.get_lines())
 
 
-def test_cure_report_shows_before_and_after(probe_result, tmp_path):
+def test_cure_report_shows_before_and_after(sigmoid_mlp, tmp_path):
     from gradhealth.remedies.prescribe import applies_to_model, apply_prescription
 
-    torch.manual_seed(0)
-    layers = []
-    for _ in range(12):
-        layers += [nn.Linear(32, 32), nn.Sigmoid()]
-    model = nn.Sequential(*layers, nn.Linear(32, 4))
-    x = torch.randn(64, 32)
+    model, x = sigmoid_mlp
     before = gradhealth.probe(model, x, jacobian=False)
     chosen = [p for p in before.prescriptions if applies_to_model(p)][:1]
     for p in chosen:
