@@ -10,7 +10,9 @@ legitimately differ the test says why and checks the reason with an oracle:
   prescribes ``he_(model, activation='relu')``; watch reports ``dead_units`` (it measures
   the units, and the output gradients of a dead stack are 0, so there is no depth trend to
   fit) and prescribes ``he_(model)``. Same function; the oracle is that the two calls, on
-  identical copies under one seed, produce identical weights (he_ detects ReLU per layer).
+  identical copies under one seed, produce identical weights. They do not today (the weights
+  differ), so this case is a strict xfail, open in issue 10: watch's dead-units remedy must
+  name the activation as probe's does.
 
 The models are those of ``gallery/_cases.py`` (deep tanh chaotic, deep sigmoid, deep linear
 1.5 I, tanh RNN of radius 3), the issue's 15-layer sigmoid MLP and 12-layer functional-ReLU CNN
