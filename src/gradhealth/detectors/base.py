@@ -105,6 +105,11 @@ class LayerTable:
         return _readonly(np.array([r in ("weight", "recurrent") for r in self.roles], dtype=bool))
 
     @functools.cached_property
+    def position(self) -> dict[str, int]:
+        """Layer name -> its index in the table, computed once per table."""
+        return {name: i for i, name in enumerate(self.names)}
+
+    @functools.cached_property
     def weight_order(self) -> np.ndarray:
         """``forward_order(is_weight())``, computed once per table (read-only)."""
         return _readonly(self.forward_order(self._weight))

@@ -234,10 +234,8 @@ def store_rows(s: StepStats, m: Measured, seconds: float) -> tuple[dict, list[di
            "global_grad_norm_clipped": s.global_grad_norm_clipped if m.clipped else None}
     rows = []
     measured_grad = np.isfinite(s.grad_norm) | (s.nonfinite_grad > 0)
-    time_grad = {}
-    if s.time_grad:
-        index = {name: i for i, name in enumerate(s.layers.names)}
-        time_grad = {index[n]: v for n, v in s.time_grad.items() if n in index}
+    index = s.layers.position
+    time_grad = {index[n]: v for n, v in s.time_grad.items() if n in index} if s.time_grad else {}
     for i in range(len(s.layers)):
         vals = {"grad_norm": s.grad_norm[i] if measured_grad[i] else None,
                 "param_norm": s.param_norm[i] if (s.nonfinite_param[i] >= 0) else None,
