@@ -210,11 +210,21 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
             s = np.asarray(series, dtype=float)
             trt, verdict = _trend_verdict(s, min_steps, time_ratio, min_growth)
             handle(f"time:{name}", trt, verdict, "time",
-                   lambda name=name, s=s: (name, {"is_recurrent": True, "time_steps": int(len(s)),
-                                                  "series": [float(x) for x in s]}))
+                   lambda name=name, s=s: (name, _time_facts(L, name, s)))
         return events, new_state
 
     return Detector(init, update, "exploding_vanishing")
+
+
+def _time_facts(L, name: str, s: np.ndarray) -> dict:
+    """Evidence of a through-time trend: the sequence length is the depth the remedies use
+    (chrono init spans it), and the cell type (``LSTM``, ``GRU``, ``RNN``) picks them."""
+    i = L.position.get(name)
+    facts = {"is_recurrent": True, "time_steps": int(len(s)), "depth": int(len(s)),
+             "series": [float(x) for x in s]}
+    if i is not None:
+        facts["cell"] = L.types[i]
+    return facts
 
 
 def update_ratio(*, collapse: float = 1e-3, max_ratio: float = 1.0, patience: int = 2) -> Detector:

@@ -451,8 +451,12 @@ def _rule_dead_units(b: _Builder, ev: Mapping, act: str | None, layer: str | Non
     where = f" in {layer}" if layer else ""
     # No layers=... here: dead units are measured at an activation, whose name is not
     # the name of the weight layer before it.
+    # The model's ReLU activation is named (as the init remedies name it), so that he_ also
+    # re-draws layers with no activation detected after them (the output layer); leaky_relu's
+    # slope is not in the evidence, so he_ detects it from the modules.
+    a = f"activation={act!r}" if act in _RELU_FAMILY and act != "leaky_relu" else ""
     b.add("re-initialise with He init (zero biases)",
-          f"{_R}he_(model)",
+          f"{_R}he_(model{', ' + a if a else ''})",
           f"{f}{where} never activate on the batch, so they pass no gradient; He init with zero "
           "biases puts half of each layer's pre-activations above 0")
     b.add("use LeakyReLU so that inactive units still pass gradient",
