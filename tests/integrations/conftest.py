@@ -4,6 +4,8 @@ gradhealth.watch)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -91,3 +93,20 @@ def nan_run(tmp_path_factory):
         warnings.simplefilter("ignore")
         w = plain_loop(run_dir=d)
     return d, w
+
+
+def assert_close(ours, theirs, path="state"):
+    """Nested plain data equal, floats to rel 1e-5 (NaN == NaN)."""
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and sorted(ours, key=repr) == sorted(theirs, key=repr), path
+        for k in theirs:
+            assert_close(ours[k], theirs[k], f"{path}[{k!r}]")
+    elif isinstance(theirs, list):
+        assert isinstance(ours, list) and len(ours) == len(theirs), path
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_close(a, b, f"{path}[{i}]")
+    elif isinstance(theirs, float) and not isinstance(ours, bool):
+        assert isinstance(ours, (int, float)), path
+        assert (math.isnan(ours) and math.isnan(theirs)) or ours == pytest.approx(theirs, rel=1e-5, abs=1e-12), path
+    else:
+        assert ours == theirs, path

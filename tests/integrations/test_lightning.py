@@ -7,7 +7,18 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import BATCH, N_STEPS, NAN_LAYER, NAN_STEP, Net, first_nonfinite, make_data, plain_loop, plant_nan
+from conftest import (
+    BATCH,
+    N_STEPS,
+    NAN_LAYER,
+    NAN_STEP,
+    Net,
+    assert_close,
+    first_nonfinite,
+    make_data,
+    plain_loop,
+    plant_nan,
+)
 
 from gradhealth.store import load_run
 
@@ -109,3 +120,36 @@ def test_a_run_resumed_from_a_checkpoint_continues_its_steps(tmp_path):
         t2.fit(Module(), loader, ckpt_path=ckpt)
     steps = [s.step for s in cb2.watcher.history]
     assert steps and steps[0] == cut and steps == list(range(cut, cut + len(steps)))
+
+
+def test_a_checkpoint_saved_during_the_fit_resumes_at_the_next_step(tmp_path):
+    # Lightning's ModelCheckpoint saves after the step's optimizer.step and before the next
+    # forward, where the watcher has not yet counted the step: the callback's state_dict must
+    # count it (else the resumed fit numbers its first step one too low). Oracle: the
+    # uninterrupted fit's step counter, detector state and per-step numbers.
+    from gradhealth.integrations.lightning import GradHealthCallback
+
+    cut = 4
+    x, y = make_data(cut)   # an epoch of `cut` batches: Lightning restarts a resumed epoch's loader
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+
+    def run(cb, ckpt_path=None, every=None):
+        callbacks = [cb]
+        if every:
+            callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{step}", save_top_k=-1,
+                                                          every_n_train_steps=every))
+        t = pl.Trainer(max_steps=N_STEPS, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                       enable_checkpointing=bool(every), enable_model_summary=False, accelerator="cpu")
+        t.fit(Module(), loader, ckpt_path=ckpt_path)
+        return cb.watcher
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        oracle = run(GradHealthCallback())
+        run(GradHealthCallback(), every=cut)
+        resumed = run(GradHealthCallback(), ckpt_path=tmp_path / f"step={cut}.ckpt")
+    assert [s.step for s in resumed.history] == list(range(cut, N_STEPS))
+    assert resumed.step == oracle.step == N_STEPS
+    want = {s.step: s.global_grad_norm for s in oracle.history}
+    assert all(s.global_grad_norm == pytest.approx(want[s.step], rel=1e-5) for s in resumed.history)
+    assert_close(resumed.state_dict(), oracle.state_dict())

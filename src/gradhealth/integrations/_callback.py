@@ -1,12 +1,13 @@
 """What the Lightning and Hugging Face callbacks share: the lazily built framework subclass, the
-watcher's lifecycle (attach, the undo list, detach) and the event counts they log."""
+watcher's lifecycle (attach, the undo list, detach), the event counts they log, and the watcher's
+state for a checkpoint."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["real_class", "WatchingCallback", "EventCounts"]
+__all__ = ["real_class", "WatchingCallback", "EventCounts", "checkpoint_state"]
 
 
 def real_class(namespace: dict, name: str, cls: type, base: Callable[[], type]) -> type:
@@ -17,6 +18,26 @@ def real_class(namespace: dict, name: str, cls: type, base: Callable[[], type]) 
         real = type(name, (cls, base()), {"__module__": namespace["__name__"], "__doc__": cls.__doc__})
         namespace[name] = real
     return real
+
+
+def checkpoint_state(watcher) -> dict:
+    """``watcher.state_dict()`` with the step that just ran counted.
+
+    A framework saves its checkpoint after ``optimizer.step()`` and before the next forward, but
+    the watcher ends an iteration (step += 1, the step's statistics into the detectors) only at
+    the next forward or at ``remove()``. ``state_dict()`` taken there gives the step before and
+    detector windows without that step, so a run resumed from it numbers its first step one too
+    low (the store's row of the last saved step is overwritten) and its baselines miss a step.
+    This ends the iteration now, as the next forward would (the same calls as ``remove()``).
+    """
+    it = getattr(watcher, "_it", None)
+    if watcher.active and it is not None and it.stepped:
+        try:
+            watcher._end_iteration()
+            watcher._completed(watcher._readback.flush())
+        except Exception as exc:   # never into training: the state is then the one before
+            watcher._internal("state_dict", exc)
+    return watcher.state_dict()
 
 
 class EventCounts:

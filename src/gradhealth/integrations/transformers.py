@@ -12,7 +12,9 @@
 The order the Trainer (transformers 4.40 to 5.x) runs one optimizer step in, and what gradhealth
 does there::
 
-    on_train_begin              attach gradhealth.watch(model, optimizer) (accelerate's wrapper unwrapped)
+    on_train_begin              attach gradhealth.watch(model, optimizer) (accelerate's wrapper unwrapped);
+                                resumed (state.global_step > 0): load the watcher's state saved
+                                with that checkpoint
     on_step_begin               (first micro-batch of the window)
     per micro-batch: training_step: model(**inputs) -> loss.backward()
                                 the watcher's forward/backward hooks; the output's loss is kept
@@ -28,6 +30,8 @@ does there::
                                 appear in the log after that step's own). The Trainer puts its
                                 report_to integrations before user callbacks, so they do not see
                                 these counts: export the run store instead (gradhealth export)
+    on_save                     (after the Trainer wrote checkpoint-N) the watcher's state_dict()
+                                as JSON in checkpoint-N/gradhealth_watch.json
     on_train_end                remove the watcher (flush and close the run store)
 
 Where the NaN came from. The Trainer clips by the global norm before any callback sees the
@@ -43,19 +47,63 @@ though the Trainer's ``logging_nan_inf_filter`` logs a finite average in its pla
 Under ``on_nonfinite="raise"`` the guard's ``NonFiniteError`` would surface inside
 ``optimizer.step()`` and end ``train()`` with a traceback; the callback catches it there, leaves
 the step undone, keeps it in ``callback.error`` and sets ``control.should_training_stop``.
+Resume. ``trainer.train(resume_from_checkpoint=...)`` continues the watcher's step numbers and
+detector baselines: at every checkpoint the callback writes :meth:`Watcher.state_dict` as plain
+JSON (``gradhealth_watch.json``, one file per process; never a pickle) into the checkpoint folder,
+and a resumed ``train()`` reads it back from ``args.output_dir/checkpoint-<global_step>``. (The
+Trainer's own ``ExportableState`` mechanism is not used: it restores only with
+``restore_callback_states_from_checkpoint=True``, replaces the callback object the user holds by a
+new one built from JSON arguments, and the watch options are not JSON.) A checkpoint resumed from
+elsewhere, or one saved without the callback, has no such file: the watcher then starts at step 0
+with empty windows and says so in a ``WatchWarning``.
+
 The Trainer does not hand callbacks the accelerator, so with fp16 pass the GradScaler yourself
 if you have it (``scaler=``); steps the scaler skipped then count as such.
 """
 
 from __future__ import annotations
 
-from ..errors import ModelError
-from ._callback import WatchingCallback, real_class
+import json
+import os
+import warnings
+
+from ..errors import ModelError, ParameterError
+from ._callback import WatchingCallback, checkpoint_state, real_class
 from ._optim import stopping, wrap_step
 
 __all__ = ["GradHealthCallback"]
 
 TRANSFORMERS_FIX = "pip install 'gradhealth[transformers]' (or pip install transformers accelerate)"
+STATE_FILE = "gradhealth_watch.json"
+_FORMAT = "gradhealth-watch-state/1"
+
+
+def _state_path(args, state) -> str:
+    """Where the watcher's state of checkpoint ``state.global_step`` lives (one file per process)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    name = STATE_FILE if state.is_world_process_zero else f"gradhealth_watch.rank{args.process_index}.json"
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", name)
+
+
+def _read_state(path: str, global_step: int) -> dict | None:
+    """The watcher's state saved at ``global_step`` (plain JSON), or None with a warning."""
+    from ..watch import WatchWarning
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not (isinstance(data, dict) and data.get("format") == _FORMAT and data.get("global_step") == global_step
+                and isinstance(data.get("watcher"), dict)):
+            raise ValueError(f"not a gradhealth watcher state of step {global_step}")
+        return data["watcher"]
+    except (OSError, ValueError) as exc:
+        why = "no such file" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"gradhealth: training resumes at step {global_step} but the watcher's state could not be "
+                      f"read from {path} ({why}); the watcher starts at step 0 with empty detector windows. "
+                      "Fix: resume from a checkpoint saved under GradHealthCallback in args.output_dir.",
+                      WatchWarning, stacklevel=3)
+        return None
 
 
 def _callback_base():
@@ -113,11 +161,18 @@ class GradHealthCallback(WatchingCallback):
 
     # -- attach / detach ---------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        from ..watch import watch
+        from ..watch import WatchWarning, watch
 
         self._detach()
         opt = getattr(optimizer, "optimizer", optimizer)   # accelerate's AcceleratedOptimizer
+        resume = _read_state(_state_path(args, state), state.global_step) if state.global_step > 0 else None
         self.watcher = watch(model, opt, run_dir=self.run_dir, **self.watch_options)
+        if resume is not None:
+            try:
+                self.watcher.load_state_dict(resume)
+            except ParameterError as exc:   # a damaged file: train on, say so
+                warnings.warn(f"gradhealth: the watcher's state of step {state.global_step} was not loaded ({exc}); "
+                              "the watcher starts at step 0.", WatchWarning, stacklevel=2)
         self.error, self._losses, self._collect = None, [], True
         self._events.reset()
         if opt is not None:
@@ -132,6 +187,22 @@ class GradHealthCallback(WatchingCallback):
             loss = _output_loss(out)
             if loss is not None:
                 self._losses.append(loss.detach())
+
+    def on_save(self, args, state, control, **kwargs):
+        """Write the watcher's state next to the checkpoint the Trainer just saved (JSON, atomically)."""
+        w = self.watcher
+        if w is None or not w.active:
+            return
+        path = _state_path(args, state)
+        try:
+            data = {"format": _FORMAT, "global_step": state.global_step, "watcher": checkpoint_state(w)}
+            text = json.dumps(data, allow_nan=False)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+        except Exception as exc:   # a failed side file must not stop training
+            w._internal("transformers.on_save", exc)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._detach()

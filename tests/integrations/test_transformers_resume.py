@@ -1,0 +1,105 @@
+"""The HF GradHealthCallback across ``trainer.train(resume_from_checkpoint=...)`` (issue 13, resume).
+
+Oracle: the same 8 steps without the interruption. The interrupted run saves checkpoint-4 and
+stops at step 6 (as a crash would, after the checkpoint); the resumed run continues from
+checkpoint-4. Its watcher must number the steps 4..7, end with the uninterrupted run's step
+counter and detector state (windows and baselines), and find the same events."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+from conftest import assert_close
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+STEPS, SAVE, STOP = 8, 4, 6
+
+
+class Tokens(torch.utils.data.Dataset):
+    def __init__(self, n=96, length=12, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, 64, (n, length), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class StopAt(transformers.TrainerCallback):
+    """Ends train() at ``step`` (the interruption; on_train_end still runs, like a clean kill)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def train(out, run_dir=None, stop=None, save=True, resume=None):
+    """A 2-layer GPT-2 from a config (no dropout: the resumed run can match to the bit) on
+    generated tokens, default max_grad_norm; returns the GradHealthCallback."""
+    from gradhealth.integrations.transformers import GradHealthCallback
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config)
+    args = transformers.TrainingArguments(output_dir=str(out), max_steps=STEPS, report_to=[], use_cpu=True,
+                                          logging_steps=1, save_strategy="steps" if save else "no",
+                                          save_steps=SAVE, per_device_train_batch_size=8, disable_tqdm=True,
+                                          seed=0, learning_rate=1e-3)
+    cb = GradHealthCallback(run_dir=run_dir)
+    callbacks = [cb] + ([StopAt(stop)] if stop else [])
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume)
+    return cb
+
+
+def events(w, since=0):
+    return [(e.step, e.kind, e.layer) for e in w.events if e.step is not None and e.step >= since]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hf_resume")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        oracle = train(base / "oracle", save=False)
+        first = train(base / "cut", stop=STOP)
+        resumed = train(base / "cut", resume=str(base / "cut" / f"checkpoint-{SAVE}"))
+    return base, oracle.watcher, first.watcher, resumed.watcher
+
+
+def test_a_resumed_trainer_continues_steps_and_detector_state(runs):
+    base, oracle, first, resumed = runs
+    assert [s.step for s in first.history] == list(range(STOP))
+    assert os.path.isfile(base / "cut" / f"checkpoint-{SAVE}" / "gradhealth_watch.json")
+    assert [s.step for s in resumed.history] == list(range(SAVE, STEPS))
+    assert resumed.step == oracle.step == STEPS
+    # the numbers after the resume are the uninterrupted run's (same weights, same batches)
+    want = {s.step: s for s in oracle.history}
+    for s in resumed.history:
+        assert s.global_grad_norm == pytest.approx(want[s.step].global_grad_norm, rel=1e-5)
+        assert s.loss == pytest.approx(want[s.step].loss, rel=1e-5)
+    # the detectors' windows and baselines end where the uninterrupted run's end
+    assert_close(resumed.state_dict(), oracle.state_dict())
+    assert events(resumed) == events(oracle, since=SAVE)
+
+
+def test_a_resume_without_the_state_file_says_so(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(tmp_path, stop=STOP)
+    os.remove(tmp_path / f"checkpoint-{SAVE}" / "gradhealth_watch.json")
+    with pytest.warns(UserWarning, match="could not be read") as seen:
+        cb = train(tmp_path, resume=str(tmp_path / f"checkpoint-{SAVE}"))
+    assert any("gradhealth_watch.json" in str(w.message) for w in seen)
+    assert [s.step for s in cb.watcher.history][0] == 0   # the negative control: restarts at 0
