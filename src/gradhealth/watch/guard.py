@@ -30,6 +30,7 @@ import torch
 from .._text import safe_text
 from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
+from ._compile import unwrap
 from .replay import ReplayReport, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
@@ -194,7 +195,8 @@ class NonFinitePolicy:
 
     Args:
         config: the watcher's :class:`~gradhealth.watch.config.WatchConfig`.
-        model: the watched module.
+        model: the watched module (of a ``torch.compile``d one, the user's module is kept: the
+            buffers keep their eager names and the replay re-runs it eagerly).
         state_tensors: returns what a rollback restores (parameters and buffers).
         internal: the watcher's ``_internal(site, exc)`` (an exception becomes an event).
         run_dir: the run directory (``rollback_storage="disk"``), or None.
@@ -203,7 +205,7 @@ class NonFinitePolicy:
     def __init__(self, config, model, state_tensors: Callable[[], list[torch.Tensor]],
                  internal: Callable[[str, BaseException], None], run_dir: Path | None):
         self.config = config
-        self.model = model
+        self.model = model = unwrap(model)
         self._state_tensors = state_tensors
         self._internal = internal
         self._run_dir = run_dir

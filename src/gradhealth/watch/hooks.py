@@ -5,6 +5,10 @@
 modules (``ReLU``, ``Tanh``, ...), whose outputs carry the dead-unit and saturation
 statistics. Every hook handle the watcher creates lives in one :class:`HookSet`, so removing
 the watcher removes all of them.
+
+On a ``torch.compile``d model the layers are those of the user's module (``_orig_mod`` inside
+the compiled wrapper: the same names as eagerly), and the module hooks run eagerly even when
+called from a compiled region (see :mod:`gradhealth.watch._compile`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from torch import nn
 from .._vocab import layer_role, module_activation
 from ..detectors.base import LayerTable
 from ..stats.tensors import is_dtensor
+from ._compile import hook_class, prepare, run_eager, unwrap
 
-__all__ = ["HookSet", "LayerMap", "discover_layers", "activation_info", "act_stats", "unit_dim"]
+__all__ = ["HookSet", "LayerMap", "discover_layers", "module_names", "activation_info", "act_stats", "unit_dim"]
 
 
 def _inert_hook(*args, **kwargs):
@@ -33,6 +38,7 @@ def _inert_hook_factory():
     return _inert_hook
 
 
+@hook_class
 class CopyInertHook:
     """Wraps a hook so that copies and pickles of the module get an inert no-op instead.
 
@@ -45,9 +51,10 @@ class CopyInertHook:
 
     def __init__(self, fn):
         self._fn = fn
+        prepare()
 
     def __call__(self, *args, **kwargs):
-        return self._fn(*args, **kwargs)
+        return run_eager(self._fn, args, kwargs)   # never traced by dynamo
 
     def __deepcopy__(self, memo):
         return _inert_hook
@@ -56,6 +63,7 @@ class CopyInertHook:
         return (_inert_hook_factory, ())
 
 
+@hook_class
 class WeakMethodHook:
     """A module hook that calls ``getattr(owner, name)`` through a weak reference.
 
@@ -70,8 +78,12 @@ class WeakMethodHook:
     def __init__(self, owner, name: str):
         self._ref = weakref.ref(owner)
         self._name = name
+        prepare()
 
     def __call__(self, *args, **kwargs):
+        return run_eager(self._call, args, kwargs)   # never traced by dynamo (watch, then compile)
+
+    def _call(self, *args, **kwargs):
         owner = self._ref()
         return None if owner is None else getattr(owner, self._name)(*args, **kwargs)
 
@@ -139,8 +151,14 @@ class LayerMap:
                 for i in range(len(t))]
 
 
+def module_names(model: nn.Module) -> dict[int, str]:
+    """``id(module) -> qualified name`` over ``model`` (the user's module of a compiled one)."""
+    return {id(m): n for n, m in unwrap(model).named_modules()}
+
+
 def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> LayerMap:
-    """Build the :class:`LayerMap` of ``model``.
+    """Build the :class:`LayerMap` of ``model`` (of the user's module inside a ``torch.compile``
+    wrapper: the names are the eager ones).
 
     With ``previous`` (the model changed structure), layers that still exist keep their index
     and forward depth, new layers get new indices at the end, and layers that disappeared
@@ -164,6 +182,7 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
         conv = list(previous.conv)
         index_of_module = dict(previous.index_of_module)
     n_modules = 0
+    model = unwrap(model)
     for name, mod in model.named_modules(remove_duplicate=True):
         n_modules += 1
         direct = list(mod.parameters(recurse=False))

@@ -44,7 +44,7 @@ from torch.utils import _pytree as pytree
 from ..detectors.base import Detector, LayerTable, StepStats
 from ..errors import NonFiniteError, ParameterError
 from ..events import Event
-from . import _registry
+from . import _compile, _registry
 from ._assemble import forward_depth, model_info, run_meta, step_stats
 from ._optimizers import Optimizers, learning_rate, structure_event
 from ._readback import ReadbackQueue
@@ -60,7 +60,7 @@ from .config import (
     default_detail_schedule,
 )
 from .guard import NonFinitePolicy
-from .hooks import HookSet, LayerMap, WeakMethodHook, discover_layers
+from .hooks import HookSet, LayerMap, WeakMethodHook, discover_layers, module_names
 from .instruments import Instruments, hook_method
 from .replay import Capture, ReplayReport
 from .runlog import RunLog, WatchWarning
@@ -102,11 +102,11 @@ class Watcher:
         opts = as_optimizers(optimizer)
 
         self.model = model
-        self._log = RunLog(config, clock=lambda: self.step, model=model)
+        self._log = RunLog(config, clock=lambda: self.step, model=_compile.unwrap(model))
         self.step = 0
         self._active = False
         self._map: LayerMap = discover_layers(model)
-        self._names = {id(m): n for n, m in model.named_modules()}
+        self._names = module_names(model)
         _registry.check_overlap(self)
         for o in opts:
             Optimizers.check_owned(o, self._map.param_pos)
@@ -123,7 +123,7 @@ class Watcher:
         self.run_dir = Path(config.run_dir) if config.run_dir is not None else None
         self._policy = NonFinitePolicy(config, model, self._state_tensors, self._internal, self.run_dir)
         if config.run_dir is not None:
-            self._log.open_store(config.run_dir, run_meta(model, config, self._map, config.meta))
+            self._log.open_store(config.run_dir, run_meta(_compile.unwrap(model), config, self._map, config.meta))
 
         self._attach(opts)
 
@@ -373,7 +373,7 @@ class Watcher:
         if self.config.detail_every(self.step) and not self._it.layer_hooks and torch.is_grad_enabled():
             self._get_record()
             self._it.layer_hooks = True
-            self._inst.install_layer_hooks()
+            _compile.install_layer_hooks(self)   # none on a compiled model (it says so)
         self._it.forward = True
 
     @hook_method("forward")
@@ -449,7 +449,7 @@ class Watcher:
     def _structure_changed(self, n_new: int) -> None:
         old = len(self._map.table)
         self._map = discover_layers(self.model, self._map)
-        self._names = {id(m): n for n, m in self.model.named_modules()}
+        self._names = module_names(self.model)
         self._opts.forget_params()
         self._policy.structure_changed()
         self._log.write_layers(self._map.rows()[old:])

@@ -1,0 +1,156 @@
+"""The watcher on a ``torch.compile``d model: the user's names, hooks dynamo does not trace.
+
+Three things make a compiled model look different to the watcher, and each has its answer here:
+
+* ``torch.compile(model)`` returns an ``OptimizedModule`` that holds the user's module as
+  ``_orig_mod``: every qualified name gains an ``_orig_mod.`` prefix. :func:`unwrap` gives the
+  user's module back where layers, buffers and the replay's module names are read.
+* A hook that runs inside a compiled region (the root hooks of a model watched *before* it
+  was compiled, or of ``model.compile()``) would be traced by dynamo, frame after frame, with a
+  graph break at every host read. The watcher's hook entry points run through
+  :func:`run_eager`, a ``torch.compiler.disable``d trampoline: dynamo sees one call it may not
+  trace (once, when the hook is first compiled) and the hook runs eagerly, as on an eager model.
+  Nothing here imports ``torch._dynamo`` (a second of start-up): an eager user never pays it.
+* The detail steps' per-layer forward hooks would run inside the compiled forward: a hook
+  registered after the first compiled call never fires (dynamo does not guard on module hooks)
+  and one present at compile time breaks the graph. :func:`install_layer_hooks` skips them on
+  a compiled model and says once, in a :class:`~gradhealth.watch.runlog.WatchWarning`, which
+  statistics are therefore not collected. Everything read in the optimizer hooks (gradient
+  norms per layer and global, before and after clipping, NaN/Inf counts, parameter norms,
+  update ratios, the guard) and the forensic replay (an eager re-run of the user's module) work
+  as on an eager model.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["dynamo_loaded", "unwrap", "compiled_call", "run_eager", "hook_class", "install_layer_hooks",
+           "not_collected"]
+
+_EAGER: list[Any] = []           # the disabled trampoline, made once dynamo is loaded
+_WARNED: weakref.WeakSet = weakref.WeakSet()   # watchers that said what a compiled model loses
+
+
+def dynamo_loaded() -> bool:
+    """Whether ``torch._dynamo`` is imported (by ``torch.compile``, or by an optimizer step)."""
+    return "torch._dynamo" in sys.modules
+
+
+def _optimized_module() -> type | None:
+    ef = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(ef, "OptimizedModule", None) if ef is not None else None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside ``torch.compile``'s ``OptimizedModule`` wrapper(s) (``model`` itself
+    when it is not compiled that way)."""
+    cls = _optimized_module()
+    while cls is not None and isinstance(model, cls):
+        model = model._orig_mod
+    return model
+
+
+def compiled_call(model: nn.Module) -> str | None:
+    """How a call of ``model`` happening now runs compiled (``"torch.compile(model)"``,
+    ``"model.compile()"``), or None when it runs eagerly."""
+    if not dynamo_loaded():
+        return None
+    cls = _optimized_module()
+    if cls is not None and isinstance(model, cls):
+        return "torch.compile(model)"
+    if getattr(model, "_compiled_call_impl", None) is not None:
+        return "model.compile()"
+    inside = getattr(sys.modules.get("torch._dynamo.eval_frame"), "_is_in_optimized_module", None)
+    if inside is not None and inside():
+        # the watched module is called from a compiled wrapper's forward (watch, then compile)
+        return "torch.compile(model)"
+    return None
+
+
+_HOOK_CLASSES: list[type] = []   # the hook wrappers whose __call__ is disabled once dynamo traced one
+
+
+def hook_class(cls: type) -> type:
+    """Class decorator: a hook wrapper whose ``__call__`` goes through :func:`run_eager`. The
+    first time dynamo traces one, every such class's ``__call__`` is replaced by its
+    ``torch.compiler.disable``d version, so that dynamo no longer enters those frames at all
+    (no re-trace when the input shapes change); eager-only processes keep the plain call."""
+    _HOOK_CLASSES.append(cls)
+    return cls
+
+
+def _disable_hook_classes() -> None:
+    while _HOOK_CLASSES:
+        cls = _HOOK_CLASSES.pop()
+        cls.__call__ = torch.compiler.disable(cls.__call__, reason="gradhealth's hooks run eagerly")
+
+
+def _trampoline(fn, args: tuple, kwargs: dict):
+    if _HOOK_CLASSES:
+        _disable_hook_classes()
+    return fn(*args, **kwargs)
+
+
+def eager_runner():
+    """The ``torch.compiler.disable``d trampoline (made on first use; dynamo must be loaded)."""
+    if not _EAGER:
+        _EAGER.append(torch.compiler.disable(
+            _trampoline, reason="gradhealth's hooks run eagerly: they read values back to the host"))
+    return _EAGER[0]
+
+
+def prepare() -> None:
+    """Make the trampoline now if dynamo is already loaded, so that a hook dynamo traces later
+    finds it made (one skipped call instead of two)."""
+    if not _EAGER and dynamo_loaded():
+        eager_runner()
+
+
+def run_eager(fn, args: tuple, kwargs: dict):
+    """Call ``fn`` outside any compiled region: directly when no compilation is tracing this
+    frame (eager models: one flag test), else through the disabled trampoline."""
+    if not torch.compiler.is_compiling():
+        return fn(*args, **kwargs)
+    # only reached while dynamo traces the hook (once per compiled hook frame, then cached)
+    return (_EAGER[0] if _EAGER else eager_runner())(fn, args, kwargs)
+
+
+def not_collected(host) -> list[str]:
+    """The detail-step statistics that need per-layer forward hooks, for ``host``'s model and
+    options (what a compiled model goes without)."""
+    lm = host._map
+    out = []
+    if host.config.forward_stats:
+        out.append("activation statistics (std, dead-unit and saturated fractions)")
+    out.append("gradient norms w.r.t. layer outputs")
+    if any(r == "recurrent" and isinstance(m, nn.RNNBase) for r, m in zip(lm.table.roles, lm.modules)):
+        out.append("per-time-step gradients of recurrent layers")
+    out.append("the forward execution order (layers are ordered as declared)")
+    return out
+
+
+def install_layer_hooks(host) -> None:
+    """The detail step's per-layer hooks (``host._inst.install_layer_hooks``), unless ``host``'s
+    model runs compiled now: then none, and one WatchWarning per watcher says what is missing."""
+    how = compiled_call(host.model)
+    if how is None:
+        host._inst.install_layer_hooks()
+        return
+    if host in _WARNED:
+        return
+    _WARNED.add(host)
+    from .runlog import WatchWarning
+
+    warnings.warn(
+        f"gradhealth: the model runs compiled ({how}); per-layer forward hooks would break its graph "
+        "(and dynamo does not run hooks added after its first call), so on detail steps these are not "
+        "collected: " + "; ".join(not_collected(host)) + ". Gradient norms (per layer, global, before "
+        "and after clipping), NaN/Inf counts, parameter norms, update ratios, the guard and the "
+        "forensic replay work as on an eager model.", WatchWarning, stacklevel=2)
