@@ -65,11 +65,49 @@ def test_lstm_cell_and_errors():
     assert len(s) == 1 and torch.all((cell.bias_ih + cell.bias_hh)[4:8] == 1.0)
     assert forget_gate_bias_(nn.LSTM(2, 4, bias=False)).unmatched
     with pytest.raises(ParameterError, match="Fix:"):
-        forget_gate_bias_(nn.GRU(2, 4))
+        forget_gate_bias_(nn.RNN(2, 4))
     with pytest.raises(ParameterError):
         forget_gate_bias_(nn.LSTM(2, 4), chrono=1)
     with pytest.raises(ParameterError):
         forget_gate_bias_(nn.LSTM(2, 4), value=math.nan)
+
+
+def _gru_step(gru, h0):
+    """h_1 of a zero-input step of torch's GRU from state h0."""
+    n = gru.num_layers * (2 if gru.bidirectional else 1)
+    _, h1 = gru(torch.zeros(1, 1, gru.input_size), h0.expand(n, 1, gru.hidden_size).contiguous())
+    return h1
+
+
+def test_gru_update_gate_is_the_one_set():
+    """Oracle: torch's GRU step. Zero weights and input: n = tanh(0) = 0, so
+    h_1 = z * h_0 with z = sigmoid(b_z), whatever the reset gate; chrono draws b_z in
+    [0, log(T - 1)] per unit and leaves the r and n chunks at 0 (a GRU has no input gate)."""
+    gru = _zeroed(nn.GRU(3, 5, num_layers=2, bidirectional=True))
+    forget_gate_bias_(gru, value=3.0)
+    h1 = _gru_step(gru, torch.ones(1, 1, 5))
+    assert torch.allclose(h1, torch.full_like(h1, 1 / (1 + math.exp(-3.0))))
+    torch.manual_seed(0)
+    gru = _zeroed(nn.GRU(3, 64))
+    s = forget_gate_bias_(gru, chrono=100)
+    bz = (gru.bias_ih_l0 + gru.bias_hh_l0)[64:128].detach()
+    assert float(bz.min()) >= 0.0 and float(bz.max()) <= math.log(99) + 1e-6 and float(bz.std()) > 0.3
+    assert torch.allclose(_gru_step(gru, torch.ones(1, 1, 64)).flatten(), torch.sigmoid(bz), atol=1e-6)
+    for p in (gru.bias_ih_l0, gru.bias_hh_l0):
+        assert torch.all(p[:64] == 0) and torch.all(p[128:] == 0)
+    assert "b_z = log U(1, 99)" in s.changed[0].scheme
+    cell = _zeroed(nn.GRUCell(2, 4))
+    forget_gate_bias_(nn.Sequential(cell))
+    assert torch.all((cell.bias_ih + cell.bias_hh)[4:8] == 1.0)
+
+
+def test_gru_vanishing_gets_the_update_gate_first():
+    """The rule for a GRU vanishing through time: chrono init of the update gate first
+    (it failed before: critical_ orthogonal came first and left the probe vanishing)."""
+    rx = prescribe("vanishing", {"is_recurrent": True, "cell": "GRU", "depth": 400,
+                                 "growth_per_layer": 0.9})
+    assert rx[0].code == "gradhealth.remedies.forget_gate_bias_(model, chrono=400)"
+    assert "update gate" in rx[0].reason and not any("-> nn.LSTM" in p.code for p in rx)
 
 
 def test_lstm_vanishing_is_not_told_to_become_an_lstm():

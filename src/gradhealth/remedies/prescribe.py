@@ -316,8 +316,8 @@ def _rnn_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str) -> 
     s = "; ".join(facts) if facts else f"gradients {direction} through time"
     cell = (_str(ev, "cell") or "").upper()
     gated = cell.startswith(("LSTM", "GRU"))
-    if cell.startswith("LSTM") and direction == "vanish":
-        _forget_gate_remedies(b, s, depth)
+    if gated and direction == "vanish":
+        _forget_gate_remedies(b, s, depth, "GRU" if cell.startswith("GRU") else "LSTM")
     sb2 = _sigma_b2(ev)
     a = act or "tanh"
     crit = critical_sigma_w2_or_none(a, sb2 + 0.1)
@@ -341,25 +341,29 @@ def _rnn_remedies(b: _Builder, ev: Mapping, act: str | None, direction: str) -> 
               f"{s}; gates give the cell state an additive path through time")
 
 
-def _forget_gate_remedies(b: _Builder, s: str, depth: float | None) -> None:
-    """An LSTM whose gradient vanishes through time: open the forget gate (chrono init first
-    for long sequences, where a bias of 1 still forgets within a few dozen steps)."""
+def _forget_gate_remedies(b: _Builder, s: str, depth: float | None, cell: str = "LSTM") -> None:
+    """An LSTM (GRU) whose gradient vanishes through time: open the forget (update) gate, chrono
+    init first for long sequences, where a bias of 1 still forgets within a few dozen steps."""
     steps = int(depth) if depth is not None and depth >= 3 else None
-    why_one = (f"{s}: the cell state passes the gradient back multiplied by the forget gate "
-               "sigmoid(b_f + ...) at every step, ~0.5 at torch's default b_f = 0; b_f = 1 gives ~0.73 "
-               "(Jozefowicz et al. 2015)")
+    lstm = cell == "LSTM"
+    gate, bias = ("forget gate", "b_f") if lstm else ("update gate z", "b_z")
+    carry = "the cell state passes" if lstm else "the state h_t = (1 - z) n + z h_(t-1) passes"
+    why_one = (f"{s}: {carry} the gradient back multiplied by the {gate} "
+               f"sigmoid({bias} + ...) at every step, ~0.5 at torch's default {bias} = 0; {bias} = 1 gives "
+               "~0.73 (Jozefowicz et al. 2015)")
     chrono = None
     if steps is not None:
         chrono = (f"{_R}forget_gate_bias_(model, chrono={steps})",
-                  f"{s}: the cell state passes the gradient back multiplied by the forget gate at every "
-                  f"step; chrono init (Tallec & Ollivier 2018) draws b_f = log U(1, {steps - 1}) and "
-                  f"b_i = -b_f, so the units' memories span 1..{steps} steps, the measured length")
+                  f"{s}: {carry} the gradient back multiplied by the {gate} at every step; chrono "
+                  f"init (Tallec & Ollivier 2018) draws {bias} = log U(1, {steps - 1})"
+                  + (" and b_i = -b_f" if lstm else "") + f", so the units' memories span 1..{steps} "
+                  "steps, the measured length")
     one = (f"{_R}forget_gate_bias_(model, value=1.0)", why_one)
     first, second = (chrono, one) if chrono is not None and steps is not None and steps >= 50 else (one, chrono)
     for item in (first, second):
         if item is not None:
-            b.add("open the LSTM forget gate (chrono init)" if "chrono" in item[0]
-                  else "set the LSTM forget-gate bias to 1", *item)
+            b.add(f"open the {cell} {gate} (chrono init)" if "chrono" in item[0]
+                  else f"set the {cell} {gate} bias to 1", *item)
 
 
 def prescribe(kind: str, evidence: Mapping | None = None, *, activation: Any = None,

@@ -1,0 +1,156 @@
+"""Remedies are checked, not just ranked (issue 10): for each canonical broken model the first
+prescription ``gradhealth cure`` would apply is applied to a copy, and two independent oracles
+judge it: a fresh probe of the copy says healthy, and the same short training run (same seed,
+same batches) reaches a clearly lower loss than the untreated model. Models that are healthy
+(a BatchNorm CNN at the same bad scale, a post-LN Transformer) get no model-changing remedy and
+train as they are. No prescription offered may be one that cannot help the observed case.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradhealth.gallery._cases import digits, mlp
+from gradhealth.probe import probe
+from gradhealth.remedies.prescribe import applies_to_model, apply_prescription
+
+
+class CNN(nn.Module):
+    """The issue's plain CNN on 8x8 digits: functional torch.relu, weights at 3x He scale;
+    optionally BatchNorm after every conv."""
+
+    def __init__(self, depth=12, width=8, scale=3.0, bn=False):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(1 if i == 0 else width, width, 3, padding=1) for i in range(depth))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(width) if bn else nn.Identity() for _ in range(depth))
+        self.head = nn.Linear(width * 64, 10)
+        for c in self.convs:
+            nn.init.kaiming_normal_(c.weight, nonlinearity="relu")
+            c.weight.data.mul_(scale)
+            nn.init.zeros_(c.bias)
+
+    def forward(self, x):
+        x = x.view(-1, 1, 8, 8)
+        for c, n in zip(self.convs, self.norms):
+            x = torch.relu(n(c(x)))
+        return self.head(x.flatten(1))
+
+
+class PostLN(nn.Module):
+    """A post-LN Transformer encoder over the 8 rows of a digit."""
+
+    def __init__(self, depth=6, d=32):
+        super().__init__()
+        self.inp = nn.Linear(8, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, batch_first=True, norm_first=False)
+        self.enc = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        return self.head(self.enc(self.inp(x.view(-1, 8, 8))).mean(1))
+
+
+class Recall(nn.Module):
+    """Reads a gated RNN's last state: the task needs the first input, T steps back."""
+
+    def __init__(self, cell, hidden=32):
+        super().__init__()
+        self.rnn = cell(1, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def _recall_task(n=512, steps=100, seed=0):
+    """The label is the sign of the first input; the rest is small noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, steps, 1, generator=g) * 0.1
+    y = torch.randint(0, 2, (n,), generator=g)
+    x[:, 0, 0] = 2.0 * y.float() - 1.0
+    return x, y
+
+
+def _dead_relu():
+    m = mlp(6, 64, nn.ReLU)
+    for layer in m:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.constant_(layer.bias, -3.0)
+    return m
+
+
+def _digits():
+    return digits()
+
+
+# name -> (model builder, data, training steps, learning rate, expected verdict, first remedy function)
+CASES = {
+    "sigmoid15_mlp": (lambda: mlp(15, 64, nn.Sigmoid), _digits, 150, 1e-3, "vanishing", "replace_activation_"),
+    "functional_relu_cnn_3x_he": (CNN, _digits, 100, 1e-3, "exploding", "he_"),
+    "dead_relu_mlp": (_dead_relu, _digits, 150, 1e-3, "vanishing", "he_"),
+    "lstm_100_steps": (lambda: Recall(nn.LSTM), _recall_task, 150, 1e-2, "vanishing", "forget_gate_bias_"),
+    "gru_100_steps": (lambda: Recall(nn.GRU), _recall_task, 120, 1e-2, "vanishing", "forget_gate_bias_"),
+    "batchnorm_cnn_3x_he": (lambda: CNN(bn=True), _digits, 100, 1e-3, "healthy", None),
+    "post_ln_transformer": (PostLN, _digits, 100, 1e-3, "healthy", None),
+}
+
+
+def _train(model, x, y, steps, lr, seed=0) -> float:
+    """Adam on minibatches of 64 drawn with a fixed seed; the full-data loss at the end."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        v = float(F.cross_entropy(model(x), y))
+    return v if math.isfinite(v) else math.inf
+
+
+def _function(code: str) -> str:
+    return code.split("(")[0].rsplit(".", 1)[-1]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_first_applied_remedy_cures_the_probe_and_the_training(name):
+    build, data, steps, lr, verdict, remedy = CASES[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, y = data()
+        torch.manual_seed(0)
+        model = build()
+        xb, yb = x[:64], y[:64]
+        before = probe(model, xb, target=yb, loss_fn=F.cross_entropy, seed=0, jacobian=False)
+        assert before.verdict == verdict, (name, before.verdict, before.summary)
+        codes = [p.code for p in before.prescriptions]
+        if "lstm" in name or "gru" in name:   # never offered: "switch to a gated cell" to a gated cell
+            assert not any("-> nn.LSTM" in c or "-> nn.GRU" in c for c in codes), codes
+        chosen = [p for p in before.prescriptions if applies_to_model(p)][:1]
+        if remedy is None:
+            assert chosen == [], codes   # healthy: nothing to change
+            loss = _train(model, x, y, steps, lr)
+            assert loss < 0.8 * math.log(10), (name, loss)   # and it trains as it is
+            return
+        assert chosen and _function(chosen[0].code) == remedy, codes
+        cured = copy.deepcopy(model)
+        torch.manual_seed(0)
+        apply_prescription(chosen[0], cured, xb)
+        after = probe(cured, xb, target=yb, loss_fn=F.cross_entropy, seed=0, jacobian=False)
+        assert after.healthy, (name, chosen[0].code, after.verdict, after.summary)
+        broken_loss = _train(copy.deepcopy(model), x, y, steps, lr)
+        cured_loss = _train(cured, x, y, steps, lr)
+        assert cured_loss < 0.5 * broken_loss, (name, chosen[0].code, broken_loss, cured_loss)
+    finally:
+        torch.set_num_threads(threads)
+
