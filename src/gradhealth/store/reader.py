@@ -320,23 +320,27 @@ def _columns(conn, fields: tuple[str, ...]) -> LayerColumns:
     import numpy as np
 
     pos = {c: i for i, c in enumerate(_LAYER_FIELDS)}
-    sel = ", ".join(f"ifnull({f}, 0.0), {f} IS NULL" for f in fields)
-    cur = conn.execute(f"SELECT step, layer, {sel}, nan_mask FROM layer_stats ORDER BY step, layer")
+    # one value per field, and one integer whose bit k says field k is NULL: a row is all
+    # numbers (no None), so the rows become one float64 matrix without a dict per row
+    sel = "".join(f"ifnull({f}, 0.0), " for f in fields)
+    nulls = " | ".join(f"(({f} IS NULL) << {k})" for k, f in enumerate(fields)) or "0"
+    cur = conn.execute(f"SELECT step, layer, {sel}{nulls}, nan_mask FROM layer_stats ORDER BY step, layer")
     chunks = []
     while True:
         part = cur.fetchmany(65536)
         if not part:
             break
         chunks.append(np.array(part, dtype=np.float64))
-    width = 3 + 2 * len(fields)
+    width = 4 + len(fields)
     a = np.concatenate(chunks) if chunks else np.zeros((0, width))
     mask = a[:, -1].astype(np.int64)
+    null_bits = a[:, -2].astype(np.int64)
     out = LayerColumns(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64))
     for k, f in enumerate(fields):
-        null = a[:, 3 + 2 * k] != 0
+        null = ((null_bits >> k) & 1).astype(bool)
         is_nan = null & ((mask >> pos[f]) & 1).astype(bool)
         out.recorded[f] = ~null | is_nan
-        out.values[f] = np.where(null, np.nan, a[:, 2 + 2 * k])
+        out.values[f] = np.where(null, np.nan, a[:, 2 + k])
     return out
 
 
