@@ -14,7 +14,7 @@ import warnings
 from collections import defaultdict
 
 import pytest
-from conftest import NAN_LAYER, NAN_STEP
+from integration_common import NAN_LAYER, NAN_STEP
 
 from gradhealth.store import load_run
 

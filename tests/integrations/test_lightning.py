@@ -7,13 +7,14 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import (
+from integration_common import (
     BATCH,
     N_STEPS,
     NAN_LAYER,
     NAN_STEP,
     Net,
     assert_close,
+    assert_same_store,
     first_nonfinite,
     make_data,
     plain_loop,
@@ -125,19 +126,26 @@ def test_a_run_resumed_from_a_checkpoint_continues_its_steps(tmp_path):
 def test_a_checkpoint_saved_during_the_fit_resumes_at_the_next_step(tmp_path):
     # Lightning's ModelCheckpoint saves after the step's optimizer.step and before the next
     # forward, where the watcher has not yet counted the step: the callback's state_dict must
-    # count it (else the resumed fit numbers its first step one too low). Oracle: the
-    # uninterrupted fit's step counter, detector state and per-step numbers.
+    # count it (else the resumed fit numbers its first step one too low). The interrupted fit
+    # stops 2 steps after the checkpoint; the resumed one re-does them into the same run store.
+    # Oracle: the uninterrupted fit's step counter, detector state, per-step numbers and store.
     from gradhealth.integrations.lightning import GradHealthCallback
 
     cut = 4
     x, y = make_data(cut)   # an epoch of `cut` batches: Lightning restarts a resumed epoch's loader
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
 
+    class StopAt(pl.Callback):   # the interruption, after the checkpoint (as a crash would be)
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == cut + 2:
+                trainer.should_stop = True
+
     def run(cb, ckpt_path=None, every=None):
         callbacks = [cb]
         if every:
             callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{step}", save_top_k=-1,
                                                           every_n_train_steps=every))
+            callbacks.append(StopAt())
         t = pl.Trainer(max_steps=N_STEPS, callbacks=callbacks, logger=False, enable_progress_bar=False,
                        enable_checkpointing=bool(every), enable_model_summary=False, accelerator="cpu")
         t.fit(Module(), loader, ckpt_path=ckpt_path)
@@ -145,11 +153,16 @@ def test_a_checkpoint_saved_during_the_fit_resumes_at_the_next_step(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        oracle = run(GradHealthCallback())
-        run(GradHealthCallback(), every=cut)
-        resumed = run(GradHealthCallback(), ckpt_path=tmp_path / f"step={cut}.ckpt")
+        oracle = run(GradHealthCallback(tmp_path / "oracle"))
+        first = run(GradHealthCallback(tmp_path / "run"), every=cut)
+        resumed = run(GradHealthCallback(tmp_path / "run"), ckpt_path=tmp_path / f"step={cut}.ckpt")
+    assert [s.step for s in first.history] == list(range(cut + 2))
     assert [s.step for s in resumed.history] == list(range(cut, N_STEPS))
     assert resumed.step == oracle.step == N_STEPS
     want = {s.step: s.global_grad_norm for s in oracle.history}
     assert all(s.global_grad_norm == pytest.approx(want[s.step], rel=1e-5) for s in resumed.history)
     assert_close(resumed.state_dict(), oracle.state_dict())
+    # the resumed fit continued the interrupted one's run store (steps 4, 5 re-done, not doubled)
+    stored = load_run(tmp_path / "run")
+    assert_same_store(stored, load_run(tmp_path / "oracle"))
+    assert stored.meta["resumed_from_step"] == cut

@@ -11,13 +11,16 @@ import os
 import warnings
 
 import pytest
-from conftest import assert_close
+from integration_common import assert_close, assert_same_store
+
+from gradhealth.store import load_run
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-STEPS, SAVE, STOP = 8, 4, 6
+STEPS, SAVE, NAN, STOP = 8, 4, 5, 6
+BLOCK = "transformer.h.1"
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -43,9 +46,10 @@ class StopAt(transformers.TrainerCallback):
             control.should_training_stop = True
 
 
-def train(out, run_dir=None, stop=None, save=True, resume=None):
+def train(out, run_dir=None, stop=None, save=True, resume=None, nan_at=None):
     """A 2-layer GPT-2 from a config (no dropout: the resumed run can match to the bit) on
-    generated tokens, default max_grad_norm; returns the GradHealthCallback."""
+    generated tokens, default max_grad_norm, on_nonfinite='skip'; with ``nan_at`` a NaN in
+    BLOCK's output at that step. Returns the GradHealthCallback."""
     from gradhealth.integrations.transformers import GradHealthCallback
 
     torch.manual_seed(0)
@@ -56,9 +60,18 @@ def train(out, run_dir=None, stop=None, save=True, resume=None):
                                           logging_steps=1, save_strategy="steps" if save else "no",
                                           save_steps=SAVE, per_device_train_batch_size=8, disable_tqdm=True,
                                           seed=0, learning_rate=1e-3)
-    cb = GradHealthCallback(run_dir=run_dir)
+    cb = GradHealthCallback(run_dir=run_dir, on_nonfinite="skip")
     callbacks = [cb] + ([StopAt(stop)] if stop else [])
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks)
+
+    def plant(_mod, _inp, out):
+        if model.training and trainer.state.global_step == nan_at:
+            h = (out[0] if isinstance(out, tuple) else out).clone()
+            h[0, 0, 0] = float("nan")
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+        return out
+
+    model.get_submodule(BLOCK).register_forward_hook(plant)
     trainer.train(resume_from_checkpoint=resume)
     return cb
 
@@ -72,9 +85,9 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("hf_resume")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        oracle = train(base / "oracle", save=False)
-        first = train(base / "cut", stop=STOP)
-        resumed = train(base / "cut", resume=str(base / "cut" / f"checkpoint-{SAVE}"))
+        oracle = train(base / "oracle", base / "oracle_run", save=False, nan_at=NAN)
+        first = train(base / "cut", base / "cut_run", stop=STOP, nan_at=NAN)
+        resumed = train(base / "cut", base / "cut_run", resume=str(base / "cut" / f"checkpoint-{SAVE}"), nan_at=NAN)
     return base, oracle.watcher, first.watcher, resumed.watcher
 
 
@@ -87,11 +100,24 @@ def test_a_resumed_trainer_continues_steps_and_detector_state(runs):
     # the numbers after the resume are the uninterrupted run's (same weights, same batches)
     want = {s.step: s for s in oracle.history}
     for s in resumed.history:
-        assert s.global_grad_norm == pytest.approx(want[s.step].global_grad_norm, rel=1e-5)
-        assert s.loss == pytest.approx(want[s.step].loss, rel=1e-5)
+        assert_close([s.global_grad_norm, s.loss], [want[s.step].global_grad_norm, want[s.step].loss])
     # the detectors' windows and baselines end where the uninterrupted run's end
     assert_close(resumed.state_dict(), oracle.state_dict())
+    assert (NAN, "nonfinite", BLOCK) in events(oracle)
     assert events(resumed) == events(oracle, since=SAVE)
+    assert resumed.state_dict()["skipped"] == oracle.state_dict()["skipped"] == 1
+
+
+def test_the_resumed_run_continues_the_same_run_store(runs):
+    # the interrupted process stored steps 0..5 (the NaN of step 5 included) and stopped; the
+    # resumed one re-does 4..7 into the same run_dir. Oracle: the uninterrupted run's store
+    base = runs[0]
+    want, got = load_run(base / "oracle_run"), load_run(base / "cut_run")
+    assert_same_store(got, want)
+    nonfinite = [e for e in want.events if e.kind == "nonfinite"]
+    assert nonfinite and [e for e in got.events if e.kind == "nonfinite"] == nonfinite   # step 5's not doubled
+    assert got.meta["resumed_from_step"] == SAVE and got.meta["steps"] == STEPS
+    assert got.meta["n_events"] == want.meta["n_events"] == len(want.events)
 
 
 def test_a_resume_without_the_state_file_says_so(tmp_path):

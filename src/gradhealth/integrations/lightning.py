@@ -129,6 +129,7 @@ class GradHealthCallback(WatchingCallback):
     # -- attach / detach ---------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         from ..watch import watch
+        from ..watch.runlog import appending_store
 
         self._detach()
         opts = list(trainer.optimizers)
@@ -139,8 +140,11 @@ class GradHealthCallback(WatchingCallback):
         for opt in opts:
             if type(opt).__name__ != "LBFGS":
                 self._undo.append(wrap_step(opt, closure_first))
-        self.watcher = watch(pl_module, opts or None, run_dir=self.run_dir, **options)
-        if self._resume is not None:   # restored from a checkpoint (ckpt_path=...): continue
+        if self._resume is None:
+            self.watcher = watch(pl_module, opts or None, run_dir=self.run_dir, **options)
+        else:   # restored from a checkpoint (ckpt_path=...): continue the steps and the run store
+            with appending_store():
+                self.watcher = watch(pl_module, opts or None, run_dir=self.run_dir, **options)
             self.watcher.load_state_dict(self._resume)
             self._resume = None
         for opt in opts:   # outermost: turn the guard's NonFiniteError into a stop

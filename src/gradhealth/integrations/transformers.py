@@ -55,7 +55,8 @@ Trainer's own ``ExportableState`` mechanism is not used: it restores only with
 ``restore_callback_states_from_checkpoint=True``, replaces the callback object the user holds by a
 new one built from JSON arguments, and the watch options are not JSON.) A checkpoint resumed from
 elsewhere, or one saved without the callback, has no such file: the watcher then starts at step 0
-with empty windows and says so in a ``WatchWarning``.
+with empty windows and says so in a ``WatchWarning``. A resumed run appends to the same run store
+(``appending_store``): the steps from the checkpoint on are replaced by the re-done ones.
 
 The Trainer does not hand callbacks the accelerator, so with fp16 pass the GradScaler yourself
 if you have it (``scaler=``); steps the scaler skipped then count as such.
@@ -162,12 +163,16 @@ class GradHealthCallback(WatchingCallback):
     # -- attach / detach ---------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         from ..watch import WatchWarning, watch
+        from ..watch.runlog import appending_store
 
         self._detach()
         opt = getattr(optimizer, "optimizer", optimizer)   # accelerate's AcceleratedOptimizer
         resume = _read_state(_state_path(args, state), state.global_step) if state.global_step > 0 else None
-        self.watcher = watch(model, opt, run_dir=self.run_dir, **self.watch_options)
-        if resume is not None:
+        if resume is None:
+            self.watcher = watch(model, opt, run_dir=self.run_dir, **self.watch_options)
+        else:   # the same run store, continued from the checkpoint's step
+            with appending_store():
+                self.watcher = watch(model, opt, run_dir=self.run_dir, **self.watch_options)
             try:
                 self.watcher.load_state_dict(resume)
             except ParameterError as exc:   # a damaged file: train on, say so

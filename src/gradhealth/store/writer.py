@@ -171,6 +171,13 @@ class RunStore:
         """Append :class:`~gradhealth.events.Event` objects (order is kept)."""
         self._put("events", list(events))
 
+    def truncate(self, from_step: int) -> None:
+        """Delete the steps, layer rows, time series and events of step ``from_step`` and later
+        (in order with the other writes): a run resumed from a checkpoint at ``from_step``
+        re-does those steps, so what an interrupted process recorded after its last
+        checkpoint is replaced, not doubled."""
+        self._put("truncate", int(from_step))
+
     def flush(self, timeout: float = 30.0) -> bool:
         """Commit everything enqueued so far; returns False if that did not happen in time
         or the store is not writing (then see :attr:`error`)."""
@@ -391,6 +398,10 @@ class RunStore:
         for op, payload in batch:
             self._keep_in_memory(op, payload)
         return True
+
+    def _write_truncate(self, conn: sqlite3.Connection, from_step: int) -> None:
+        for table in ("steps", "layer_stats", "time_grads", "events"):
+            conn.execute(f"DELETE FROM {table} WHERE step >= ?", (from_step,))
 
     def _write_meta(self, conn: sqlite3.Connection, meta: dict) -> None:
         rows = []

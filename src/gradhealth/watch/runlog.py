@@ -14,6 +14,9 @@ import math
 import time
 import warnings
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,35 @@ from ..events import Event
 from ._advice import with_remedy
 from ._assemble import Measured, store_rows
 
-__all__ = ["RunLog", "WatchWarning"]
+__all__ = ["RunLog", "WatchWarning", "appending_store"]
 
 
 class WatchWarning(UserWarning):
     """Something the watcher found, or could not do, while training went on."""
+
+
+_STORE_MODE: ContextVar[str] = ContextVar("gradhealth_store_mode", default="w")
+
+
+@contextmanager
+def appending_store() -> Iterator[None]:
+    """Watchers created inside this block append to their ``run_dir``'s existing run instead of
+    replacing it: the way to resume a run (the Lightning and HF callbacks use it when they
+    resume from a checkpoint)::
+
+        with appending_store():
+            w = gradhealth.watch(model, opt, run_dir="runs/exp1")
+        w.load_state_dict(checkpoint["watch"])   # before the first resumed step
+
+    ``load_state_dict`` then deletes what the store holds from the resumed step on (the steps
+    an interrupted process ran after its last checkpoint), so the resumed steps replace them
+    and ``load_run`` reads one continuous run. Without ``load_state_dict`` the appended steps
+    restart at 0 and merge into the stored ones: always load the state."""
+    token = _STORE_MODE.set("a")
+    try:
+        yield
+    finally:
+        _STORE_MODE.reset(token)
 
 
 def _rank_dir(run_dir: Any) -> tuple[Any, tuple[int, int] | None]:
@@ -108,6 +135,8 @@ class RunLog:
         self._det_state = config.detectors.init()
         self._sites: dict[str, int] = {}
         self._t0 = time.time()
+        self._appending = False     # the store continues a run (appending_store)
+        self._events_before = 0     # events of the sessions before a resume (in the store)
 
     # ------------------------------------------------------------------ the store
 
@@ -118,8 +147,10 @@ class RunLog:
         run_dir, rank = _rank_dir(run_dir)
         if rank is not None:
             meta = {**meta, "rank": rank[0], "world_size": rank[1]}
+        mode = _STORE_MODE.get()
         try:
-            self.store = RunStore(run_dir)
+            self.store = RunStore(run_dir, mode=mode)
+            self._appending = mode == "a"
             self.store.write_meta(meta)
         except ParameterError:     # a bad run_dir is the caller's error: say so
             raise
@@ -142,6 +173,8 @@ class RunLog:
         """Write the final metadata and close the store (idempotent)."""
         if self.store is None:
             return
+        if self._appending and "n_events" in final_meta:   # the whole run's, not this session's
+            final_meta = {**final_meta, "n_events": final_meta["n_events"] + self._events_before}
         try:
             self.store.write_meta(final_meta)
             self.store.close()
@@ -218,7 +251,7 @@ class RunLog:
         """The detectors' state (their windows and baselines) as plain data: dicts, lists,
         strings and numbers only (NumPy arrays and tuples tagged), so that a checkpoint holding
         it loads with ``torch.load(weights_only=True)`` and dumps as JSON."""
-        return {"detectors": _encode(self._det_state)}
+        return {"detectors": _encode(self._det_state), "n_events": self._events_before + len(self.events)}
 
     def load_state_dict(self, state: Any, policy, optimizers: list) -> tuple[int, int]:
         """Restore what :meth:`Watcher.state_dict` saved; returns ``(step, skipped)``."""
@@ -230,7 +263,17 @@ class RunLog:
                                  "pass watcher.state_dict() as saved with the checkpoint.")
         self._det_state = _decode(state["log"]["detectors"])
         policy.load_state_dict(state.get("policy") or {}, optimizers)
-        return int(state["step"]), int(state.get("skipped", 0))
+        step = int(state["step"])
+        if self._appending and self.store is not None:
+            # what the interrupted process recorded from the resumed step on is re-done now
+            n = state["log"].get("n_events", 0)
+            self._events_before = n if isinstance(n, int) else 0
+            try:
+                self.store.truncate(step)
+                self.store.write_meta({"resumed_from_step": step})
+            except Exception as exc:  # pragma: no cover - the store never raises by contract
+                self.internal("store", exc)
+        return step, int(state.get("skipped", 0))
 
     # ------------------------------------------------------------------ steps
 
