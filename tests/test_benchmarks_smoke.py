@@ -63,3 +63,12 @@ def test_block_figure_counts_the_one_slow_step_of_each_window():
     # the median over windows drops one disturbed window
     ts = [1.0] * 9 + [11.0] + [1.0] * 9 + [11.0] + [100.0] * 10
     assert bench_watch.block_figure(ts) == pytest.approx(2.0)
+
+
+def test_bench_report_runs_and_the_first_bad_step_is_on_the_page():
+    from benchmarks import bench_report
+
+    r = bench_report.run_shape(steps=60, layers=7, detail=2)
+    # per-layer rows on every 2nd of 60 steps: 30 x 7; the planted first bad step is named
+    assert r["rows"] == 30 * 7 and r["first_bad_step_named"] is True
+    assert r["html_kb"] > 0 and all(math.isfinite(r[k]) for k in ("report_s", "load_columns_s", "load_dicts_s"))

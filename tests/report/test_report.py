@@ -174,3 +174,25 @@ def test_write_demo_report_links_every_report(poisoned_run_dir, probe_result, tm
     for href in ("broken_run.html", "probe.html", "gallery/index.html"):
         assert f'href="{href}"' in page
     assert (tmp_path / "demo" / "broken_run.html").stat().st_size > 10_000
+
+
+def test_counted_nonfinite_gradients_are_never_reported_healthy(tmp_path):
+    """A store whose layer rows hold a NaN and an Inf but which has no event (events lost,
+    or another writer): the verdict is nonfinite at the earliest bad (step, layer) read
+    independently from the rows, not "healthy" (it was healthy before this check)."""
+    from gradhealth.store import RunStore
+
+    run_dir = tmp_path / "run"
+    cells = {(7, 2): math.nan, (4, 1): math.inf}
+    with RunStore(run_dir) as st:
+        st.write_meta({"model": "Synthetic"})
+        st.write_layers([{"index": i, "name": f"l{i}", "type": "Linear", "n_params": 4} for i in range(3)])
+        st.append_steps([{"step": s, "loss": 1.0, "global_grad_norm": 1.0} for s in range(10)])
+        st.append_layer_stats([{"step": s, "layer": i, "grad_norm": cells.get((s, i), 0.5)}
+                               for s in range(10) for i in range(3)])
+    rows = load_run(run_dir).layer_stats
+    first = min((r["step"], r["layer"]) for r in rows if not math.isfinite(r["grad_norm"]))
+    rep = Report.from_run(run_dir)
+    assert rep.verdict == "nonfinite" and not rep.healthy
+    assert rep.headline.endswith(f"l{first[1]} at step {first[0]}"), rep.headline
+    assert any("no event describes them" in p for p in rep.problems)

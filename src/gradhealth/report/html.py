@@ -280,7 +280,13 @@ def _run_report(run, problems: list[str]) -> Report:
     if not run.finished:
         problems.append("the run is not finished (still training, or the process died): this "
                         f"is a snapshot up to step {st['last']}")
-    if s["healthy"]:
+    layer_rows = _layer_rows(run)
+    bad = sorted((r["first_nonfinite"], r["index"], r["name"]) for r in layer_rows if r["nonfinite_steps"])
+    if s["healthy"] and bad:   # counted NaN/Inf are never reported as healthy, events or not
+        problems.append(f"non-finite gradients are stored for {len(bad)} layer(s) but no event "
+                        "describes them (the events were lost, or another tool wrote the run)")
+        verdict, headline = "nonfinite", f"nonfinite in {_layer_label(bad[0][2])} at step {bad[0][0]}"
+    elif s["healthy"]:
         verdict = "healthy" if run.steps else "no data"
         headline = ("no pathology found" if run.steps else "nothing recorded yet")
     else:
@@ -331,7 +337,7 @@ def _run_report(run, problems: list[str]) -> Report:
     return Report(kind="run", source=str(run.run_dir), verdict=verdict, headline=headline,
                   first=_first_dict(first), prescriptions=presc, facts=facts,
                   events=list(run.events), figures=figs, problems=problems,
-                  layers=_layer_rows(run))
+                  layers=layer_rows)
 
 
 def _layer_rows(run) -> list[dict]:
