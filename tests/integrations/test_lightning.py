@@ -61,7 +61,7 @@ def fit(tmp_path, accumulate=1, steps=N_STEPS, **options):
     return cb, trainer
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
+@pytest.mark.parametrize("accumulate", [1, 2, 4])
 def test_nan_is_diagnosed_as_in_a_plain_loop(tmp_path, accumulate):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
