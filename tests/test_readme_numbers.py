@@ -1,0 +1,112 @@
+"""The numbers the README quotes are the numbers the code produces (issue 10: "README and docs
+tables disagree with the gallery the same commit produces").
+
+Each check reads the README as text and recomputes what it quotes: the probe example's output,
+the theory one-liners' results, and the cure table (the gallery's own measurement). A number
+that drifts fails here, so the README is regenerated with the code, not after it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+NUM = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?%?")
+
+
+def _block_after(marker: str) -> str:
+    """The fenced output block that follows the line containing ``marker``."""
+    start = README.index(marker)
+    m = re.search(r"```\n(.*?)```", README[start:], re.S)
+    assert m, marker
+    return m.group(1)
+
+
+def _close(quoted: str, value: float) -> bool:
+    """``value`` printed at the precision of ``quoted`` is ``quoted``."""
+    digits = len(re.sub(r"e.*|[^0-9]", "", quoted.lstrip("0.").rstrip("%"))) or 1
+    q = float(quoted.rstrip("%"))
+    return math.isclose(float(f"{value:.{digits}g}"), q, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_probe_example_output_is_what_probe_prints(capsys, monkeypatch):
+    from gradhealth.cli import main
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("COLUMNS", "120")
+    main(["probe", "examples/probe_mlp.py:make_model"])
+    out = capsys.readouterr().out
+    quoted = _block_after("gradhealth probe examples/probe_mlp.py:make_model")
+    lines = [ln for ln in quoted.splitlines() if "abridged" not in ln and ln.strip() != "..."]
+    nums = {n for ln in lines for n in NUM.findall(ln)}
+    missing = sorted(n for n in nums if n not in NUM.findall(out))
+    assert not missing, (missing, out)
+    for code in re.findall(r"gradhealth\.remedies\.\S+", quoted):
+        assert code in out, code
+
+
+def test_theory_one_liners_print_what_the_comments_say():
+    from gradhealth.theory import analyze, critical_sigma_w2, scalar_chain
+
+    formula = scalar_chain("sigmoid", [0.0, 10.0], x=[1.0]).factors(1.0).formula(1)
+    assert f"# {formula}" in README
+    m = re.search(r'analyze\("tanh", 2\.0, 0\.05\)\.chi_1\s+# ([0-9.]+)', README)
+    assert m and _close(m.group(1), analyze("tanh", 2.0, 0.05).chi_1)
+    m = re.search(r'critical_sigma_w2\("relu", 0\.0\)\s+# ([0-9.]+)', README)
+    assert m and _close(m.group(1), critical_sigma_w2("relu", 0.0))
+    m = re.search(r"--activation tanh --sigma-b2 0\.05 --critical\s+# critical sigma_w2 = ([0-9.]+)", README)
+    assert m and _close(m.group(1), critical_sigma_w2("tanh", 0.05))
+
+
+CURE_DOC = (ROOT / "docs" / "cure.md").read_text(encoding="utf-8")
+
+# cure-table row label (README and docs/cure.md) -> gallery case slug
+CURE_ROWS = {"tanh MLP, 40 layers": "tanh_chaotic", "sigmoid MLP, 10 layers": "sigmoid_default",
+             "linear net, 20 layers": "linear_1p5", "tanh RNN, spectral radius 3": "rnn_radius3"}
+
+
+@pytest.mark.parametrize("label", list(CURE_ROWS))
+def test_cure_table_is_the_gallery_measurement(label):
+    from gradhealth.gallery import cure
+    from gradhealth.gallery._cases import CASES
+
+    slug = CURE_ROWS[label]
+    row = next(ln for ln in README.splitlines() if ln.startswith(f"| {label}"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    case = next(c for c in CASES if c.slug == slug)
+    assert cells[1].strip("`") == case.remedy.replace("gradhealth.remedies.", "")
+    broken, cured = re.match(r"(\S+) → (\S+)", cells[2]).groups()
+    m = cure.measure(slug)
+    got_b, got_c = m["broken"]["curve"][-1], m["cured"]["curve"][-1]
+    # a trained loss may move in its last printed digit with the CPU's float32 kernels: 3%
+    if broken == "diverged":
+        assert not math.isfinite(got_b)
+    else:
+        assert math.isclose(float(broken), got_b, rel_tol=0.03), (label, broken, got_b)
+    assert math.isclose(float(cured), got_c, rel_tol=0.03), (label, cured, got_c)
+
+
+@pytest.mark.parametrize("label", list(CURE_ROWS))
+def test_docs_cure_table_is_the_gallery_measurement(label):
+    """docs/cure.md's table: spread before -> after (5%: a ratio of tiny float32 gradients) and
+    the losses, against the same (cached) gallery measurement."""
+    from gradhealth.gallery import cure
+
+    row = next(ln for ln in CURE_DOC.splitlines() if ln.startswith(f"| {label}"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    m = cure.measure(CURE_ROWS[label])
+    sb, sc = (float(v) for v in re.match(r"(\S+) -> (\S+)", cells[4]).groups())
+    assert math.isclose(sb, m["broken"]["spread"], rel_tol=0.05), (label, cells[4], m["broken"]["spread"])
+    assert math.isclose(sc, m["cured"]["spread"], rel_tol=0.05), (label, cells[4], m["cured"]["spread"])
+    broken, cured = re.match(r"(\S+) / (\S+)", cells[5]).groups()
+    got_b, got_c = m["broken"]["curve"][-1], m["cured"]["curve"][-1]
+    if broken == "diverged":
+        assert not math.isfinite(got_b)
+    else:
+        assert math.isclose(float(broken), got_b, rel_tol=0.03), (label, broken, got_b)
+    assert math.isclose(float(cured), got_c, rel_tol=0.03), (label, cured, got_c)
