@@ -295,24 +295,8 @@ def _plan(model: Any, owner: str, *, activation: Any = None, layers=None, overri
         raise ParameterError("model", owner, f"a module containing {kinds} layers", type(model).__name__,
                              "pass a model with such layers; other layer types (Embedding, attention "
                              "in_proj, ...) are not re-initialised by gradhealth.")
-    pats = _patterns(layers, "layers", owner)
-    if pats is not None:
-        for p in pats:
-            if not any(fnmatch.fnmatchcase(n, p) for n, _ in found):
-                raise ParameterError("layers", owner, "glob patterns that match weight-layer names", p,
-                                     "choose from: " + ", ".join(n for n, _ in found[:12])
-                                     + (" ..." if len(found) > 12 else ""))
-        found = [(n, m) for n, m in found if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-    ov: list[tuple[str, _Act]] = []
-    if overrides is not None:
-        if not isinstance(overrides, Mapping):
-            raise ParameterError("overrides", owner, "a dict {layer-name pattern: activation}",
-                                 type(overrides).__name__, "pass e.g. overrides={'head.*': 'linear'}.")
-        for p, a in overrides.items():
-            if not any(fnmatch.fnmatchcase(n, str(p)) for n, _ in found):
-                raise ParameterError("overrides", owner, "patterns that match targeted layer names", p,
-                                     "choose from: " + ", ".join(n for n, _ in found[:12]))
-            ov.append((str(p), _parse_act(a, "overrides", owner)))
+    found = _select(found, layers, owner)
+    ov = _parse_overrides(overrides, found, owner)
     forced = _parse_act(activation, "activation", owner) if activation is not None else None
     default = _parse_act(default_activation, "default_activation", owner) \
         if default_activation is not None else None
@@ -321,26 +305,59 @@ def _plan(model: Any, owner: str, *, activation: Any = None, layers=None, overri
     detected: dict[str, tuple[_Act | None, str]] | None = None
     targets, unmatched = [], []
     for n, m in found:
-        if forced is not None:
-            targets.append(_Target(n, m, forced, "argument"))
-            continue
-        hit = next((a for p, a in reversed(ov) if fnmatch.fnmatchcase(n, p)), None)
-        if hit is not None:
-            targets.append(_Target(n, m, hit, "override"))
-            continue
-        if isinstance(m, nn.RNNBase):
-            targets.append(_Target(n, m, _rnn_act(m), "rnn"))
-            continue
-        if detected is None:
-            detected = _detect_fx(model, {k for k, _ in found}) or {}
-        if n == "(root)":  # the model is a single layer: nothing follows it
-            act, why = _Act("linear"), "single layer (nothing follows it)"
-        else:
-            act, why = detected.get(n) or _detect_module_order(model, n)
-        if act is not None:
-            targets.append(_Target(n, m, act, why))
+        if forced is None and not isinstance(m, nn.RNNBase) and detected is None \
+                and not any(fnmatch.fnmatchcase(n, p) for p, _ in ov):
+            detected = _detect_fx(model, {k for k, _ in found}) or {}   # once, when first needed
+        t = _choose(model, n, m, forced, ov, detected or {})
+        if t.act is not None:
+            targets.append(t)
         elif default is not None:
-            targets.append(_Target(n, m, default, f"default ({why})"))
+            targets.append(_Target(n, m, default, f"default ({t.source})"))
         else:
-            unmatched.append((n, why + "; pass overrides={%r: '<activation>'} or default_activation=..." % n))
+            unmatched.append((n, t.source + "; pass overrides={%r: '<activation>'} or default_activation=..." % n))
     return targets, unmatched
+
+
+def _select(found: list, layers, owner: str) -> list:
+    """``found`` restricted to the ``layers`` glob patterns (each must match a weight layer)."""
+    pats = _patterns(layers, "layers", owner)
+    if pats is None:
+        return found
+    for p in pats:
+        if not any(fnmatch.fnmatchcase(n, p) for n, _ in found):
+            raise ParameterError("layers", owner, "glob patterns that match weight-layer names", p,
+                                 "choose from: " + ", ".join(n for n, _ in found[:12])
+                                 + (" ..." if len(found) > 12 else ""))
+    return [(n, m) for n, m in found if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+
+
+def _parse_overrides(overrides, found: list, owner: str) -> list[tuple[str, _Act]]:
+    """``overrides`` as ``[(pattern, activation)]``; each pattern must match a targeted layer."""
+    if overrides is None:
+        return []
+    if not isinstance(overrides, Mapping):
+        raise ParameterError("overrides", owner, "a dict {layer-name pattern: activation}",
+                             type(overrides).__name__, "pass e.g. overrides={'head.*': 'linear'}.")
+    ov = []
+    for p, a in overrides.items():
+        if not any(fnmatch.fnmatchcase(n, str(p)) for n, _ in found):
+            raise ParameterError("overrides", owner, "patterns that match targeted layer names", p,
+                                 "choose from: " + ", ".join(n for n, _ in found[:12]))
+        ov.append((str(p), _parse_act(a, "overrides", owner)))
+    return ov
+
+
+def _choose(model, n: str, m, forced, ov, detected: dict) -> _Target:
+    """The activation of layer ``n``: the argument, else the last matching override, else an
+    RNN's own, else detected (torch.fx trace, then module order); ``act`` None when unknown."""
+    if forced is not None:
+        return _Target(n, m, forced, "argument")
+    hit = next((a for p, a in reversed(ov) if fnmatch.fnmatchcase(n, p)), None)
+    if hit is not None:
+        return _Target(n, m, hit, "override")
+    if isinstance(m, nn.RNNBase):
+        return _Target(n, m, _rnn_act(m), "rnn")
+    if n == "(root)":  # the model is a single layer: nothing follows it
+        return _Target(n, m, _Act("linear"), "single layer (nothing follows it)")
+    act, why = detected.get(n) or _detect_module_order(model, n)
+    return _Target(n, m, act, why)
