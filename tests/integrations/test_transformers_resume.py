@@ -120,12 +120,15 @@ def test_the_resumed_run_continues_the_same_run_store(runs):
     assert got.meta["n_events"] == want.meta["n_events"] == len(want.events)
 
 
-def test_a_resume_without_the_state_file_says_so(tmp_path):
+def test_a_resume_without_the_state_file_continues_the_steps_and_says_so(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train(tmp_path, stop=STOP)
+        train(tmp_path, tmp_path / "run", stop=STOP)
     os.remove(tmp_path / f"checkpoint-{SAVE}" / "gradhealth_watch.json")
     with pytest.warns(UserWarning, match="could not be read") as seen:
-        cb = train(tmp_path, resume=str(tmp_path / f"checkpoint-{SAVE}"))
-    assert any("gradhealth_watch.json" in str(w.message) for w in seen)
-    assert [s.step for s in cb.watcher.history][0] == 0   # the negative control: restarts at 0
+        cb = train(tmp_path, tmp_path / "run", resume=str(tmp_path / f"checkpoint-{SAVE}"))
+    assert any("gradhealth_watch.json" in str(w.message) and "empty detector windows" in str(w.message)
+               for w in seen)
+    # the Trainer's step numbers and the run store continue; only the baselines start again
+    assert [s.step for s in cb.watcher.history] == list(range(SAVE, STEPS))
+    assert [r["step"] for r in load_run(tmp_path / "run").steps] == list(range(STEPS))

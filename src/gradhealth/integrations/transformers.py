@@ -54,9 +54,10 @@ and a resumed ``train()`` reads it back from ``args.output_dir/checkpoint-<globa
 Trainer's own ``ExportableState`` mechanism is not used: it restores only with
 ``restore_callback_states_from_checkpoint=True``, replaces the callback object the user holds by a
 new one built from JSON arguments, and the watch options are not JSON.) A checkpoint resumed from
-elsewhere, or one saved without the callback, has no such file: the watcher then starts at step 0
-with empty windows and says so in a ``WatchWarning``. A resumed run appends to the same run store
-(``appending_store``): the steps from the checkpoint on are replaced by the re-done ones.
+elsewhere, or one saved without the callback, has no such file: the watcher then continues at the
+Trainer's step with empty detector windows and says so in a ``WatchWarning``. A resumed run
+appends to the same run store (``appending_store``): the steps from the checkpoint on are
+replaced by the re-done ones.
 
 The Trainer does not hand callbacks the accelerator, so with fp16 pass the GradScaler yourself
 if you have it (``scaler=``); steps the scaler skipped then count as such.
@@ -87,24 +88,38 @@ def _state_path(args, state) -> str:
     return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", name)
 
 
-def _read_state(path: str, global_step: int) -> dict | None:
-    """The watcher's state saved at ``global_step`` (plain JSON), or None with a warning."""
-    from ..watch import WatchWarning
-
+def _read_state(path: str, global_step: int) -> tuple[dict | None, str]:
+    """The watcher's state saved at ``global_step`` (plain JSON), or None and why not."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         if not (isinstance(data, dict) and data.get("format") == _FORMAT and data.get("global_step") == global_step
                 and isinstance(data.get("watcher"), dict)):
             raise ValueError(f"not a gradhealth watcher state of step {global_step}")
-        return data["watcher"]
+        return data["watcher"], ""
     except (OSError, ValueError) as exc:
-        why = "no such file" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"gradhealth: training resumes at step {global_step} but the watcher's state could not be "
-                      f"read from {path} ({why}); the watcher starts at step 0 with empty detector windows. "
-                      "Fix: resume from a checkpoint saved under GradHealthCallback in args.output_dir.",
-                      WatchWarning, stacklevel=3)
-        return None
+        return None, "no such file" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
+
+
+def _continue(watcher, saved: dict | None, why: str, global_step: int, path: str) -> None:
+    """Continue ``watcher`` (created to append to its run store) at the Trainer's ``global_step``:
+    from the saved state, or, when there is none, from a fresh one at that step (the step numbers
+    and the run store continue; the detector windows start empty, and a warning says so)."""
+    from ..watch import WatchWarning
+
+    if saved is not None:
+        try:
+            watcher.load_state_dict(saved)
+            return
+        except ParameterError as exc:
+            why = str(exc)
+    fresh = watcher.state_dict()
+    fresh["step"] = global_step
+    watcher.load_state_dict(fresh)
+    warnings.warn(f"gradhealth: training resumes at step {global_step} but the watcher's state could not be read "
+                  f"from {path} ({why}); the watcher continues at step {global_step} in the same run store, with "
+                  "empty detector windows (their baselines start again). Fix: resume from a checkpoint saved under "
+                  "GradHealthCallback in args.output_dir.", WatchWarning, stacklevel=3)
 
 
 def _callback_base():
@@ -162,22 +177,19 @@ class GradHealthCallback(WatchingCallback):
 
     # -- attach / detach ---------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        from ..watch import WatchWarning, watch
+        from ..watch import watch
         from ..watch.runlog import appending_store
 
         self._detach()
         opt = getattr(optimizer, "optimizer", optimizer)   # accelerate's AcceleratedOptimizer
-        resume = _read_state(_state_path(args, state), state.global_step) if state.global_step > 0 else None
-        if resume is None:
+        if state.global_step == 0:
             self.watcher = watch(model, opt, run_dir=self.run_dir, **self.watch_options)
-        else:   # the same run store, continued from the checkpoint's step
+        else:   # resumed: the same run store, continued from the checkpoint's step
+            path = _state_path(args, state)
+            saved, why = _read_state(path, state.global_step)
             with appending_store():
                 self.watcher = watch(model, opt, run_dir=self.run_dir, **self.watch_options)
-            try:
-                self.watcher.load_state_dict(resume)
-            except ParameterError as exc:   # a damaged file: train on, say so
-                warnings.warn(f"gradhealth: the watcher's state of step {state.global_step} was not loaded ({exc}); "
-                              "the watcher starts at step 0.", WatchWarning, stacklevel=2)
+            _continue(self.watcher, saved, why, state.global_step, path)
         self.error, self._losses, self._collect = None, [], True
         self._events.reset()
         if opt is not None:
