@@ -3,8 +3,10 @@
 Three things make a compiled model look different to the watcher, and each has its answer here:
 
 * ``torch.compile(model)`` returns an ``OptimizedModule`` that holds the user's module as
-  ``_orig_mod``: every qualified name gains an ``_orig_mod.`` prefix. :func:`unwrap` gives the
-  user's module back where layers, buffers and the replay's module names are read.
+  ``_orig_mod``: every qualified name gains an ``_orig_mod.`` segment (also below a submodule
+  replaced by its compiled version). :func:`unwrap` gives the user's module back and
+  :func:`named_modules` the user's names, where layers, buffers and the replay's module names
+  are read.
 * A hook that runs inside a compiled region (the root hooks of a model watched *before* it
   was compiled, or of ``model.compile()``) would be traced by dynamo, frame after frame, with a
   graph break at every host read. The watcher's hook entry points run through
@@ -17,12 +19,13 @@ Three things make a compiled model look different to the watcher, and each has i
   a compiled model and says once, in a :class:`~gradhealth.watch.runlog.WatchWarning`, which
   statistics are therefore not collected. Everything read in the optimizer hooks (gradient
   norms per layer and global, before and after clipping, NaN/Inf counts, parameter norms,
-  update ratios, the guard) and the forensic replay (an eager re-run of the user's module) work
-  as on an eager model.
+  update ratios, the guard) and the forensic replay (an eager re-run of the user's module, under
+  :func:`eager_stance`) work as on an eager model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 import weakref
@@ -31,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["dynamo_loaded", "unwrap", "compiled_call", "run_eager", "hook_class", "install_layer_hooks",
-           "not_collected"]
+__all__ = ["dynamo_loaded", "unwrap", "named_modules", "compiled_call", "run_eager", "hook_class",
+           "install_layer_hooks", "not_collected", "eager_stance"]
 
 _EAGER: list[Any] = []           # the disabled trampoline, made once dynamo is loaded
 _WARNED: weakref.WeakSet = weakref.WeakSet()   # watchers that said what a compiled model loses
@@ -57,9 +60,37 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def named_modules(model: nn.Module, wrappers: bool = False):
+    """``model.named_modules()`` with the user's names: ``OptimizedModule`` wrappers (the root's,
+    or a submodule's replaced by ``torch.compile(submodule)``) are looked through, so neither
+    they nor an ``_orig_mod`` name segment appear (``wrappers``: each wrapper is yielded too,
+    just before the module it wraps, under the same name). A model without such a wrapper
+    gets ``named_modules()`` itself."""
+    cls = _optimized_module()
+    if cls is None or not any(isinstance(m, cls) for m in model.modules()):
+        yield from model.named_modules(remove_duplicate=True)
+        return
+    memo: set[int] = set()
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:    # depth first, children in order: named_modules' order
+        prefix, mod = stack.pop()
+        while isinstance(mod, cls):
+            if wrappers and id(mod) not in memo:
+                memo.add(id(mod))
+                yield prefix, mod
+            mod = mod._orig_mod
+        if id(mod) in memo:
+            continue
+        memo.add(id(mod))
+        yield prefix, mod
+        kids = [(f"{prefix}.{n}" if prefix else n, c) for n, c in mod._modules.items() if c is not None]
+        stack.extend(reversed(kids))
+
+
 def compiled_call(model: nn.Module) -> str | None:
-    """How a call of ``model`` happening now runs compiled (``"torch.compile(model)"``,
-    ``"model.compile()"``), or None when it runs eagerly."""
+    """How a call of ``model`` happening now runs compiled, in whole or in part
+    (``"torch.compile(model)"``, ``"model.compile()"``, ``"a compiled submodule"``), or None
+    when every layer's forward runs eagerly."""
     if not dynamo_loaded():
         return None
     cls = _optimized_module()
@@ -71,6 +102,9 @@ def compiled_call(model: nn.Module) -> str | None:
     if inside is not None and inside():
         # the watched module is called from a compiled wrapper's forward (watch, then compile)
         return "torch.compile(model)"
+    for m in model.modules():
+        if (cls is not None and isinstance(m, cls)) or getattr(m, "_compiled_call_impl", None) is not None:
+            return "a compiled submodule"
     return None
 
 
@@ -90,6 +124,15 @@ def _disable_hook_classes() -> None:
     while _HOOK_CLASSES:
         cls = _HOOK_CLASSES.pop()
         cls.__call__ = torch.compiler.disable(cls.__call__, reason="gradhealth's hooks run eagerly")
+
+
+def eager_stance():
+    """A context in which compiled code runs eagerly (``torch.compiler.set_stance("force_eager")``;
+    a no-op when dynamo is not loaded): the forensic replay's per-module hooks then see every
+    module, also inside a compiled submodule."""
+    if not dynamo_loaded() or not hasattr(torch.compiler, "set_stance"):
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
 
 
 def _trampoline(fn, args: tuple, kwargs: dict):

@@ -30,7 +30,7 @@ import torch
 from .._text import safe_text
 from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
-from ._compile import unwrap
+from ._compile import eager_stance, unwrap
 from .replay import ReplayReport, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
@@ -281,7 +281,8 @@ class NonFinitePolicy:
             return
         self.replaying = True
         try:
-            report = replay_step(self.model, captures, rec.step, names)
+            with eager_stance():   # compiled parts re-run eagerly: every module's check runs
+                report = replay_step(self.model, captures, rec.step, names)
         except Exception as exc:
             self._internal("replay", exc)
             return

@@ -24,7 +24,7 @@ from torch import nn
 from .._vocab import layer_role, module_activation
 from ..detectors.base import LayerTable
 from ..stats.tensors import is_dtensor
-from ._compile import hook_class, prepare, run_eager, unwrap
+from ._compile import hook_class, named_modules, prepare, run_eager
 
 __all__ = ["HookSet", "LayerMap", "discover_layers", "module_names", "activation_info", "act_stats", "unit_dim"]
 
@@ -152,8 +152,9 @@ class LayerMap:
 
 
 def module_names(model: nn.Module) -> dict[int, str]:
-    """``id(module) -> qualified name`` over ``model`` (the user's module of a compiled one)."""
-    return {id(m): n for n, m in unwrap(model).named_modules()}
+    """``id(module) -> qualified name`` over ``model``, in the user's names (a compiled wrapper
+    has the name of the module it wraps)."""
+    return {id(m): n for n, m in named_modules(model, wrappers=True)}
 
 
 def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> LayerMap:
@@ -182,8 +183,7 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
         conv = list(previous.conv)
         index_of_module = dict(previous.index_of_module)
     n_modules = 0
-    model = unwrap(model)
-    for name, mod in model.named_modules(remove_duplicate=True):
+    for name, mod in named_modules(model):
         n_modules += 1
         direct = list(mod.parameters(recurse=False))
         ai = activation_info(mod)
@@ -208,7 +208,7 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
     param_pos: dict[int, int] = {}
     pnames: list[str] = []
     pos_layer: list[int] = []
-    for mname, mod in model.named_modules(remove_duplicate=True):
+    for mname, mod in named_modules(model):
         li = index_of_module.get(id(mod))
         for pn, p in mod.named_parameters(recurse=False):
             if id(p) in param_layer:   # shared (tied) parameter: first owner keeps it
