@@ -166,3 +166,36 @@ def test_a_checkpoint_saved_during_the_fit_resumes_at_the_next_step(tmp_path):
     stored = load_run(tmp_path / "run")
     assert_same_store(stored, load_run(tmp_path / "oracle"))
     assert stored.meta["resumed_from_step"] == cut
+
+
+def test_a_checkpoint_without_the_callbacks_state_still_continues_the_steps(tmp_path):
+    # a checkpoint saved without GradHealthCallback's state (another callback list): the resumed
+    # fit continues at the restored global_step in the same run store, with empty detector
+    # windows, and says so (before: steps from 0 and the run store replaced)
+    from gradhealth.integrations.lightning import GradHealthCallback
+    from gradhealth.watch import WatchWarning
+
+    x, y = make_data(N_STEPS)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+
+    def trainer(cb, steps):
+        return pl.Trainer(max_steps=steps, callbacks=[cb], logger=False, enable_progress_bar=False,
+                          enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
+
+    cut = 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t1 = trainer(GradHealthCallback(tmp_path / "run"), cut)
+        t1.fit(Module(), loader)
+        t1.save_checkpoint(tmp_path / "cut.ckpt")
+    ckpt = torch.load(tmp_path / "cut.ckpt", weights_only=True)
+    assert any("GradHealthCallback" in k for k in ckpt["callbacks"])
+    ckpt["callbacks"] = {}
+    torch.save(ckpt, tmp_path / "cut.ckpt")
+    cb = GradHealthCallback(tmp_path / "run")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer(cb, N_STEPS).fit(Module(), loader, ckpt_path=tmp_path / "cut.ckpt")
+    assert any(issubclass(w.category, WatchWarning) and "empty detector windows" in str(w.message) for w in seen)
+    assert [s.step for s in cb.watcher.history] == list(range(cut, N_STEPS))
+    assert [r["step"] for r in load_run(tmp_path / "run").steps] == list(range(N_STEPS))

@@ -4,10 +4,11 @@ state for a checkpoint."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["real_class", "WatchingCallback", "EventCounts", "checkpoint_state"]
+__all__ = ["real_class", "WatchingCallback", "EventCounts", "checkpoint_state", "continue_fresh"]
 
 
 def real_class(namespace: dict, name: str, cls: type, base: Callable[[], type]) -> type:
@@ -38,6 +39,20 @@ def checkpoint_state(watcher) -> dict:
         except Exception as exc:   # never into training: the state is then the one before
             watcher._internal("state_dict", exc)
     return watcher.state_dict()
+
+
+def continue_fresh(watcher, step: int, where: str, why: str, fix: str) -> None:
+    """A resumed run without the watcher's saved state: continue at the framework's ``step`` (the
+    step numbers and the run store the watcher appends to go on) with empty detector windows, and
+    say so in a ``WatchWarning``."""
+    from ..watch import WatchWarning
+
+    fresh = watcher.state_dict()
+    fresh["step"] = step
+    watcher.load_state_dict(fresh)
+    warnings.warn(f"gradhealth: training resumes at step {step} but the watcher's state could not be read from "
+                  f"{where} ({why}); the watcher continues at step {step} in the same run store, with empty "
+                  f"detector windows (their baselines start again). Fix: {fix}", WatchWarning, stacklevel=3)
 
 
 class EventCounts:

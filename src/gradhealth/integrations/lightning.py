@@ -9,7 +9,9 @@
 
 The hooks it uses, in the order Lightning 2.x runs them (automatic optimization)::
 
-    on_fit_start                    attach gradhealth.watch(pl_module, trainer.optimizers, scaler=...)
+    on_fit_start                    attach gradhealth.watch(pl_module, trainer.optimizers, scaler=...);
+                                    resumed (ckpt_path): append to the run store, load the saved state
+    on_train_start                  resumed without a saved state: continue at trainer.global_step
     per batch:
       on_train_batch_start
       optimizer_step -> optimizer.step(closure)      (only on the last batch of an accumulation window)
@@ -51,8 +53,8 @@ Events are logged as ``gradhealth/<kind>`` (the running count of each kind) with
 
 from __future__ import annotations
 
-from ..errors import ModelError
-from ._callback import WatchingCallback, checkpoint_state, real_class
+from ..errors import ModelError, ParameterError
+from ._callback import WatchingCallback, checkpoint_state, continue_fresh, real_class
 from ._optim import closure_first, stopping, wrap_step
 
 __all__ = ["GradHealthCallback"]
@@ -107,6 +109,7 @@ class GradHealthCallback(WatchingCallback):
         self._stepped = False
         self._loss = None
         self._resume: dict | None = None
+        self._fresh_at_start: str | None = None
 
     # -- checkpoints: Lightning saves and restores a callback's state_dict with the checkpoint
     def state_dict(self) -> dict:
@@ -140,18 +143,32 @@ class GradHealthCallback(WatchingCallback):
         for opt in opts:
             if type(opt).__name__ != "LBFGS":
                 self._undo.append(wrap_step(opt, closure_first))
-        if self._resume is None:
+        self._fresh_at_start = None
+        if self._resume is None and getattr(trainer, "ckpt_path", None) is None:
             self.watcher = watch(pl_module, opts or None, run_dir=self.run_dir, **options)
         else:   # restored from a checkpoint (ckpt_path=...): continue the steps and the run store
             with appending_store():
                 self.watcher = watch(pl_module, opts or None, run_dir=self.run_dir, **options)
-            self.watcher.load_state_dict(self._resume)
+            self._fresh_at_start = "the checkpoint holds no GradHealthCallback state"
+            if self._resume is not None:
+                try:
+                    self.watcher.load_state_dict(self._resume)
+                    self._fresh_at_start = None
+                except ParameterError as exc:
+                    self._fresh_at_start = str(exc)
             self._resume = None
         for opt in opts:   # outermost: turn the guard's NonFiniteError into a stop
             self._undo.append(wrap_step(opt, lambda inner, _t=trainer: stopping(inner, lambda e: self._stop(_t, e))))
         self.error = None
         self._events.reset()
         self._stepped, self._loss = False, None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # without a saved state, continue at the restored global_step (known from here on)
+        if self._fresh_at_start is not None and self.watcher is not None and self.watcher.active:
+            why, self._fresh_at_start = self._fresh_at_start, None
+            continue_fresh(self.watcher, trainer.global_step, str(trainer.ckpt_path), why,
+                           "resume from a checkpoint saved with GradHealthCallback among the callbacks.")
 
     def _stop(self, trainer, exc) -> None:
         self.error = exc

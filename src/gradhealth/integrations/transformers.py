@@ -67,10 +67,9 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 
 from ..errors import ModelError, ParameterError
-from ._callback import WatchingCallback, checkpoint_state, real_class
+from ._callback import WatchingCallback, checkpoint_state, continue_fresh, real_class
 from ._optim import stopping, wrap_step
 
 __all__ = ["GradHealthCallback"]
@@ -102,24 +101,16 @@ def _read_state(path: str, global_step: int) -> tuple[dict | None, str]:
 
 
 def _continue(watcher, saved: dict | None, why: str, global_step: int, path: str) -> None:
-    """Continue ``watcher`` (created to append to its run store) at the Trainer's ``global_step``:
-    from the saved state, or, when there is none, from a fresh one at that step (the step numbers
-    and the run store continue; the detector windows start empty, and a warning says so)."""
-    from ..watch import WatchWarning
-
+    """Continue ``watcher`` (created to append to its run store) at the Trainer's ``global_step``,
+    from the saved state or, when there is none, from a fresh one (see ``continue_fresh``)."""
     if saved is not None:
         try:
             watcher.load_state_dict(saved)
             return
         except ParameterError as exc:
             why = str(exc)
-    fresh = watcher.state_dict()
-    fresh["step"] = global_step
-    watcher.load_state_dict(fresh)
-    warnings.warn(f"gradhealth: training resumes at step {global_step} but the watcher's state could not be read "
-                  f"from {path} ({why}); the watcher continues at step {global_step} in the same run store, with "
-                  "empty detector windows (their baselines start again). Fix: resume from a checkpoint saved under "
-                  "GradHealthCallback in args.output_dir.", WatchWarning, stacklevel=3)
+    continue_fresh(watcher, global_step, path, why,
+                   "resume from a checkpoint saved under GradHealthCallback in args.output_dir.")
 
 
 def _callback_base():
