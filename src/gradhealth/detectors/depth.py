@@ -118,7 +118,7 @@ def _describe(verdict: str, what: str, tr: dict, worst: str | None, step: int) -
 
 def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_ratio: float = 100.0,
                         min_layers: int = 4, min_steps: int = 4, min_growth: float = 1.05,
-                        cooldown: int = 100) -> Detector:
+                        cooldown: int = 100, zero_patience: int = 3) -> Detector:
     """Detector of backward signals that grow or shrink geometrically with depth or time.
 
     Three signals, each giving its own event on onset (and again after it clears):
@@ -132,11 +132,18 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
       partly cancel the trend), only at steps without output gradients.
     * **time** -- for each recurrent layer, the gradient reaching each time step
       (``time_grad``), time step 0 being the input side: threshold ``time_ratio``.
+    * **zero** -- the input-side weight layers get a gradient of exactly 0 while a later one
+      gets a positive one, for ``zero_patience`` measured steps in a row: nothing reaches them
+      (dead ReLU units where the activation is functional, so that no unit statistic exists --
+      with ReLU modules ``dead_units`` reports them -- or underflow). A trend cannot be fitted
+      through zeros, so this is its own signal, reported as ``vanishing``. Layers without a
+      gradient (frozen, unused) are not zeros.
 
     Args:
         ratio, param_ratio, time_ratio: end-to-end thresholds (> 1).
         min_layers / min_steps: fewest measured layers / time steps for a verdict.
         min_growth: the per-layer (per-step) factor must exceed this (or its inverse).
+        zero_patience: consecutive measured steps of exactly-zero input-side gradients.
         cooldown: steps during which a condition that cleared and came back is not reported
             again (trends measured on small batches flicker around the threshold).
     """
@@ -205,6 +212,9 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
                 handle("param_depth", trp, verdict, "param_grad",
                        lambda: (L.names[order[pp[0]]], {"series": [float(x) for x in pvals[pp]]}))
 
+        # 4) exactly zero gradients on the input side
+        _zero_signal(stats, state, new_state, events, order, zero_patience, cooldown)
+
         # 3) per-time-step trends of recurrent layers
         for name, series in (stats.time_grad or {}).items():
             s = np.asarray(series, dtype=float)
@@ -214,6 +224,51 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
         return events, new_state
 
     return Detector(init, update, "exploding_vanishing")
+
+
+def _zero_prefix(grad_norm: np.ndarray, order: np.ndarray) -> int | None:
+    """How many weight layers, in forward order, lead with a gradient norm of exactly 0 before
+    the first positive one (layers without a measurement, NaN, are skipped). None when nothing
+    positive was measured (no signal to compare with) or a non-finite value comes first."""
+    v = grad_norm[order] if order.size else np.zeros(0)
+    v = v[~np.isnan(v)]
+    pos = np.flatnonzero(v != 0)
+    if not pos.size or not np.isfinite(v[pos[0]]) or v[pos[0]] < 0:
+        return None
+    return int(pos[0])
+
+
+def _zero_signal(stats: StepStats, state: dict, new_state: dict, events: list, order: np.ndarray,
+                 patience: int, cooldown: int) -> None:
+    """The ``zero`` signal of :func:`exploding_vanishing` (its docstring): counts consecutive
+    measured steps with a zero prefix; one ``vanishing`` event when the count reaches
+    ``patience`` (again only after it cleared and ``cooldown`` steps passed)."""
+    if stats.grad_norm is None or "relu" in stats.layers.families:
+        return          # ReLU modules: the dead_units detector measures the units themselves
+    k = _zero_prefix(stats.grad_norm, order)
+    if k is None:
+        return                                   # not measured: keep the count
+    if k == 0:
+        new_state.pop("zero", None)
+        return
+    count, since = state.get("zero", (0, stats.step))
+    count += 1
+    new_state["zero"] = (count, since)
+    last = state.get(("emitted", "zero"))
+    if count != patience or (last is not None and stats.step - last < cooldown):
+        return
+    new_state[("emitted", "zero")] = stats.step
+    L = stats.layers
+    names = [L.names[i] for i in order if not np.isnan(stats.grad_norm[i])][:k]
+    ev = dict(stats.info or {})
+    ev.update({"signal": "zero", "zero_layers": names, "worst_layer": names[0], "depth": len(order),
+               "lr": stats.lr, "patience": patience})
+    where = safe_text(names[0]) if k == 1 else f"{safe_text(names[0])} .. {safe_text(names[-1])}"
+    msg = (f"The gradient of the first {k} weight layer(s) ({where}) is exactly 0 for {patience} "
+           f"measured steps up to step {stats.step}, while later layers get one: no backward "
+           "signal reaches them (dead ReLU units, or underflow).")
+    events.append(Event(step=stats.step, kind="vanishing", layer=names[0], severity="error",
+                        message=msg, evidence=ev, remedy="", since=since))
 
 
 def _time_facts(L, name: str, s: np.ndarray) -> dict:
