@@ -4,13 +4,17 @@ loop under gradhealth.watch (the oracle), under Lightning and under the Hugging 
 
 - a NaN emitted by one layer (net.2) at step 5 of the tiny MLP of integration_common;
 - a vanishing stack: 10 sigmoid layers, full-batch SGD, every event of the first steps (also
-  under Lightning's accumulate_grad_batches=4 against a plain loop with 4 micro-batches).
+  under Lightning's accumulate_grad_batches=4 against a plain loop with 4 micro-batches);
+- the NaN under fp16 on CPU (Lightning's MixedPrecision('16-mixed') with a GradScaler against a
+  plain autocast + GradScaler loop): the scaler skips the step, recorded as such in both; that no
+  event names the layer there is a known gap (a strict xfail).
 
 The HF Trainer gets the same SGD (constant lr) through ``optimizers=``; the model is the same
 module with a ``forward(x, labels)`` returning the loss, as the Trainer wants."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -192,3 +196,88 @@ def test_a_nan_from_one_layer_is_named_under_the_hf_trainer_as_in_a_plain_loop(t
     # what the Trainer's clip hides: at the NaN step every layer's gradient is non-finite
     bad = next(s for s in w.history if s.step == NAN_STEP)
     assert sum(n > 0 for n in bad.nonfinite_grad) > 1
+
+
+def _fp16_plain():
+    """The NaN run of integration_common in a plain fp16 loop on CPU: autocast(float16) and a
+    GradScaler('cpu'), as Lightning's MixedPrecision('16-mixed', 'cpu', scaler) does it."""
+    import gradhealth
+
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = make_data(N_STEPS)
+    state = {"step": 0}
+    plant_nan(model.get_submodule(NAN_LAYER), lambda: state["step"])
+    with gradhealth.watch(model, opt, scaler=scaler) as w:
+        for s in range(N_STEPS):
+            state["step"] = s
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = nn.functional.mse_loss(model(x[s * BATCH:(s + 1) * BATCH]), y[s * BATCH:(s + 1) * BATCH])
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+            w.observe(loss)
+    return w
+
+
+def _fp16_lightning():
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from gradhealth.integrations.lightning import GradHealthCallback
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = Net().net
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    module = Module()
+    plant_nan(module.get_submodule(NAN_LAYER), lambda: module.trainer.global_step)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*make_data(N_STEPS)), batch_size=BATCH,
+                                         shuffle=False)
+    cb = GradHealthCallback()   # the scaler is taken from the precision plugin
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    pl.Trainer(max_steps=N_STEPS, callbacks=[cb], plugins=[plugin], logger=False, enable_progress_bar=False,
+               enable_checkpointing=False, enable_model_summary=False, accelerator="cpu").fit(module, loader)
+    return cb.watcher
+
+
+@pytest.fixture(scope="module")
+def fp16_runs():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _fp16_plain(), _fp16_lightning()
+
+
+def test_fp16_mixed_precision_on_cpu_under_lightning_is_the_plain_loop(fp16_runs):
+    # Lightning's MixedPrecision('16-mixed') with a GradScaler on CPU: the NaN step is skipped by
+    # the scaler and recorded as such, the same steps, losses and pre-clip norms as the plain loop
+    oracle, w = fp16_runs
+    skipped = [(s.step, s.skip_reason) for s in oracle.history if s.skipped]
+    assert skipped == [(NAN_STEP, "scaler")]
+    assert [(s.step, s.skip_reason) for s in w.history if s.skipped] == skipped
+    assert _events(w) == _events(oracle)
+    for ours, theirs in zip(w.history, oracle.history):
+        assert ours.step == theirs.step
+        assert [ours.loss, ours.global_grad_norm] == pytest.approx([theirs.loss, theirs.global_grad_norm],
+                                                                   rel=1e-3, nan_ok=True)
+    assert math.isnan(next(s.loss for s in w.history if s.step == NAN_STEP))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: a NaN emitted in the forward under fp16 + GradScaler is taken for "
+                   "an overflow: detectors.nonfinite ignores scaler-skipped steps even when the observed loss is NaN "
+                   "(an overflow of the scaled gradients leaves the loss finite), so no event names the layer")
+def test_a_forward_nan_under_the_grad_scaler_is_named(fp16_runs):
+    for w in fp16_runs:
+        assert first_nonfinite(w.events) == (NAN_STEP, "nonfinite", NAN_LAYER)
