@@ -58,7 +58,7 @@ def _fresh_dynamo():
     dynamo.reset()
 
 
-HOWS = ("cw", "wc", "inplace", "sub")
+HOWS = ("cw", "wc", "inplace", "sub", "sub-cw")
 
 
 def compile_model(model, how: str, backend: str = "eager"):
@@ -68,7 +68,7 @@ def compile_model(model, how: str, backend: str = "eager"):
     if how == "inplace":
         model.compile(backend=backend)
         return model
-    name, child = next(iter(model.named_children()))   # "sub": the first child replaced
+    name, child = next(iter(model.named_children()))   # "sub", "sub-cw": the first child replaced
     setattr(model, name, torch.compile(child, backend=backend))
     return model
 
@@ -76,8 +76,9 @@ def compile_model(model, how: str, backend: str = "eager"):
 def compiled_watch(model, opt, how: str, backend: str = "eager", **options):
     """``(the callable the loop trains, the watcher)``: ``cw`` compiles, then watches the
     compiled wrapper; ``wc`` / ``inplace`` (``model.compile()``) / ``sub`` (the first child
-    replaced by ``torch.compile(child)``) watch the model, then compile."""
-    if how == "cw":
+    replaced by ``torch.compile(child)``) watch the model, then compile; ``sub-cw`` replaces the
+    first child, then watches."""
+    if how in ("cw", "sub-cw"):
         cm = compile_model(model, how, backend)
         return cm, watch(cm, opt, **options)
     w = watch(model, opt, **options)
@@ -147,7 +148,7 @@ def test_grad_norms_and_names_equal_the_eager_run(how, backend):
     assert not math.isnan(e0.act_std[1]) and all(math.isnan(v) for v in h0.act_std)
     said = [str(c.message) for c in caught if issubclass(c.category, WatchWarning) and "compiled" in str(c.message)]
     assert len(said) == 1
-    assert ("a compiled submodule" in said[0]) == (how == "sub")
+    assert ("a compiled submodule" in said[0]) == how.startswith("sub")
     for what in ("activation statistics", "gradient norms w.r.t. layer outputs", "forward execution order"):
         assert what in said[0]
     assert "recurrent" not in said[0]   # no recurrent layer in this model: not named
@@ -243,7 +244,7 @@ def test_no_graph_break_added(make, how):
     warm, steady, graphs, ops = _graph_counts(make, how, watched=True)
     assert steady == 0                     # nothing added in the steady state
     assert (graphs, ops) == bare[2:]       # the same graphs with the same ops: no hook traced in
-    if how in ("cw", "sub"):
+    if how in ("cw", "sub", "sub-cw"):
         assert warm == 0                   # the watcher's hooks run outside the compiled region
     # wc / inplace: each root hook, met once while dynamo traces, is one call it skips
 
@@ -277,3 +278,48 @@ def test_an_eager_user_does_not_import_dynamo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh())
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("how", ["cw", "sub", "sub-cw"])
+def test_a_nan_batch_restores_the_batchnorm_buffers_under_their_eager_names(how):
+    torch.manual_seed(2)
+    model = BNNet()
+    twin = copy.deepcopy(model)
+    bn = model.body[1]                   # held before compiling (``sub`` wraps the body)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    topt = torch.optim.SGD(twin.parameters(), lr=0.05)
+    data = batches(4, seed=7)
+    data[2][0][0, 0] = math.nan          # step 2: a NaN in the batch poisons the running stats
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WatchWarning)
+        run, w = compiled_watch(model, opt, how, on_nonfinite="skip", detail_every=never())
+        we = watch(twin, topt, on_nonfinite="skip", detail_every=never())
+        try:
+            for x, y in data:
+                train_step(run, opt, x, y, w)
+                train_step(twin, topt, x, y, we)
+        finally:
+            w.remove()
+            we.remove()
+    skips = [e for e in w.events if e.kind == "guard"]
+    eskips = [e for e in we.events if e.kind == "guard"]
+    assert [e.step for e in skips] == [e.step for e in eskips] == [2]
+    restored = eskips[0].evidence["buffers_restored"]
+    assert set(restored) >= {"body.1.running_mean", "body.1.running_var"}   # the eager oracle
+    assert skips[0].evidence["buffers_restored"] == restored
+    # restored, the running statistics are finite and equal the eager run's
+    for name in ("running_mean", "running_var"):
+        mine, theirs = getattr(bn, name), getattr(twin.body[1], name)
+        assert torch.isfinite(theirs).all()
+        torch.testing.assert_close(mine, theirs)
+    assert internal(w) == []

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["dynamo_loaded", "unwrap", "named_modules", "compiled_call", "run_eager", "hook_class",
+__all__ = ["dynamo_loaded", "unwrap", "named_modules", "named_buffers", "compiled_call", "run_eager", "hook_class",
            "install_layer_hooks", "not_collected", "eager_stance"]
 
 _EAGER: list[Any] = []           # the disabled trampoline, made once dynamo is loaded
@@ -85,6 +85,22 @@ def named_modules(model: nn.Module, wrappers: bool = False):
         yield prefix, mod
         kids = [(f"{prefix}.{n}" if prefix else n, c) for n, c in mod._modules.items() if c is not None]
         stack.extend(reversed(kids))
+
+
+def named_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``model.named_buffers()`` in the user's names (see :func:`named_modules`); the same list
+    as ``named_buffers()`` for a model without a compiled wrapper inside."""
+    cls = _optimized_module()
+    if cls is None or not any(isinstance(m, cls) for m in model.modules()):
+        return list(model.named_buffers())
+    seen: set[int] = set()
+    out = []
+    for mn, m in named_modules(model):
+        for bn, b in m.named_buffers(recurse=False):
+            if b is not None and id(b) not in seen:
+                seen.add(id(b))
+                out.append((f"{mn}.{bn}" if mn else bn, b))
+    return out
 
 
 def compiled_call(model: nn.Module) -> str | None:

@@ -30,7 +30,7 @@ import torch
 from .._text import safe_text
 from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
-from ._compile import eager_stance, unwrap
+from ._compile import eager_stance, named_buffers, unwrap
 from .replay import ReplayReport, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
@@ -124,7 +124,7 @@ class BufferSnapshot:
     """
 
     def __init__(self, model, max_numel: int = 1 << 16):
-        named = [(n, b) for n, b in model.named_buffers() if isinstance(b, torch.Tensor)]
+        named = [(n, b) for n, b in named_buffers(model) if isinstance(b, torch.Tensor)]   # the user's names
         self.small = [(n, b) for n, b in named if b.numel() <= max_numel]
         self.big = [(n, b) for n, b in named if b.numel() > max_numel]
         with torch.no_grad():
