@@ -199,3 +199,43 @@ def test_a_checkpoint_without_the_callbacks_state_still_continues_the_steps(tmp_
     assert any(issubclass(w.category, WatchWarning) and "empty detector windows" in str(w.message) for w in seen)
     assert [s.step for s in cb.watcher.history] == list(range(cut, N_STEPS))
     assert [r["step"] for r in load_run(tmp_path / "run").steps] == list(range(N_STEPS))
+
+
+def test_a_checkpoint_right_after_a_scaler_skipped_step_resumes_at_the_next_step(tmp_path):
+    # fp16 on CPU with a GradScaler: the NaN step 5 is skipped by the scaler (no optimizer step,
+    # but Lightning's global_step counts it) and the checkpoint is taken right after it, at
+    # global_step 6. The saved state must count the skipped step, as the next forward would.
+    # Oracle: the uninterrupted fit's step numbers, skipped steps and run store.
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from gradhealth.integrations.lightning import GradHealthCallback
+
+    cut = NAN_STEP + 1
+    x, y = make_data(cut)   # an epoch of `cut` batches: Lightning restarts a resumed epoch's loader
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+
+    def run(cb, ckpt_path=None, every=None, steps=N_STEPS):
+        module = Module()
+        plant_nan(module.get_submodule(NAN_LAYER), lambda: module.trainer.global_step)
+        callbacks = [cb]
+        if every:
+            callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{step}", save_top_k=-1,
+                                                          every_n_train_steps=every))
+        plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+        t = pl.Trainer(max_steps=steps, callbacks=callbacks, plugins=[plugin], logger=False,
+                       enable_progress_bar=False, enable_checkpointing=bool(every), enable_model_summary=False,
+                       accelerator="cpu")
+        t.fit(module, loader, ckpt_path=ckpt_path)
+        return cb.watcher
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        oracle = run(GradHealthCallback(tmp_path / "oracle"))
+        first = run(GradHealthCallback(tmp_path / "run"), every=cut, steps=cut + 2)
+        resumed = run(GradHealthCallback(tmp_path / "run"), ckpt_path=tmp_path / f"step={cut}.ckpt")
+    assert [(s.step, s.skip_reason) for s in oracle.history if s.skipped] == [(NAN_STEP, "scaler")]
+    assert [s.step for s in first.history] == list(range(cut + 2))
+    assert [s.step for s in resumed.history] == list(range(cut, N_STEPS))
+    assert resumed.step == oracle.step == N_STEPS
+    assert resumed.state_dict()["skipped"] == oracle.state_dict()["skipped"] == 1
+    assert_same_store(load_run(tmp_path / "run"), load_run(tmp_path / "oracle"))

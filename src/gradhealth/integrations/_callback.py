@@ -24,17 +24,17 @@ def real_class(namespace: dict, name: str, cls: type, base: Callable[[], type]) 
 def checkpoint_state(watcher) -> dict:
     """``watcher.state_dict()`` with the step that just ran counted.
 
-    A framework saves its checkpoint after ``optimizer.step()`` and before the next forward, but
-    the watcher ends an iteration (step += 1, the step's statistics into the detectors) only at
-    the next forward or at ``remove()``. ``state_dict()`` taken there gives the step before and
-    detector windows without that step, so a run resumed from it numbers its first step one too
-    low (the store's row of the last saved step is overwritten) and its baselines miss a step.
-    This ends the iteration now, as the next forward would (the same calls as ``remove()``).
+    A framework saves its checkpoint after ``optimizer.step()`` (or after the GradScaler skipped
+    it) and before the next forward, but the watcher ends an iteration (step += 1, the step's
+    statistics into the detectors, a scaler-skipped step counted) only at the next forward or at
+    ``remove()``. ``state_dict()`` taken there gives the step before and detector windows without
+    that step, so a run resumed from it numbers its first step one too low (the store's row of
+    the last saved step is overwritten) and its baselines miss a step. This ends the iteration
+    now, as the next forward would (the watcher's own step-boundary code, then the deferred reads).
     """
-    it = getattr(watcher, "_it", None)
-    if watcher.active and it is not None and it.stepped:
+    if watcher.active:
         try:
-            watcher._end_iteration()
+            watcher._boundary_at_forward()
             watcher._completed(watcher._readback.flush())
         except Exception as exc:   # never into training: the state is then the one before
             watcher._internal("state_dict", exc)
