@@ -130,9 +130,10 @@ class _Rows(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
-def _hf(tmp_path, model, steps, batch, n_batches, plant=None):
+def _hf(tmp_path, model, steps, batch, n_batches, plant=None, accumulate=1):
     """``model`` (a ForHF) trained by the HF Trainer with SGD(lr=LR), constant lr, default
-    max_grad_norm; ``plant(trainer)`` may add a fault. Returns the callback's watcher."""
+    max_grad_norm, ``accumulate`` micro-batches per step; ``plant(trainer)`` may add a fault.
+    Returns the callback's watcher."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     from gradhealth.integrations.transformers import GradHealthCallback
@@ -141,7 +142,8 @@ def _hf(tmp_path, model, steps, batch, n_batches, plant=None):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps, report_to=[],
                                           use_cpu=True, save_strategy="no", per_device_train_batch_size=batch,
-                                          disable_tqdm=True, seed=0, logging_steps=1)
+                                          disable_tqdm=True, seed=0, logging_steps=1,
+                                          gradient_accumulation_steps=accumulate)
     assert args.max_grad_norm == 1.0
     cb = GradHealthCallback()
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_Rows(*make_data(n_batches)),
@@ -181,14 +183,17 @@ def test_the_vanishing_stack_under_lightning_accumulation_is_the_plain_loops():
         assert ours.loss == pytest.approx(theirs.loss, rel=1e-5)
 
 
-def test_a_nan_from_one_layer_is_named_under_the_hf_trainer_as_in_a_plain_loop(tmp_path):
+@pytest.mark.parametrize("accumulate", [1, 4])
+def test_a_nan_from_one_layer_is_named_under_the_hf_trainer_as_in_a_plain_loop(tmp_path, accumulate):
+    # with gradient_accumulation_steps=4 against the plain loop accumulating 4 micro-batches
     def plant(trainer):
         plant_nan(trainer.model.get_submodule(NAN_LAYER), lambda: trainer.state.global_step)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        oracle = plain_loop()
-        w = _hf(tmp_path, ForHF(Net()), N_STEPS, BATCH, N_STEPS, plant=plant)
+        oracle = plain_loop(accumulate=accumulate)
+        w = _hf(tmp_path, ForHF(Net()), N_STEPS, BATCH, N_STEPS * accumulate, plant=plant, accumulate=accumulate)
+    assert [s.step for s in w.history] == list(range(N_STEPS))
     assert first_nonfinite(oracle.events) == (NAN_STEP, "nonfinite", NAN_LAYER)
     assert first_nonfinite(w.events) == first_nonfinite(oracle.events)
     assert w.replays[0].module == oracle.replays[0].module == NAN_LAYER
