@@ -25,9 +25,15 @@ pathology was found (unless --no-fail-on-pathology); 0 otherwise; 2 for a usage 
 or module not found, a --run-dir that is a file or cannot be created: refused before the
 script starts).
 
+Under torchrun (RANK and WORLD_SIZE set): every rank watches and writes its own store (rank 0
+in --run-dir, rank r in --run-dir/rank<r>); only rank 0 prints. The exit code is the script's
+unless --fail-on-pathology: torchrun stops every rank as soon as one exits non-zero, which
+could cut another rank's store short. Gate on `gradhealth summary RUN_DIR` instead.
+
 Examples:
   gradhealth run train.py --epochs 3
   gradhealth run --run-dir runs/exp1 --on-nonfinite skip -m mypkg.train --lr 1e-3
+  torchrun --standalone --nproc_per_node=2 -m gradhealth run --run-dir runs/ddp train.py
   gradhealth summary runs/exp1
 """
 
@@ -50,8 +56,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--every", type=_positive_int, metavar="N",
                         help="log per-layer statistics every N steps (default: every step)")
     parser.add_argument("--no-fail-on-pathology", dest="fail_on_pathology",
-                        action="store_false",
-                        help="exit 0 when the script succeeds even if pathologies were found")
+                        action="store_const", const=False, default=None,
+                        help="exit 0 when the script succeeds even if pathologies were found "
+                             "(the default under torchrun)")
+    parser.add_argument("--fail-on-pathology", dest="fail_on_pathology", action="store_const", const=True,
+                        help="exit 1 when the script succeeds but a pathology was found (the "
+                             "default, except under torchrun)")
     parser.add_argument("--no-live", dest="live", action="store_false",
                         help="no live status line (it is shown only on a terminal anyway)")
     # REMAINDER, as for the script: everything after ``-m MODULE`` belongs to the module.
@@ -208,6 +218,14 @@ def _print_traceback(exc: BaseException, stream) -> None:
     stream.write(f"gradhealth run: the script stopped{' at ' + where if where else ''}: {one_line(exc)}\n")
 
 
+def _torchrun_rank() -> tuple[int, int]:
+    """``(rank, world size)`` from torchrun's environment; ``(0, 1)`` outside it."""
+    try:
+        return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 0, 1
+
+
 def _check_run_dir(run_dir: Path) -> None:
     """Raise _Usage unless the store can make ``run_dir``: checked before the script starts, not
     after it trained. Nothing is created here (a script that never steps leaves no directory)."""
@@ -257,15 +275,20 @@ def run(args) -> int:
 
     from ..report.run_view import StatusLine
 
-    con = Console(stderr=True, highlight=False)
-    live_on = args.live and con.is_terminal
+    rank, world = _torchrun_rank()
+    quiet = rank != 0                            # under torchrun only rank 0 prints
+    fail = args.fail_on_pathology if args.fail_on_pathology is not None else world == 1
+    sink = open(os.devnull, "w") if quiet else None  # noqa: SIM115 - closed below
+    con = Console(file=sink, highlight=False) if quiet else Console(stderr=True, highlight=False)
+    live_on = args.live and con.is_terminal and not quiet
     status = StatusLine(f"gradhealth {Path(target).name}") if live_on else None
     meta = {"command": "gradhealth run " + " ".join(
                 ([f"-m {target}"] if kind == "module" else [target]) + script_args),
             "cwd": os.getcwd()}
     from ..watch.session import WatchSession
 
-    session = WatchSession(run_dir, watch_kwargs, status=_status_updater(status) if status else None, meta=meta)
+    session = WatchSession(run_dir, watch_kwargs, status=_status_updater(status) if status else None,
+                           meta=meta, stream=sink)
     session.open()
     try:
         if live_on:
@@ -283,9 +306,14 @@ def run(args) -> int:
     elif said is not None:
         print(said, file=sys.stderr)
     pathological = _report(session, con)
+    if sink is not None:
+        sink.close()
+    if pathological and not fail and world > 1 and not quiet:
+        con.print(f"gradhealth: exit code {code} (the script's) under torchrun; "
+                  f"`gradhealth summary {run_dir}` exits 1 on these pathologies.", markup=False)
     if code != 0:
         return code
-    return EXIT_PATHOLOGY if pathological and args.fail_on_pathology else EXIT_OK
+    return EXIT_PATHOLOGY if pathological and fail else EXIT_OK
 
 
 def _status_updater(line):
