@@ -33,7 +33,9 @@ def nonfinite(*, max_listed: int = 8) -> Detector:
     (``stats.origin``); otherwise the first layer in forward order with a non-finite
     gradient (which, once a NaN loss has flowed back, is every layer: the replay is what
     tells them apart). Steps that the AMP GradScaler skipped are not alarms: overflow at a
-    too-high loss scale is how the scaler calibrates itself.
+    too-high loss scale is how the scaler calibrates itself -- unless the observed loss is
+    non-finite too, which an overflow of the scaled gradients never makes it: then a NaN came
+    from the forward, and the step is reported like any other.
 
     Args:
         max_listed: how many layer names to list in the evidence.
@@ -43,8 +45,8 @@ def nonfinite(*, max_listed: int = 8) -> Detector:
         return frozenset()
 
     def update(stats: StepStats, state):
-        if stats.skip_reason == "scaler":
-            return [], state
+        if stats.skip_reason == "scaler" and not stats.loss_nonfinite:
+            return [], state    # the scaler calibrating itself (an overflow leaves the loss finite)
         if (not state and not stats.loss_nonfinite and stats.nonfinite_grad.max(initial=0) <= 0
                 and stats.nonfinite_param.max(initial=0) <= 0):
             return [], state    # the usual step: nothing non-finite now or before (no event, same state)
