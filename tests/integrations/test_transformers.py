@@ -89,3 +89,29 @@ def test_raise_stops_training_at_the_nan_step(tmp_path):
     assert trainer.state.global_step == K + 1 < 8
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert next(e for e in cb.watcher.events if e.kind == "nonfinite").layer == BLOCK
+
+
+def test_skip_drops_the_nan_step_and_training_goes_on(tmp_path):
+    """on_nonfinite='skip' under the Trainer (its optimizer is accelerate's wrapper): the NaN
+    step is not applied, training runs to max_steps, the parameters stay finite, and the store
+    records exactly step K as skipped. Oracle: the same training without the callback ends with
+    NaN parameters (the Trainer itself would apply the step)."""
+    cb, trainer = train(tmp_path, on_nonfinite="skip")
+    assert trainer.state.global_step == 8
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    run = load_run(tmp_path / "run")
+    assert [r["step"] for r in run.steps if r.get("skipped")] == [K]
+    assert next(e for e in cb.watcher.events if e.kind == "nonfinite").layer == BLOCK
+
+
+def test_without_the_callback_the_nan_step_poisons_the_model(tmp_path, monkeypatch):
+    """The negative control of the skip test: the same run with a callback that does nothing."""
+    import gradhealth.integrations.transformers as hf
+
+    class Inert(transformers.TrainerCallback):
+        def __init__(self, **_kw):
+            self.watcher = None
+
+    monkeypatch.setattr(hf, "GradHealthCallback", Inert)
+    _, trainer = train(tmp_path)
+    assert not all(torch.isfinite(p).all() for p in trainer.model.parameters())
