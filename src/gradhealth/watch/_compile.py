@@ -15,12 +15,14 @@ Three things make a compiled model look different to the watcher, and each has i
   Nothing here imports ``torch._dynamo`` (a second of start-up): an eager user never pays it.
 * The detail steps' per-layer forward hooks would run inside the compiled forward: a hook
   registered after the first compiled call never fires (dynamo does not guard on module hooks)
-  and one present at compile time breaks the graph. :func:`install_layer_hooks` skips them on
-  a compiled model and says once, in a :class:`~gradhealth.watch.runlog.WatchWarning`, which
-  statistics are therefore not collected. Everything read in the optimizer hooks (gradient
-  norms per layer and global, before and after clipping, NaN/Inf counts, parameter norms,
-  update ratios, the guard) and the forensic replay (an eager re-run of the user's module, under
-  :func:`eager_stance`) work as on an eager model.
+  and one present at compile time breaks the graph. :func:`install_layer_hooks` keeps them off
+  the compiled forward; on a detail step the forward statistics (activation statistics,
+  forward order) come from :func:`shadow_forward`, one more eager forward of the same batch
+  without autograd, and one :class:`~gradhealth.watch.runlog.WatchWarning` says what stays
+  missing (the gradients w.r.t. layer outputs, which need the real backward). Everything read
+  in the optimizer hooks (gradient norms per layer and global, before and after clipping,
+  NaN/Inf counts, parameter norms, update ratios, the guard) and the forensic replay (an eager
+  re-run of the user's module, under :func:`eager_stance`) work as on an eager model.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 from torch import nn
 
 __all__ = ["dynamo_loaded", "unwrap", "named_modules", "named_buffers", "compiled_call", "run_eager", "hook_class",
-           "install_layer_hooks", "not_collected", "eager_stance"]
+           "install_layer_hooks", "not_collected", "eager_stance", "shadow_forward", "changed"]
 
 _EAGER: list[Any] = []           # the disabled trampoline, made once dynamo is loaded
 _WARNED: weakref.WeakSet = weakref.WeakSet()   # watchers that said what a compiled model loses
@@ -182,34 +184,93 @@ def run_eager(fn, args: tuple, kwargs: dict):
 
 
 def not_collected(host) -> list[str]:
-    """The detail-step statistics that need per-layer forward hooks, for ``host``'s model and
-    options (what a compiled model goes without)."""
+    """The detail-step statistics that need the backward pass of per-layer hooks, for
+    ``host``'s model and options (what a compiled model goes without)."""
     lm = host._map
-    out = []
-    if host.config.forward_stats:
-        out.append("activation statistics (std, dead-unit and saturated fractions)")
-    out.append("gradient norms w.r.t. layer outputs")
+    out = ["gradient norms w.r.t. layer outputs"]
     if any(r == "recurrent" and isinstance(m, nn.RNNBase) for r, m in zip(lm.table.roles, lm.modules)):
         out.append("per-time-step gradients of recurrent layers")
-    out.append("the forward execution order (layers are ordered as declared)")
+    if not host.config.forward_stats:
+        out.append("the forward execution order (forward_stats=False: layers are ordered as declared)")
     return out
 
 
-def install_layer_hooks(host) -> None:
+def changed(t: torch.Tensor, version: int, saved: torch.Tensor) -> bool:
+    """Whether ``t`` differs from ``saved``, its copy taken at ``version``: a new version, or
+    other values (NaN equal to NaN). The values are compared too because some in-place
+    updates do not bump the version: BatchNorm's running statistics on CPU (torch 2.13)."""
+    if t._version != version:
+        return True
+    if t.shape != saved.shape:
+        return False   # replaced wholesale (not in place): nothing to put back into it
+    with torch.no_grad():
+        same = t == saved
+        if t.is_floating_point() or t.is_complex():
+            same |= t.isnan() & saved.isnan()
+        return not bool(same.all())
+
+
+@contextlib.contextmanager
+def _unchanged(model: nn.Module):
+    """Around the shadow forward: the RNG states and the buffers are put back afterwards (a
+    buffer only when the shadow changed it, so that nothing else sees a new version)."""
+    rng = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    bufs = [(b, b._version, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        torch.set_rng_state(rng)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        with torch.no_grad():
+            for b, v, saved in bufs:
+                if b.shape == saved.shape and changed(b, v, saved):
+                    b.copy_(saved)
+
+
+def shadow_forward(host, args: tuple, kwargs: dict) -> None:
+    """The forward statistics of a compiled model's detail step: the user's module's forward
+    run once more, eagerly (``force_eager`` for compiled blocks), without autograd, with the
+    per-layer hooks on, from the same RNG state (dropout draws the same masks), and with the RNG
+    and the buffers (BatchNorm's running statistics) put back before the compiled forward runs.
+    What the hooks measure on it (activation statistics, forward order) is what they would
+    measure eagerly; gradients w.r.t. layer outputs need the real backward and stay missing."""
+    model = unwrap(host.model)
+    saved = host._iter_hooks
+    host._iter_hooks = type(saved)()   # a HookSet of its own, emptied before the compiled forward
+    try:
+        host._inst.install_layer_hooks()
+        with _unchanged(model), torch.no_grad(), eager_stance():
+            model.forward(*args, **kwargs)   # (forward, not __call__: the root hooks stay out)
+    except Exception as exc:
+        host._internal("compiled model's forward statistics", exc)
+    finally:
+        host._iter_hooks.remove()   # before the compiled forward: dynamo must not meet them
+        host._iter_hooks = saved
+
+
+def install_layer_hooks(host, args: tuple = (), kwargs: dict | None = None) -> None:
     """The detail step's per-layer hooks (``host._inst.install_layer_hooks``), unless ``host``'s
-    model runs compiled now: then none, and one WatchWarning per watcher says what is missing."""
+    model runs compiled now: then the forward statistics come from :func:`shadow_forward`
+    (``forward_stats``), and one WatchWarning per watcher says what is missing."""
     how = compiled_call(host.model)
     if how is None:
         host._inst.install_layer_hooks()
         return
+    if host.config.forward_stats:
+        shadow_forward(host, args, kwargs or {})
     if host in _WARNED:
         return
     _WARNED.add(host)
     from .runlog import WatchWarning
 
+    shadow = (" The activation statistics and the forward order come from an eager forward of the "
+              "same batch run without autograd on detail steps (same RNG, buffers put back)."
+              if host.config.forward_stats else "")
     warnings.warn(
-        f"gradhealth: the model runs compiled ({how}); per-layer forward hooks would break its graph "
-        "(and dynamo does not run hooks added after its first call), so on detail steps these are not "
-        "collected: " + "; ".join(not_collected(host)) + ". Gradient norms (per layer, global, before "
-        "and after clipping), NaN/Inf counts, parameter norms, update ratios, the guard and the "
-        "forensic replay work as on an eager model.", WatchWarning, stacklevel=2)
+        f"gradhealth: the model runs compiled ({how}); per-layer hooks would break its graph (and "
+        "dynamo does not run hooks added after its first call), so on detail steps these are not "
+        "collected: " + "; ".join(not_collected(host)) + "." + shadow + " Gradient norms (per layer, "
+        "global, before and after clipping), NaN/Inf counts, parameter norms, update ratios, the "
+        "guard and the forensic replay work as on an eager model.", WatchWarning, stacklevel=2)

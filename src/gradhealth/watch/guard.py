@@ -30,7 +30,7 @@ import torch
 from .._text import safe_text
 from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
-from ._compile import eager_stance, named_buffers, unwrap
+from ._compile import changed, eager_stance, named_buffers, unwrap
 from .replay import ReplayReport, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
@@ -118,9 +118,11 @@ class BufferSnapshot:
     A NaN batch poisons BatchNorm's running statistics in the forward pass, before any guard
     can act: skipping the optimizer step alone would leave ``model.eval()`` returning NaN.
     Buffers of at most ``max_numel`` entries (running statistics, counters) are copied at
-    every iteration's first forward (one fused copy into preallocated tensors); larger ones
-    (registered masks, tables) only have their version counter read, so a skipped step
-    that changed one in place can say so instead of restoring it silently wrong.
+    every iteration's first forward (one fused copy into preallocated tensors) and, on a
+    skipped step, put back when their version or their values changed (BatchNorm updates its
+    running statistics on CPU without a new version); larger ones (registered masks, tables)
+    only have their version counter read, so a skipped step that changed one in place can say
+    so instead of restoring it silently wrong.
     """
 
     def __init__(self, model, max_numel: int = 1 << 16):
@@ -151,7 +153,8 @@ class BufferSnapshot:
         restored = []
         with torch.no_grad():
             for (n, b), copy_, v in zip(self.small, self._copies, self._versions):
-                if b._version != v and b.shape == copy_.shape:
+                # by value too: BatchNorm's running statistics change without a new version
+                if b.shape == copy_.shape and changed(b, v, copy_):
                     b.copy_(copy_)
                     restored.append(n)
         lost = [n for (n, b), v in zip(self.big, self._big_versions) if b._version != v]

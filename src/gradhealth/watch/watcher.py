@@ -373,7 +373,7 @@ class Watcher:
         if self.config.detail_every(self.step) and not self._it.layer_hooks and torch.is_grad_enabled():
             self._get_record()
             self._it.layer_hooks = True
-            _compile.install_layer_hooks(self)   # none on a compiled model (it says so)
+            _compile.install_layer_hooks(self, args, kwargs)   # compiled model: forward stats from a shadow
         self._it.forward = True
 
     @hook_method("forward")
