@@ -155,7 +155,8 @@ def test_hostile_layer_names_are_sanitised_and_unique(tmp_path, file_store):
 
 
 def _args(**kw):
-    base = dict(run_dir=None, to="tensorboard", logdir=None, tracking_uri=None, experiment="gradhealth", run_name=None)
+    base = dict(run_dir=None, to="tensorboard", logdir=None, tracking_uri=None, experiment="gradhealth", run_name=None,
+                follow=False, interval=2.0)
     return argparse.Namespace(**(base | kw))
 
 
@@ -193,3 +194,81 @@ def test_cli_export_parser_imports_neither_torch_nor_a_writer():
             "print(sorted(m for m in ('torch', 'tensorboardX', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+FOLLOWED = """
+import sys, time, warnings
+import torch, torch.nn as nn
+import gradhealth
+warnings.simplefilter("ignore")
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+time.sleep(0.3)                    # the follower starts before the store exists
+with gradhealth.watch(model, opt, run_dir=sys.argv[1]) as w:
+    for step in range(16):
+        x = torch.randn(16, 8)
+        if step == 5:
+            x[0, 0] = float("nan")
+        loss = model(x).pow(2).mean()
+        w.observe(loss)
+        opt.zero_grad(); loss.backward(); opt.step()
+        time.sleep(0.05)
+"""
+
+
+def test_follow_writes_what_the_one_shot_export_writes(tmp_path):
+    """The live writer, reading the store of a training in another process while it runs, ends
+    with what to_tensorboard writes for the finished run (oracle): every scalar (NaN included),
+    every histogram's count and sum, and every event line."""
+    pytest.importorskip("tensorboardX")
+    from gradhealth.integrations.export import follow_tensorboard, to_tensorboard
+
+    run_dir = tmp_path / "run"
+    script = tmp_path / "train.py"
+    script.write_text(FOLLOWED)
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)])
+    try:
+        follow_tensorboard(run_dir, tmp_path / "live", interval=0.05,
+                           stop=lambda: proc.poll() is not None and not run_dir.exists())
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == 0
+    to_tensorboard(run_dir, tmp_path / "once")
+    live, once = read_events(tmp_path / "live"), read_events(tmp_path / "once")
+    assert set(live[0]) == set(once[0]) and len(once[0]) > 100
+    for key, v in once[0].items():
+        assert (math.isnan(v) and math.isnan(live[0][key])) or v == live[0][key], key
+    assert any(math.isnan(v) for v in live[0].values())
+    assert {k: (h.num, h.sum) for k, h in live[1].items()} == {k: (h.num, h.sum) for k, h in once[1].items()}
+
+    def lines(texts):
+        return sorted(line for (tag, _), items in texts.items() if tag.startswith("events") for t in items
+                      for line in t.split("\n"))
+
+    assert lines(live[2]) == lines(once[2]) and any("nonfinite" in x for x in lines(live[2]))
+
+
+def test_follow_checks_its_interval(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from gradhealth.errors import ParameterError
+    from gradhealth.integrations.export import follow_tensorboard
+
+    with pytest.raises(ParameterError, match="interval"):
+        follow_tensorboard(tmp_path / "run", tmp_path / "tb", interval=0)
+
+
+def test_cli_follow_on_a_finished_run_exports_it_and_returns(nan_run, tmp_path, capsys):
+    """--follow on a run that is already finished: one pass, the one-shot content, exit 0;
+    --follow with MLflow is a usage error."""
+    pytest.importorskip("tensorboardX")
+    from gradhealth.cli import export as cli_export
+    from gradhealth.integrations.export import to_tensorboard
+
+    run_dir, _ = nan_run
+    assert cli_export.run(_args(run_dir=str(run_dir), logdir=str(tmp_path / "live"), follow=True,
+                                interval=0.05)) == 0
+    assert "export complete" in capsys.readouterr().out
+    to_tensorboard(run_dir, tmp_path / "once")
+    assert set(read_events(tmp_path / "live")[0]) == set(read_events(tmp_path / "once")[0])
+    assert cli_export.run(_args(run_dir=str(run_dir), to="mlflow", follow=True)) == 2

@@ -12,8 +12,13 @@ Needs tensorboardX (pip install 'gradhealth[tensorboard]') or mlflow
 
 Exit code: 0 exported, 2 if RUN_DIR is not a readable run or the writer is not installed.
 
+With --follow (TensorBoard only) the export keeps up with a run that is still training: the
+store is read again every --interval seconds (from this process: the training is not touched)
+and what is new is appended, until the run is finished or Ctrl-C.
+
 Examples:
   gradhealth export runs/exp1 --to tensorboard --logdir tb/exp1
+  gradhealth export runs/exp1 --to tensorboard --follow        # while it trains
   gradhealth export runs/exp1 --to mlflow --tracking-uri file:///tmp/mlruns --experiment mine
 """
 
@@ -29,6 +34,10 @@ def add_arguments(parser) -> None:
                              "MLFLOW_TRACKING_URI)")
     parser.add_argument("--experiment", default="gradhealth", help="MLflow: the experiment name (default: gradhealth)")
     parser.add_argument("--run-name", metavar="NAME", help="MLflow: the run name (default: RUN_DIR's name)")
+    parser.add_argument("--follow", action="store_true",
+                        help="TensorBoard: keep exporting while the run trains, until it finishes (or Ctrl-C)")
+    parser.add_argument("--interval", type=float, default=2.0, metavar="S",
+                        help="with --follow: seconds between reads of the store (default 2)")
 
 
 def run(args) -> int:
@@ -45,12 +54,15 @@ def run(args) -> int:
                 print("gradhealth export: error: --tracking-uri and --run-name are for --to mlflow.",
                       file=sys.stderr)
                 return 2
-            logdir = export.to_tensorboard(args.run_dir, args.logdir or Path(args.run_dir) / "tensorboard")
+            logdir = args.logdir or Path(args.run_dir) / "tensorboard"
+            if args.follow:
+                return _follow(export, args.run_dir, logdir, args.interval)
+            logdir = export.to_tensorboard(args.run_dir, logdir)
             print(f"wrote TensorBoard event files to {safe_text(logdir)} "
                   f"(view: tensorboard --logdir {safe_text(logdir)})")
         else:
-            if args.logdir:
-                print("gradhealth export: error: --logdir is for --to tensorboard.", file=sys.stderr)
+            if args.logdir or args.follow:
+                print("gradhealth export: error: --logdir and --follow are for --to tensorboard.", file=sys.stderr)
                 return 2
             run_id = export.to_mlflow(args.run_dir, tracking_uri=args.tracking_uri, experiment=args.experiment,
                                       run_name=args.run_name)
@@ -63,4 +75,25 @@ def run(args) -> int:
             raise
         print(f"gradhealth export: error: MLflow refused the export: {safe_text(exc)}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _follow(export, run_dir, logdir, interval: float) -> int:
+    """``--follow``: the live TensorBoard writer until the run finishes; Ctrl-C ends it cleanly."""
+    import math
+
+    from .._text import safe_text
+    from ..errors import ParameterError
+
+    if not (math.isfinite(interval) and interval > 0):
+        raise ParameterError("interval", "gradhealth export", "a number of seconds > 0", interval,
+                             "pass e.g. --interval 2 (how often the store is read again).")
+    print(f"following {safe_text(run_dir)} into {safe_text(logdir)} (view: tensorboard --logdir "
+          f"{safe_text(logdir)}); Ctrl-C to stop", flush=True)
+    try:
+        export.follow_tensorboard(run_dir, logdir, interval=interval)
+    except KeyboardInterrupt:
+        print("stopped; what was exported so far is kept")
+        return 0
+    print("the run finished; export complete")
     return 0

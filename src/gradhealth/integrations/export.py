@@ -1,7 +1,8 @@
 """Export a stored run to TensorBoard or MLflow: :func:`to_tensorboard`, :func:`to_mlflow`.
 
 Both read the run through :func:`gradhealth.store.load_run` (finished, crashed or still being
-written) and write the same content, laid out by :func:`build_export`:
+written) and write the same content, laid out by :func:`build_export`; :func:`follow_tensorboard`
+keeps a TensorBoard export up to date while the run trains:
 
 - **scalars**: ``loss``, ``global/<column>`` for each ``steps`` column (``global_grad_norm``,
   ``global_grad_norm_clipped``, ``lr``, ``skipped``, ``nonfinite_count``) and
@@ -56,8 +57,8 @@ from pathlib import Path
 
 from .._text import safe_text
 
-__all__ = ["to_tensorboard", "to_mlflow", "build_export", "Export", "metric_name", "TENSORBOARD_FIX",
-           "MLFLOW_FIX"]
+__all__ = ["to_tensorboard", "follow_tensorboard", "to_mlflow", "build_export", "Export", "metric_name",
+           "TENSORBOARD_FIX", "MLFLOW_FIX"]
 
 TENSORBOARD_FIX = "pip install 'gradhealth[tensorboard]' (or pip install tensorboardX)"
 MLFLOW_FIX = "pip install 'gradhealth[mlflow]' (or pip install mlflow-skinny)"
@@ -209,6 +210,55 @@ def _markdown(text: str) -> str:
     return "\n".join("- " + _MARKDOWN.sub(r"\\\1", line) for line in text.split("\n"))
 
 
+def _tb_writer(logdir):
+    """``(logdir as a Path, tensorboardX SummaryWriter)``; ImportError naming the fix."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise ImportError(f"gradhealth's TensorBoard export needs tensorboardX, which is not installed. "
+                          f"Fix: {TENSORBOARD_FIX}.") from None
+    logdir = Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    return logdir, SummaryWriter(logdir=str(logdir))
+
+
+class _quiet_x2num:
+    """tensorboardX logs "NaN or Inf found in input tensor." for every such scalar: here they are
+    written on purpose (and counted), so its logger is quietened while the export runs."""
+
+    def __enter__(self):
+        self.log = logging.getLogger("tensorboardX.x2num")
+        self.level = self.log.level
+        self.log.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.log.setLevel(self.level)
+
+
+def _write_tb(writer, exp: Export, keep=lambda step: True, events: bool = True, meta: bool = True) -> None:
+    """Write the parts of ``exp`` whose step passes ``keep`` (the events' scalars and texts
+    only with ``events``, the run's metadata only with ``meta``)."""
+    import numpy as np
+
+    overflow: dict[int, int] = defaultdict(int)
+    for tag, step, value in exp.scalars:
+        if not keep(step) or (not events and tag.startswith("events/")):
+            continue
+        if math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+            overflow[step] += 1
+        writer.add_scalar(tag, value, step, walltime=exp.walltime.get(step))
+    for step, n in sorted(overflow.items()):
+        writer.add_scalar("tensorboard/float32_overflow", float(n), step, walltime=exp.walltime.get(step))
+    for tag, step, values in exp.histograms:
+        if keep(step):   # finite by construction; float64 so that values beyond float32 keep their buckets
+            writer.add_histogram(tag, np.asarray(values, dtype=np.float64), step, walltime=exp.walltime.get(step))
+    for tag, step, text in exp.texts if events else ():
+        if keep(step):
+            writer.add_text(tag, _markdown(text), step, walltime=exp.walltime.get(step))
+    if meta and exp.meta:
+        writer.add_text("meta", _markdown("\n".join(f"{k}: {v}" for k, v in sorted(exp.meta.items()))), 0)
+
+
 def to_tensorboard(run_dir: str | os.PathLike, logdir: str | os.PathLike) -> Path:
     """Write the run in ``run_dir`` as TensorBoard event files under ``logdir``.
 
@@ -223,41 +273,77 @@ def to_tensorboard(run_dir: str | os.PathLike, logdir: str | os.PathLike) -> Pat
         ImportError: tensorboardX is not installed (the message names the install command).
         StoreError: ``run_dir`` is not a readable gradhealth run.
     """
+    logdir, writer = _tb_writer(logdir)
     try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        raise ImportError(f"gradhealth's TensorBoard export needs tensorboardX, which is not installed. "
-                          f"Fix: {TENSORBOARD_FIX}.") from None
-    import numpy as np
-
-    exp = build_export(_load(run_dir))
-    logdir = Path(logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
-    overflow: dict[int, int] = defaultdict(int)
-    writer = SummaryWriter(logdir=str(logdir))
-    # tensorboardX logs "NaN or Inf found in input tensor." for every such scalar: here they are
-    # written on purpose (and counted), so its logger is quietened while the export runs
-    x2num = logging.getLogger("tensorboardX.x2num")
-    level = x2num.level
-    x2num.setLevel(logging.ERROR)
-    try:
-        for tag, step, value in exp.scalars:
-            if math.isfinite(value) and abs(value) > _FLOAT32_MAX:
-                overflow[step] += 1
-            writer.add_scalar(tag, value, step, walltime=exp.walltime.get(step))
-        for step, n in sorted(overflow.items()):
-            writer.add_scalar("tensorboard/float32_overflow", float(n), step, walltime=exp.walltime.get(step))
-        for tag, step, values in exp.histograms:
-            # finite by construction; float64 so that values beyond float32 keep their buckets
-            writer.add_histogram(tag, np.asarray(values, dtype=np.float64), step,
-                                 walltime=exp.walltime.get(step))
-        for tag, step, text in exp.texts:
-            writer.add_text(tag, _markdown(text), step, walltime=exp.walltime.get(step))
-        if exp.meta:
-            writer.add_text("meta", _markdown("\n".join(f"{k}: {v}" for k, v in sorted(exp.meta.items()))), 0)
+        exp = build_export(_load(run_dir))
+        with _quiet_x2num():
+            _write_tb(writer, exp)
     finally:
         writer.close()
-        x2num.setLevel(level)
+    return logdir
+
+
+def follow_tensorboard(run_dir: str | os.PathLike, logdir: str | os.PathLike, *, interval: float = 2.0,
+                       stop=None) -> Path:
+    """Export a run that is still training, and keep exporting as its store grows, until the run
+    is finished (its store closed) or ``stop()`` returns True: the live writer.
+
+    It reads the run store from its own process (SQLite WAL: the training is not slowed or
+    touched) every ``interval`` seconds and appends what is new: the steps up to the newest
+    complete one (the newest step may still be being written), and every new event. The result
+    is what :func:`to_tensorboard` writes for the finished run (events as one text per event
+    instead of one per step). A store that does not exist yet is waited for.
+
+    Args:
+        run_dir: the run directory of the training (it may not exist yet).
+        logdir: where the event files go (created).
+        interval: seconds between reads (> 0).
+        stop: a callable checked after each read; True ends the export (e.g. on Ctrl-C).
+
+    Returns:
+        ``logdir`` as a Path.
+
+    Raises:
+        ImportError: tensorboardX is not installed.
+        ParameterError: ``interval`` is not a positive number.
+    """
+    import time
+
+    from .._checks import check_real
+    from ..errors import StoreError
+
+    interval = check_real(interval, "interval", "follow_tensorboard", low=0.0, low_inclusive=False,
+                          fix="pass the seconds between reads of the store, e.g. interval=2.0.")
+    logdir, writer = _tb_writer(logdir)
+    done, n_events, kinds, meta = -1, 0, defaultdict(int), True
+    try:
+        with _quiet_x2num():
+            while True:
+                try:
+                    run = _load(run_dir)
+                except StoreError:
+                    run = None          # not created yet (or being created): read again later
+                if run is not None:
+                    last = max((r["step"] for r in run.steps), default=-1)
+                    upto = last if run.finished else last - 1
+                    lo = done
+                    _write_tb(writer, build_export(run), keep=lambda s, lo=lo, hi=upto: lo < s <= hi,
+                              events=False, meta=meta)
+                    meta = False
+                    for e in run.events[n_events:]:
+                        step = e.step if e.step is not None else 0
+                        kinds[e.kind] += 1
+                        writer.add_scalar(metric_name("events", e.kind), float(kinds[e.kind]), step)
+                        writer.add_text("events", _markdown(_event_line(e)), step)
+                    n_events, done = len(run.events), max(done, upto)
+                    writer.flush()
+                    if run.finished:
+                        break
+                if stop is not None and stop():
+                    break
+                time.sleep(interval)
+    finally:
+        writer.close()
     return logdir
 
 
