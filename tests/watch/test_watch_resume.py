@@ -87,3 +87,30 @@ def test_load_state_dict_refuses_what_is_not_a_state():
             w.load_state_dict({"step": 3})
         with pytest.raises(ParameterError, match="Watcher.state_dict"):
             w.load_state_dict("nope")
+
+
+def test_a_checkpoint_taken_mid_training_counts_the_step_just_taken():
+    """state_dict() called while training (after opt.step(), before the next forward, where a
+    checkpoint is taken) ends that step first: the state says CUT steps and its detector windows
+    hold step CUT - 1, so the resumed run's history and events are the uninterrupted run's.
+    (It said CUT - 1 before, and the resumed run numbered its first step CUT - 1.)"""
+    data = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WatchWarning)
+        model, opt = _fresh()
+        with watch(model, opt) as oracle:
+            _train(model, opt, oracle, data, 0, STEPS)
+        model, opt = _fresh()
+        with watch(model, opt) as first:
+            _train(model, opt, first, data, 0, CUT)
+            state = copy.deepcopy(first.state_dict())          # still attached, mid-training
+            ckpt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+            assert state["step"] == CUT and first.history[-1].step == CUT - 1
+        model2, opt2 = _fresh()
+        model2.load_state_dict(ckpt[0])
+        opt2.load_state_dict(ckpt[1])
+        with watch(model2, opt2) as second:
+            second.load_state_dict(state)
+            _train(model2, opt2, second, data, CUT, STEPS)
+    assert [s.step for s in second.history] == list(range(CUT, STEPS))
+    assert _spikes(second) == [s for s in _spikes(oracle) if s[0] >= CUT] != []

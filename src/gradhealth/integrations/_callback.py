@@ -22,22 +22,10 @@ def real_class(namespace: dict, name: str, cls: type, base: Callable[[], type]) 
 
 
 def checkpoint_state(watcher) -> dict:
-    """``watcher.state_dict()`` with the step that just ran counted.
-
-    A framework saves its checkpoint after ``optimizer.step()`` (or after the GradScaler skipped
-    it) and before the next forward, but the watcher ends an iteration (step += 1, the step's
-    statistics into the detectors, a scaler-skipped step counted) only at the next forward or at
-    ``remove()``. ``state_dict()`` taken there gives the step before and detector windows without
-    that step, so a run resumed from it numbers its first step one too low (the store's row of
-    the last saved step is overwritten) and its baselines miss a step. This ends the iteration
-    now, as the next forward would (the watcher's own step-boundary code, then the deferred reads).
-    """
-    if watcher.active:
-        try:
-            watcher._boundary_at_forward()
-            watcher._completed(watcher._readback.flush())
-        except Exception as exc:   # never into training: the state is then the one before
-            watcher._internal("state_dict", exc)
+    """``watcher.state_dict()`` at a framework's checkpoint, which is taken after
+    ``optimizer.step()`` (or after the GradScaler skipped it) and before the next forward: the
+    watcher ends that step first (:meth:`~gradhealth.watch.Watcher.state_dict`), so a run resumed
+    from it does not number its first step one too low."""
     return watcher.state_dict()
 
 

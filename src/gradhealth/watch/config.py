@@ -140,6 +140,18 @@ class WatchConfig:
         return self.on_nonfinite in ("skip", "rollback", "raise")
 
 
+def resolve_config(config: "WatchConfig | None", options: dict) -> "WatchConfig":
+    """``Watcher(model, optimizer, config=None, **options)``'s configuration: ``config`` or one built
+    from ``options`` (ParameterError when both are given)."""
+    if config is None:
+        return WatchConfig(**options)
+    if options:
+        raise ParameterError("config", "Watcher", "a WatchConfig or keyword options, not both",
+                             f"a WatchConfig and {sorted(options)}",
+                             "pass Watcher(model, optimizer, WatchConfig(...)) or gradhealth.watch(...).")
+    return config
+
+
 def check_model(model) -> None:
     """ParameterError unless ``model`` is an ``nn.Module`` (checked before any option)."""
     if not isinstance(model, torch.nn.Module):

@@ -58,6 +58,7 @@ from .config import (
     as_optimizers,
     check_model,
     default_detail_schedule,
+    resolve_config,
 )
 from .guard import NonFinitePolicy
 from .hooks import HookSet, LayerMap, WeakMethodHook, discover_layers, module_names
@@ -92,15 +93,8 @@ class Watcher:
 
     def __init__(self, model: nn.Module, optimizer=None, config: WatchConfig | None = None, **options):
         check_model(model)
-        if config is None:
-            config = WatchConfig(**options)
-        elif options:
-            raise ParameterError("config", "Watcher", "a WatchConfig or keyword options, not both",
-                                 f"a WatchConfig and {sorted(options)}",
-                                 "pass Watcher(model, optimizer, WatchConfig(...)) or gradhealth.watch(...).")
-        self.config = config
+        self.config = config = resolve_config(config, options)
         opts = as_optimizers(optimizer)
-
         self.model = model
         self._log = RunLog(config, clock=lambda: self.step, model=_compile.unwrap(model))
         self.step = 0
@@ -124,7 +118,6 @@ class Watcher:
         self._policy = NonFinitePolicy(config, model, self._state_tensors, self._internal, self.run_dir)
         if config.run_dir is not None:
             self._log.open_store(config.run_dir, run_meta(_compile.unwrap(model), config, self._map, config.meta))
-
         self._attach(opts)
 
     # ------------------------------------------------------------------ public API
@@ -235,9 +228,17 @@ class Watcher:
 
     def state_dict(self) -> dict:
         """What a resumed run needs to continue (step, skipped steps, detector windows, guard
-        counters): save it with the checkpoint, give it to :meth:`load_state_dict`."""
+        counters): save it with the checkpoint, give it to :meth:`load_state_dict`. A step whose
+        optimizer step ran is ended first (as at the next forward), so that it is counted."""
+        if self._active:
+            self._end_for_checkpoint()
         return {"version": 1, "step": self.step, "skipped": self._skipped_total,
                 "log": self._log.state_dict(), "policy": self._policy.state_dict(self._opts.watched)}
+
+    @hook_method("state_dict")
+    def _end_for_checkpoint(self) -> None:
+        self._boundary_at_forward()
+        self._completed(self._readback.flush())
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict`, before the first resumed step (ParameterError if
