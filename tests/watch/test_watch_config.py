@@ -19,10 +19,12 @@ from gradhealth.watch.schedule import Schedule
 
 def test_watch_signature_defaults_are_the_configs():
     """watch() spells its defaults in its signature (for help() and type checkers); they
-    must be WatchConfig's, option for option."""
+    must be WatchConfig's, option for option (``resume`` is not a configuration: the state
+    of the run it continues)."""
     sig = inspect.signature(watch).parameters
     fields = {f.name: f for f in dataclasses.fields(WatchConfig)}
-    options = [n for n in sig if n not in ("model", "optimizer")]
+    options = [n for n in sig if n not in ("model", "optimizer", "resume")]
+    assert sig["resume"].default is None
     assert options == list(fields)
     for name in options:
         assert sig[name].default == fields[name].default, name

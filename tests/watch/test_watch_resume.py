@@ -114,3 +114,41 @@ def test_a_checkpoint_taken_mid_training_counts_the_step_just_taken():
             _train(model2, opt2, second, data, CUT, STEPS)
     assert [s.step for s in second.history] == list(range(CUT, STEPS))
     assert _spikes(second) == [s for s in _spikes(oracle) if s[0] >= CUT] != []
+
+
+def test_watch_resume_appends_to_the_same_store(tmp_path):
+    """watch(..., run_dir=same, resume=state): the interrupted process ran two steps past its
+    checkpoint; the resumed one re-does them into the same store, which then reads as the
+    uninterrupted run (oracle: an uninterrupted run's store, step by step)."""
+    from gradhealth.store import load_run
+
+    data = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WatchWarning)
+        model, opt = _fresh()
+        with watch(model, opt, run_dir=tmp_path / "oracle") as oracle:
+            _train(model, opt, oracle, data, 0, STEPS)
+        model, opt = _fresh()
+        with watch(model, opt, run_dir=tmp_path / "run") as first:
+            _train(model, opt, first, data, 0, CUT)
+            state = copy.deepcopy(first.state_dict())
+            ckpt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+            _train(model, opt, first, data, CUT, CUT + 2)      # past the checkpoint, then "dies"
+        model2, opt2 = _fresh()
+        model2.load_state_dict(ckpt[0])
+        opt2.load_state_dict(ckpt[1])
+        with watch(model2, opt2, run_dir=tmp_path / "run", resume=state) as second:
+            _train(model2, opt2, second, data, CUT, STEPS)
+    got, want = load_run(tmp_path / "run"), load_run(tmp_path / "oracle")
+    assert [s["step"] for s in got.steps] == [s["step"] for s in want.steps] == list(range(STEPS))
+    for a, b in zip(got.steps, want.steps):
+        assert a["global_grad_norm"] == pytest.approx(b["global_grad_norm"], rel=1e-6)
+    assert [(e.step, e.kind) for e in got.events] == [(e.step, e.kind) for e in want.events]
+
+
+def test_watch_resume_refuses_what_is_not_a_state_and_leaves_nothing_attached():
+    model, opt = _fresh()
+    with pytest.raises(ParameterError, match="state"):
+        watch(model, opt, resume={"bogus": 1})
+    with watch(model, opt) as w:      # the model is not left watched by the refused attempt
+        assert w.active

@@ -6,10 +6,11 @@ everything in a run store, guards the run against NaN/Inf (``on_nonfinite``) and
 goes non-finite, replays it to name the first module where it happened.
 """
 
+from .api import watch
 from .replay import Capture, ReplayReport, replay_step
 from .schedule import Schedule, every, log_spaced, never, steps
 from .session import WatchSession
-from .watcher import Watcher, WatchWarning, default_detail_schedule, watch
+from .watcher import Watcher, WatchWarning, default_detail_schedule
 
 __all__ = [
     "watch",

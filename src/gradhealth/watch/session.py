@@ -299,7 +299,7 @@ class WatchSession:
             self._error(f"could not watch {type(optimizer).__name__}: {type(exc).__name__}: {exc}")
 
     def _attach(self, optimizer) -> None:
-        from .watcher import watch
+        from .api import watch
 
         wanted = {id(p) for g in optimizer.param_groups for p in g["params"]}
         for _, name, w in self.watchers:
