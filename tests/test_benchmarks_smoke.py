@@ -72,3 +72,21 @@ def test_bench_report_runs_and_the_first_bad_step_is_on_the_page():
     # per-layer rows on every 2nd of 60 steps: 30 x 7; the planted first bad step is named
     assert r["rows"] == 30 * 7 and r["first_bad_step_named"] is True
     assert r["html_kb"] > 0 and all(math.isfinite(r[k]) for k in ("report_s", "load_columns_s", "load_dicts_s"))
+
+
+def test_bench_ddp_runs_two_ranks_and_writes_consistent_ratios(tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this torch build")
+    from benchmarks import bench_ddp
+
+    out = tmp_path / "ddp.json"
+    bench_ddp.main(["--quick", "--workloads", "resmlp8x256", "--repeats", "1", "--steps", "10", "--json", str(out)])
+    recs = json.loads(out.read_text())["records"]
+    assert {r["config"] for r in recs} == CONFIGS and len(recs) == len(CONFIGS)
+    by = {r["config"]: r for r in recs}
+    for r in recs:
+        assert r["world"] == 2 and math.isfinite(r["ms_per_step"]) and r["ms_per_step"] > 0
+        assert r["ratio_vs_bare"] == pytest.approx(r["ms_per_step"] / by["bare"]["ms_per_step"])
+        assert r["ratio_vs_floor"] == pytest.approx(r["ms_per_step"] / by["floor"]["ms_per_step"])
