@@ -67,7 +67,10 @@ def ddp_worker(rank, world, nan_step=None, nan_on_rank=None, run_dir=None):
                 opt.step()
     return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events],
             "params": [float(p.detach().double().sum()) for p in model.parameters()],
-            "skipped": [s.step for s in w.history if s.skipped]}
+            "skipped": [s.step for s in w.history if s.skipped],
+            "replays": [[r.step, r.found, r.direction, r.module, r.cause, r.transient, r.stats.get("ranks_found")]
+                        for r in w.replays],
+            "messages": [e.message for e in w.events if e.kind in ("nonfinite", "guard")]}
 
 
 def fsdp_worker(rank, world, nan_step=None, nan_on_rank=None, policy="warn"):

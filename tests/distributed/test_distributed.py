@@ -44,6 +44,19 @@ def test_a_nan_on_one_rank_makes_every_rank_skip(tmp_path):
     assert ranks[0]["params"] == ranks[1]["params"]   # never silently diverged
 
 
+def test_every_rank_is_told_which_rank_the_nan_came_from(tmp_path):
+    """A NaN in rank 1's batch at step 2: DDP brings it to rank 0's gradients too, where a
+    replay of rank 0's own step reproduces nothing (on one process: "transient"). Both ranks'
+    replays now say the fault arose on rank 1, in its input (the oracle: where it was planted),
+    and rank 0's is not taken for a transient fault. Rank 1's own replay is its own finding."""
+    ranks = run_ranks(ddp_worker, 2, 1, out_dir=tmp_path)
+    for r in ranks:
+        (step, found, direction, _module, cause, transient, found_on), = r["replays"]
+        assert (step, found, direction, found_on, transient) == (2, True, "input", [1], False), r["replays"]
+    assert ranks[0]["replays"][0][4] == "other_rank" and ranks[1]["replays"][0][4] != "other_rank"
+    assert any("rank 1" in m for m in ranks[0]["messages"]), ranks[0]["messages"]
+
+
 def test_each_rank_writes_its_own_store_and_rank0_is_the_run_dir(tmp_path):
     from gradhealth.store import load_run
 

@@ -31,6 +31,7 @@ from .._text import safe_text
 from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
 from ._compile import changed, eager_stance, named_buffers, unwrap
+from ._ranks import ddp_world, merge_across_ranks
 from .replay import ReplayReport, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
@@ -283,14 +284,21 @@ class NonFinitePolicy:
             self.replays.append(rec.origin)
             return
         self.replaying = True
+        report = None
         try:
             with eager_stance():   # compiled parts re-run eagerly: every module's check runs
                 report = replay_step(self.model, captures, rec.step, names)
         except Exception as exc:
             self._internal("replay", exc)
-            return
         finally:
             self.replaying = False
+        if ddp_world(self.model) > 1:   # every rank replays this step: one gather on each, always
+            try:
+                report = merge_across_ranks(report, rec.step, sorted(set(names.values())))
+            except Exception as exc:
+                self._internal("replay", exc)
+        if report is None:
+            return
         rec.origin = report
         self.replays.append(report)
 
