@@ -103,3 +103,36 @@ def fsdp_worker(rank, world, nan_step=None, nan_on_rank=None, policy="warn"):
 
 def close(a, b, rel=1e-4):
     return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
+
+
+def ddp_amp_worker(rank, world, blow_step=None, blow_rank=None, use_scaler=True):
+    """DDP under fp16 autocast on CPU with torch.amp.GradScaler("cpu"); at ``blow_step`` rank
+    ``blow_rank`` multiplies its loss by 1e6, so its fp16 gradients overflow (an Inf the
+    all-reduce brings to every rank: both scalers skip that step)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model, xs, ys = model_and_data()
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if use_scaler else None
+    per = BATCH // world
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(ddp, opt, scaler=scaler) as w:
+            for s in range(STEPS):
+                x, y = xs[s, rank * per:(rank + 1) * per], ys[s, rank * per:(rank + 1) * per]
+                opt.zero_grad()
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = nn.functional.cross_entropy(ddp(x), y)
+                if s == blow_step and rank == blow_rank:
+                    loss = loss * 1e6
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+    return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events],
+            "skipped": [[s.step, s.skip_reason] for s in w.history if s.skipped],
+            "params": [float(p.detach().double().sum()) for p in model.parameters()]}

@@ -68,3 +68,24 @@ def test_each_rank_writes_its_own_store_and_rank0_is_the_run_dir(tmp_path):
     for run, r in zip((r0, r1), ranks):
         got = [(row["step"], row["global_grad_norm"]) for row in run.steps]
         assert [(n[0], n[1]) for n in r["norms"]] == got
+
+
+def test_ddp_under_fp16_amp_records_the_scalers_skip_on_every_rank(tmp_path):
+    """fp16 autocast + GradScaler under 2-rank DDP: an overflow of rank 1's scaled gradients at
+    step 1 is a scaler skip on both ranks (not a NaN pathology: no nonfinite or guard event),
+    the ranks' parameters stay identical, and the other steps' gradient norms are the unscaled
+    ones: equal to the same DDP run without a scaler (the oracle, fp16 tolerance)."""
+    from dist_workers import ddp_amp_worker
+
+    (tmp_path / "amp").mkdir()
+    (tmp_path / "plain").mkdir()
+    ranks = run_ranks(ddp_amp_worker, 1, 1, out_dir=tmp_path / "amp")
+    plain = run_ranks(ddp_amp_worker, None, None, False, out_dir=tmp_path / "plain")
+    for r in ranks:
+        assert r["skipped"] == [[1, "scaler"]], r["skipped"]
+        assert not [e for e in r["events"] if e[1] in ("nonfinite", "guard")], r["events"]
+    assert ranks[0]["params"] == ranks[1]["params"]
+    assert [n[1] for n in ranks[0]["norms"]] == [n[1] for n in ranks[1]["norms"]]
+    # step 0 (before the skip) against the run without a scaler: the watcher unscaled the norms
+    (s0, g0, layers0), (p0, q0, players0) = ranks[0]["norms"][0], plain[0]["norms"][0]
+    assert s0 == p0 == 0 and close(g0, q0, rel=1e-2) and all(close(a, b, rel=1e-2) for a, b in zip(layers0, players0))
