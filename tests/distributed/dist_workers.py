@@ -98,7 +98,8 @@ def fsdp_worker(rank, world, nan_step=None, nan_on_rank=None, policy="warn"):
     full = [float(p.full_tensor().detach().double().sum()) for p in model.parameters()]
     return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events],
             "msgs": [e.message for e in w.events], "params": full,
-            "skipped": [s.step for s in w.history if s.skipped]}
+            "skipped": [s.step for s in w.history if s.skipped],
+            "replays": [[r.step, r.found, r.direction, r.cause, r.stats.get("ranks_found")] for r in w.replays]}
 
 
 def close(a, b, rel=1e-4):

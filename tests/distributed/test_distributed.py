@@ -57,6 +57,17 @@ def test_every_rank_is_told_which_rank_the_nan_came_from(tmp_path):
     assert any("rank 1" in m for m in ranks[0]["messages"]), ranks[0]["messages"]
 
 
+def test_fsdp2_ranks_are_told_the_nan_came_from_rank_1s_batch(tmp_path):
+    """Under FSDP2 the model cannot be replayed rank by rank, but the batch is checked and the
+    ranks' findings gathered: both ranks say input, on rank [1] (where it was planted), as the
+    single process and DDP do; before, both said only "not replayed"."""
+    ranks = run_ranks(fsdp_worker, 2, 1, "skip", out_dir=tmp_path)
+    for r in ranks:
+        (step, found, direction, _cause, found_on), = r["replays"]
+        assert (step, found, direction, found_on) == (2, True, "input", [1]), r["replays"]
+    assert ranks[0]["replays"][0][3] == "other_rank" and ranks[1]["replays"][0][3] == "nonfinite_input"
+
+
 def test_each_rank_writes_its_own_store_and_rank0_is_the_run_dir(tmp_path):
     from gradhealth.store import load_run
 

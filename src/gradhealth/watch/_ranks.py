@@ -9,9 +9,10 @@ rank, one ``all_gather``, on every rank at the same point: every rank replays th
 and gives every rank the finding of the first rank that reproduced the fault, with the list of
 ranks that did.
 
-Only for a model wrapped in ``DistributedDataParallel`` on more than one rank: there the
-replay is symmetric. (Under FSDP2 the replay is not run at all; in a process group without DDP
-the ranks' steps are independent and nothing is gathered.)
+Only for a model wrapped in ``DistributedDataParallel``, or sharded with FSDP2, on more than
+one rank: there every rank handles the same bad step. (Under FSDP2 only the batch is checked:
+re-running a sharded model is not possible rank by rank. In a process group without DDP or
+FSDP2 the ranks' steps are independent and nothing is gathered.)
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ __all__ = ["ddp_world", "merge_across_ranks"]
 DIRECTIONS = ("input", "forward", "loss", "backward", "none")
 
 
-def ddp_world(model) -> int:
-    """The world size when ``model`` is DDP-wrapped in an initialised group of > 1 ranks, else 1."""
+def ddp_world(model, sharded: bool = False) -> int:
+    """The world size when ``model`` is DDP-wrapped (or ``sharded``: FSDP2, whose bad-step flag
+    is all-reduced, so every rank replays the same step) in an initialised group of > 1 ranks,
+    else 1."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     from torch.nn.parallel import DistributedDataParallel
 
-    if not isinstance(model, DistributedDataParallel):
+    if not (sharded or isinstance(model, DistributedDataParallel)):
         return 1
     return dist.get_world_size()
 

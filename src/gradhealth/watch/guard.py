@@ -32,7 +32,7 @@ from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
 from ._compile import changed, eager_stance, named_buffers, unwrap
 from ._ranks import ddp_world, merge_across_ranks
-from .replay import ReplayReport, replay_step
+from .replay import ReplayReport, input_check, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
            "diagnosis_text"]
@@ -273,26 +273,27 @@ class NonFinitePolicy:
         ``sharded``: the model has DTensor parameters (the layer map knows)."""
         if not self.config.replay:
             return
+        report = None
         if sharded:
             # replaying a sharded (FSDP2) model re-runs its all-gathers and reduce-scatters on
             # the ranks that replay, and stops at the first non-finite value on each rank at a
-            # different point: the ranks' collectives would no longer match (a hang)
-            rec.origin = ReplayReport(rec.step, False, "none", cause="not_replayed",
-                                      summary=("forensic replay is not run on a sharded (FSDP2) model: "
-                                               "its forward and backward issue collectives every rank "
-                                               "would have to join"))
-            self.replays.append(rec.origin)
-            return
-        self.replaying = True
-        report = None
-        try:
-            with eager_stance():   # compiled parts re-run eagerly: every module's check runs
-                report = replay_step(self.model, captures, rec.step, names)
-        except Exception as exc:
-            self._internal("replay", exc)
-        finally:
-            self.replaying = False
-        if ddp_world(self.model) > 1:   # every rank replays this step: one gather on each, always
+            # different point: the ranks' collectives would no longer match (a hang). Only the
+            # batch is checked (no collective), and the ranks' findings gathered below.
+            report = input_check(captures, rec.step) or ReplayReport(
+                rec.step, False, "none", cause="not_replayed",
+                summary=("forensic replay is not run on a sharded (FSDP2) model: its forward and "
+                         "backward issue collectives every rank would have to join; this rank's "
+                         "batch is finite"))
+        else:
+            self.replaying = True
+            try:
+                with eager_stance():   # compiled parts re-run eagerly: every module's check runs
+                    report = replay_step(self.model, captures, rec.step, names)
+            except Exception as exc:
+                self._internal("replay", exc)
+            finally:
+                self.replaying = False
+        if ddp_world(self.model, sharded) > 1:   # every rank replays this step: one gather on each, always
             try:
                 report = merge_across_ranks(report, rec.step, sorted(set(names.values())))
             except Exception as exc:

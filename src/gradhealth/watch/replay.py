@@ -43,7 +43,7 @@ from torch.utils import _pytree as pytree
 
 from ..detectors.base import safe_text
 
-__all__ = ["Capture", "ReplayReport", "replay_step", "tensor_summary"]
+__all__ = ["Capture", "ReplayReport", "replay_step", "input_check", "tensor_summary"]
 
 
 @dataclass
@@ -265,15 +265,33 @@ def _label(name: str) -> str:
     return "the model (root module)" if name == "" else repr(safe_text(name))
 
 
+def input_check(captures: list[Capture], step: int) -> ReplayReport | None:
+    """The report of replay's first check alone, without running the model: the first captured
+    batch of the step that holds NaN/Inf, or None (what a sharded model, which cannot be
+    re-run rank by rank, still gets)."""
+    for k, cap in enumerate(captures):
+        report = _input_report(cap, step)
+        if report is not None:
+            report.micro_batch = k
+            return report
+    return None
+
+
+def _input_report(cap: Capture, step: int) -> ReplayReport | None:
+    if _all_finite(_float_tensors((cap.args, cap.kwargs))):
+        return None
+    st = tensor_summary((cap.args, cap.kwargs))
+    return ReplayReport(step, True, "input", None, None, "nonfinite_input",
+                        f"the input batch of step {step} already contains non-finite values "
+                        f"({st.get('nan', 0)} NaN, {st.get('inf', 0)} Inf); the model is not to blame",
+                        st)
+
+
 def _replay_one(model: torch.nn.Module, cap: Capture, step: int, names: dict[int, str]) -> ReplayReport:
     # 1) the batch itself
-    ins = _float_tensors((cap.args, cap.kwargs))
-    if not _all_finite(ins):
-        st = tensor_summary((cap.args, cap.kwargs))
-        return ReplayReport(step, True, "input", None, None, "nonfinite_input",
-                            f"the input batch of step {step} already contains non-finite values "
-                            f"({st.get('nan', 0)} NaN, {st.get('inf', 0)} Inf); the model is not to blame",
-                            st)
+    bad_input = _input_report(cap, step)
+    if bad_input is not None:
+        return bad_input
     # 2) forward with per-module checks
     tr = _Trace(names)
     outputs = tr.forward(model, cap)
