@@ -50,3 +50,31 @@ def test_usage_errors_exit_2(extra, needle, tmp_path, capsys, monkeypatch):
     assert main(["trainability", "--no-cache", "--no-progress"] + extra) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_text_output_fits_80_columns_without_splitting_a_number(tmp_path, capsys, monkeypatch):
+    """Folded between words (the summary's lines were 100-130 columns): every printed line fits
+    80 columns, and unfolding gives back the result's own summary, token for token."""
+    from gradhealth.experiments import TrainabilityResult
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(TINY[:-5] + ["--depths", "2,3", "--steps", "3", "--no-cache", "--no-progress", "--json",
+                             "--out", str(tmp_path / "f.png")]) == 0
+    summary = TrainabilityResult.from_dict(json.loads(capsys.readouterr().out)).summary()
+    assert main(TINY[:-5] + ["--depths", "2,3", "--steps", "3", "--no-cache", "--no-progress",
+                             "--out", str(tmp_path / "f.png")]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    printed = " ".join(out.split())
+    for line in summary.splitlines():
+        want = " ".join(line.split())
+        if "from cache;" in want:   # the seconds differ between the two runs
+            want = want.split("from cache;")[0]
+        assert want in printed, (want, out)
+
+
+def test_unknown_activation_names_the_usable_ones_and_no_callable(capsys):
+    assert main(["trainability", "--activation", "nope", "--no-cache", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "tanh" in err and "relu" in err and "derivative=" not in err and "callable" not in err
+    assert "trainability_of" in err

@@ -96,9 +96,10 @@ def run(args) -> int:
     todo, _ = pending(spec, RunOptions(cache_dir=cache))
     total = len(spec.cells())
     eta = estimate_seconds(spec, todo, load_data(spec.data), jobs=jobs)
-    con.print(f"{total} cells ({total - len(todo)} cached), {len(spec.depths)} depths x {len(spec.sigma_w2)} "
-              f"sigma_w2, {spec.steps} steps each: about {eta:.0f} s on {min(jobs, max(len(todo), 1))} "
-              f"process(es)", markup=False)
+    fold = _folder(con.width)
+    con.print(fold(f"{total} cells ({total - len(todo)} cached), {len(spec.depths)} depths x {len(spec.sigma_w2)} "
+                   f"sigma_w2, {spec.steps} steps each: about {eta:.0f} s on {min(jobs, max(len(todo), 1))} "
+                   f"process(es)"), markup=False, soft_wrap=True)
     result = _run_with_bar(spec, RunOptions(jobs=jobs, cache_dir=cache), len(todo), total,
                            progress=not args.no_progress, con=con, run_spec=run_spec)
     save_figure(result.plot, out, owner)
@@ -106,9 +107,19 @@ def run(args) -> int:
         print_json({"out": str(out), "estimate_seconds": eta, **result.to_dict()})
         return 0
     for line in result.summary().splitlines():
-        con.print(safe_text(line), markup=False, soft_wrap=True)
-    con.print(f"wrote {safe_text(out)}", markup=False)
+        con.print(fold(safe_text(line)), markup=False, soft_wrap=True)
+    con.print(fold(f"wrote {safe_text(out)}"), markup=False, soft_wrap=True)
     return 0
+
+
+def _folder(width: int):
+    """Fold a line to the terminal's width (80 when piped) between words, never inside one
+    (a number or a path stays whole), continuation lines indented."""
+    import textwrap
+
+    w = max(40, int(width or 80))
+    return lambda line: textwrap.fill(line, width=w, subsequent_indent="  ", break_long_words=False,
+                                      break_on_hyphens=False)
 
 
 def _run_with_bar(spec, options, todo: int, total: int, *, progress: bool, con, run_spec):

@@ -152,7 +152,9 @@ class TrainabilityResult:
                       else r"$\sigma_w^2$ (weight variance x fan-in)")
         ax.set_ylabel("depth (hidden layers)")
         ax.set_title(f"{s.activation} ({s.variant}) on {s.data}: trainable region")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7, frameon=False)
+        # a grey legend box: the white dots and dashes drawn on the heatmap stay visible in it
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7, facecolor="0.6",
+                  framealpha=1.0, edgecolor="0.6", markerscale=2.5)
         return ax
 
     def _plot_theory(self, ax, depths) -> None:

@@ -114,10 +114,16 @@ def make_spec(activation, sigma_w2_grid, depth_grid, **settings) -> Trainability
     if not isinstance(activation, str):
         raise ParameterError("activation", owner, "an activation name", activation,
                              "pass e.g. activation='tanh'.")
-    name = kernel_for(activation, owner=owner).name   # unknown names: the theory's own error
+    usable = ", ".join(sorted(n for n in TORCH_ACTIVATIONS if n in activation_names()))
+    fix = ("pass one of these names. The experiment builds torch nets from the name, so a function "
+           "of your own is not accepted here; for your own model family use "
+           "gradhealth.experiments.trainability_of(factory, ...) from Python.")
+    try:
+        name = kernel_for(activation, owner=owner).name
+    except ParameterError:
+        name = None
     if name not in TORCH_ACTIVATIONS:
-        raise ParameterError("activation", owner, "one of " + ", ".join(sorted(TORCH_ACTIVATIONS)),
-                             activation, f"known to the theory: {', '.join(activation_names())}.")
+        raise ParameterError("activation", owner, f"one of {usable}", activation, fix)
     spec = TrainabilitySpec(activation=name, sigma_w2=tuple(np.atleast_1d(sigma_w2_grid).tolist())
                             if np.size(sigma_w2_grid) else (), depths=tuple(np.atleast_1d(depth_grid).tolist())
                             if np.size(depth_grid) else (), **settings)

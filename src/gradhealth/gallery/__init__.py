@@ -17,7 +17,7 @@ from ._figure import Figure
 __all__ = ["Figure", "SECTIONS", "build", "GalleryResult"]
 
 #: Section modules, in the order a newcomer should read them.
-SECTIONS: list[str] = ["chains", "meanfield", "probe", "watch", "cure"]
+SECTIONS: list[str] = ["chains", "meanfield", "trainability", "probe", "watch", "cure"]
 
 
 @dataclass
