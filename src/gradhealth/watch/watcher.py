@@ -31,6 +31,7 @@ guard or the scaler skipped still counts, so step numbers follow the training lo
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import deque
 from pathlib import Path
@@ -339,6 +340,8 @@ class Watcher:
                 rec = self._get_record() if self._is_logged(self.step) else None
                 if rec is not None:
                     rec.skipped, rec.skip_reason = True, "scaler"
+                    if _nonfinite_loss(rec.loss):
+                        self._replay(rec)   # a NaN from the forward, not the scaler's overflow
                 self._skipped_total += 1
                 self._end_iteration()
 
@@ -569,3 +572,11 @@ class Watcher:
         self._skipped_total += 1
         rec.skipped = True
         self._emit([self._log.with_remedy(self._policy.skip_event(rec, n_bad, info, self._opts.watched))])
+
+
+def _nonfinite_loss(loss) -> bool:
+    """Whether an observed loss is NaN/Inf (one read, only on a step the scaler skipped: its
+    overflow of the scaled gradients leaves the loss finite, a NaN from the forward does not)."""
+    if isinstance(loss, torch.Tensor):
+        return not bool(torch.isfinite(loss).all())
+    return loss is not None and not math.isfinite(loss)
