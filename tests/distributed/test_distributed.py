@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch.distributed as dist
 
@@ -66,6 +68,22 @@ def test_fsdp2_ranks_are_told_the_nan_came_from_rank_1s_batch(tmp_path):
         (step, found, direction, _cause, found_on), = r["replays"]
         assert (step, found, direction, found_on) == (2, True, "input", [1]), r["replays"]
     assert ranks[0]["replays"][0][3] == "other_rank" and ranks[1]["replays"][0][3] == "nonfinite_input"
+
+
+def test_fsdp2_a_nan_made_inside_the_model_is_named_on_every_rank(tmp_path):
+    """The NaN comes from layer 4's forward on rank 1 at step 2 (not from a batch). Every rank
+    replays the forward to its end in lockstep (no early stop, so the all-gathers match) and
+    the findings are gathered: both ranks name module 4, on rank [1] (before: "not replayed");
+    both skip the step and keep identical, finite parameters."""
+    from dist_workers import fsdp_forward_nan_worker
+
+    ranks = run_ranks(fsdp_forward_nan_worker, out_dir=tmp_path)
+    for r in ranks:
+        (step, found, direction, module, _cause, found_on), = r["replays"]
+        assert (step, found, direction, module, found_on) == (2, True, "forward", "4", [1]), r["replays"]
+        assert r["skipped"] == [2]
+        assert [2, "nonfinite", "4"] in r["events"], r["events"]
+    assert ranks[0]["params"] == ranks[1]["params"] and all(map(math.isfinite, ranks[0]["params"]))
 
 
 def test_each_rank_writes_its_own_store_and_rank0_is_the_run_dir(tmp_path):

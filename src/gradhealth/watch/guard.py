@@ -32,7 +32,7 @@ from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
 from ._compile import changed, eager_stance, named_buffers, unwrap
 from ._ranks import ddp_world, merge_across_ranks
-from .replay import ReplayReport, input_check, replay_step
+from .replay import ReplayReport, input_check, replay_forward_lockstep, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",
            "diagnosis_text"]
@@ -275,15 +275,7 @@ class NonFinitePolicy:
             return
         report = None
         if sharded:
-            # replaying a sharded (FSDP2) model re-runs its all-gathers and reduce-scatters on
-            # the ranks that replay, and stops at the first non-finite value on each rank at a
-            # different point: the ranks' collectives would no longer match (a hang). Only the
-            # batch is checked (no collective), and the ranks' findings gathered below.
-            report = input_check(captures, rec.step) or ReplayReport(
-                rec.step, False, "none", cause="not_replayed",
-                summary=("forensic replay is not run on a sharded (FSDP2) model: its forward and "
-                         "backward issue collectives every rank would have to join; this rank's "
-                         "batch is finite"))
+            report = self._replay_sharded(rec, captures, names)
         else:
             self.replaying = True
             try:
@@ -293,15 +285,43 @@ class NonFinitePolicy:
                 self._internal("replay", exc)
             finally:
                 self.replaying = False
-        if ddp_world(self.model, sharded) > 1:   # every rank replays this step: one gather on each, always
-            try:
-                report = merge_across_ranks(report, rec.step, sorted(set(names.values())))
-            except Exception as exc:
-                self._internal("replay", exc)
+        if ddp_world(self.model) > 1:   # every rank replays this step: one gather on each, always
+            report = self._merged(report, rec.step, names)
         if report is None:
             return
         rec.origin = report
         self.replays.append(report)
+
+    def _replay_sharded(self, rec, captures: list, names: dict[int, str]) -> ReplayReport | None:
+        """A sharded (FSDP2) model: every rank handles the same bad step (its flag is all-reduced),
+        so the ranks stay in step if each does exactly the same thing: check its batch, gather
+        the findings; if no rank's batch is bad, replay every forward to its end (they all-gather
+        the parameters in the same order on every rank; replay's usual early stop would make the
+        ranks' collectives diverge, a hang), gather again. The backward is not replayed."""
+        world = ddp_world(self.model, sharded=True)
+        report = input_check(captures, rec.step)
+        if world > 1:
+            report = self._merged(report, rec.step, names)
+        if report is None or not report.found:
+            self.replaying = True
+            try:
+                with eager_stance():
+                    report = replay_forward_lockstep(self.model, captures, rec.step, names)
+            except Exception as exc:   # still join the gather below: the other ranks wait in it
+                self._internal("replay", exc)
+                report = None
+            finally:
+                self.replaying = False
+            if world > 1:
+                report = self._merged(report, rec.step, names)
+        return report
+
+    def _merged(self, report, step: int, names: dict[int, str]):
+        try:
+            return merge_across_ranks(report, step, sorted(set(names.values())))
+        except Exception as exc:
+            self._internal("replay", exc)
+            return report
 
     # ------------------------------------------------------------------ snapshots
 

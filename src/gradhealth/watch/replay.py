@@ -42,8 +42,9 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..detectors.base import safe_text
+from ..stats.tensors import is_dtensor
 
-__all__ = ["Capture", "ReplayReport", "replay_step", "input_check", "tensor_summary"]
+__all__ = ["Capture", "ReplayReport", "replay_step", "replay_forward_lockstep", "input_check", "tensor_summary"]
 
 
 @dataclass
@@ -213,7 +214,9 @@ def _as_captured(model: torch.nn.Module, cap: Capture):
 
 
 def _module_param_stats(mod: torch.nn.Module) -> dict:
-    ps = [p for p in mod.parameters(recurse=False)]
+    # a sharded (FSDP2) parameter is summarised on this rank's shard: an operation on the
+    # DTensor itself would be a collective, which only the rank that found a fault would join
+    ps = [p.to_local() if is_dtensor(p) else p for p in mod.parameters(recurse=False)]
     if not ps:
         return {}
     return tensor_summary(ps)
@@ -287,6 +290,36 @@ def _input_report(cap: Capture, step: int) -> ReplayReport | None:
                         st)
 
 
+def replay_forward_lockstep(model: torch.nn.Module, captures: list[Capture], step: int,
+                            names: dict[int, str] | None = None) -> ReplayReport:
+    """Replay only the forward(s) of one step, every one of them to its end, and name the first
+    module whose output was non-finite.
+
+    For a sharded (FSDP2) model, whose forward all-gathers parameters: every rank runs exactly
+    the same forwards whatever it finds (no early stop), so their collectives still match. The
+    backward is not replayed (its reduce-scatters would be issued outside the training step).
+    """
+    t0 = time.perf_counter()
+    if names is None:
+        names = {id(m): n for n, m in model.named_modules()}
+    caps = [c for c in captures if c.grad_enabled] or list(captures)
+    first: ReplayReport | None = None
+    with _preserved(model):
+        for k, cap in enumerate(caps):
+            tr = _Trace(names, stop=False)
+            tr.forward(model, cap, grad=False)
+            if tr.found and first is None:
+                f = tr.found
+                first = ReplayReport(step, True, f["direction"], f["module"], f["module_type"], f["cause"],
+                                     f["summary"], f["stats"], micro_batch=k)
+    if first is None:
+        first = ReplayReport(step, False, "none", cause="not_reproduced",
+                             summary=("the sharded model's replayed forward is finite on this rank (its "
+                                      "backward is not replayed under FSDP2)"))
+    first.seconds = time.perf_counter() - t0
+    return first
+
+
 def _replay_one(model: torch.nn.Module, cap: Capture, step: int, names: dict[int, str]) -> ReplayReport:
     # 1) the batch itself
     bad_input = _input_report(cap, step)
@@ -357,8 +390,9 @@ class _Trace:
     """What one replayed forward saw: which module produced and consumed each tensor, which
     module called which, and the first non-finite value (forward, then backward)."""
 
-    def __init__(self, names: dict[int, str]):
+    def __init__(self, names: dict[int, str], stop: bool = True):
         self.names = names
+        self.stop = stop      # False: record the first non-finite value but run the forward to its end
         self.stack: list[torch.nn.Module] = []
         self.found: dict[str, Any] = {}
         self.produced: dict[int, torch.nn.Module] = {}    # id(tensor) -> module that produced it
@@ -368,7 +402,7 @@ class _Trace:
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, model: torch.nn.Module, cap: Capture):
+    def forward(self, model: torch.nn.Module, cap: Capture, grad: bool = True):
         handles = []
         for mod in model.modules():
             handles.append(mod.register_forward_pre_hook(self._pre, with_kwargs=True))
@@ -376,7 +410,7 @@ class _Trace:
         outputs = None
         try:
             with _as_captured(model, cap):
-                with torch.enable_grad():
+                with torch.set_grad_enabled(grad):
                     try:
                         outputs = model(*cap.args, **cap.kwargs)
                     except _Found:
@@ -421,7 +455,8 @@ class _Trace:
                          "non-finite value came from functional code (an operation that is not "
                          f"a module) in the forward of {_label(pname) if pname is not None else 'the caller'}"
                          f", before it called {_label(name)}"))
-        raise _Found()
+        if self.stop:
+            raise _Found()
 
     @staticmethod
     def _forward_culprit(mod, name: str, st: dict, pstats: dict) -> dict:
