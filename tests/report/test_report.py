@@ -8,7 +8,9 @@ import math
 import re
 
 import numpy as np
+import pytest
 
+from gradhealth.errors import ParameterError
 from gradhealth.events import Event
 from gradhealth.report import Report, visible
 from gradhealth.report import figures as F
@@ -196,3 +198,70 @@ def test_counted_nonfinite_gradients_are_never_reported_healthy(tmp_path):
     assert rep.verdict == "nonfinite" and not rep.healthy
     assert rep.headline.endswith(f"l{first[1]} at step {first[0]}"), rep.headline
     assert any("no event describes them" in p for p in rep.problems)
+
+
+def _many_steps_store(run_dir, n_steps=400, n_layers=6):
+    """A store of n_steps logged steps: a NaN, an Inf and a zero planted in grad_norm, a
+    non-finite count, and update ratios on every 50th step (the detail steps)."""
+    from gradhealth.store import RunStore
+
+    special = {(123, 2): math.nan, (250, 5): math.inf, (333, 0): 0.0}
+    with RunStore(run_dir) as st:
+        st.write_meta({"model": "Synthetic"})
+        st.write_layers([{"index": i, "name": f"l{i}", "type": "Linear", "n_params": 4} for i in range(n_layers)])
+        st.append_steps([{"step": s, "loss": 1.0 / (s + 1), "global_grad_norm": 1.0} for s in range(n_steps)])
+        st.append_layer_stats([
+            {"step": s, "layer": i, "grad_norm": special.get((s, i), 0.1 + 0.001 * s + i),
+             "nonfinite": int((s, i) in special and special[(s, i)] != 0.0),
+             **({"update_ratio": 1e-3 * (i + 1)} if s % 50 == 0 else {})}
+            for s in range(n_steps) for i in range(n_layers)])
+    return special
+
+
+def test_a_sampled_read_keeps_every_special_row_and_the_values_it_reads(tmp_path):
+    """load_run(max_steps=...) against the full read (the oracle): the rows it returns are full
+    rows with the same values; every NaN/Inf/zero/non-finite-count row and every update-ratio
+    row is among them; the first and the last step are read."""
+    special = _many_steps_store(tmp_path / "run")
+    fields = ("grad_norm", "nonfinite", "update_ratio")
+    full = load_run(tmp_path / "run", layer_stats="columns", fields=fields).columns
+    part = load_run(tmp_path / "run", layer_stats="columns", fields=fields, max_steps=40).columns
+    assert full.sampled is None and part.sampled == (40, 400)
+    key = {(s, l): i for i, (s, l) in enumerate(zip(full.step.tolist(), full.layer.tolist()))}
+    got = list(zip(part.step.tolist(), part.layer.tolist()))
+    assert got == sorted(got) and len(set(got)) == len(got) < len(key)
+    for j, k in enumerate(got):
+        i = key[k]
+        for f in fields:
+            assert part.recorded[f][j] == full.recorded[f][i]
+            a, b = part.values[f][j], full.values[f][i]
+            assert (math.isnan(a) and math.isnan(b)) or a == b, (k, f)
+    for k in special:
+        assert k in set(got), k
+    ur = {(s, l) for (s, l), r in zip(zip(full.step.tolist(), full.layer.tolist()), full.recorded["update_ratio"]) if r}
+    assert ur <= set(got)
+    assert {0, 399} <= {s for s, _ in got}
+    with pytest.raises(ParameterError, match="max_steps"):
+        load_run(tmp_path / "run", layer_stats="columns", max_steps=1)
+
+
+def test_a_report_drawn_from_sampled_steps_says_so_and_counts_like_the_full_one(tmp_path, monkeypatch):
+    """Oracle: the same report read in full. Verdict, first problem, the layer table (last
+    value, non-finite steps, first non-finite step) and the heatmap's counts of NaN/Inf/zero
+    cells are identical; only the caption adds how many steps were drawn."""
+    from gradhealth.report import html
+
+    _many_steps_store(tmp_path / "run")
+    monkeypatch.setattr(html, "MAX_DRAWN_STEPS", None)
+    whole = Report.from_run(tmp_path / "run")
+    monkeypatch.setattr(html, "MAX_DRAWN_STEPS", 40)
+    drawn = Report.from_run(tmp_path / "run")
+    assert (drawn.verdict, drawn.headline, drawn.first) == (whole.verdict, whole.headline, whole.first)
+    assert drawn.layers == whole.layers
+    cap = {f.slug: f.caption for f in drawn.figures}["grad_heatmap"]
+    assert "Drawn from 40 of 400 logged steps" in cap
+    assert "Drawn from" not in {f.slug: f.caption for f in whole.figures}["grad_heatmap"]
+    runs = [load_run(tmp_path / "run", layer_stats="columns", fields=html.REPORT_FIELDS, max_steps=m)
+            for m in (None, 40)]
+    counts = [F.nonfinite_counts(F.layer_grid(r).kind) for r in runs]
+    assert counts[0] == counts[1] and sum(counts[0].values()) >= 3

@@ -113,7 +113,7 @@ class Report:
             run = run_dir if run_dir.columns is not None else replace(run_dir, columns=run_dir.layer_columns())
         else:
             try:  # columns, not a dict per row: 1e5 steps x 500 layers stay tractable
-                run = load_run(run_dir, layer_stats="columns", fields=REPORT_FIELDS)
+                run = load_run(run_dir, layer_stats="columns", fields=REPORT_FIELDS, max_steps=MAX_DRAWN_STEPS)
             except StoreError as exc:
                 try:  # the per-layer table is the biggest: a damaged page there spares the rest
                     run = load_run(run_dir, layer_stats=False)
@@ -311,10 +311,13 @@ def _run_report(run, problems: list[str]) -> Report:
     figs = []
     cols = run.layer_columns()
     if len(cols) and cols.recorded.get("grad_norm", cols.step[:0]).any():
+        drawn = (f" Drawn from {cols.sampled[0]:,} of {cols.sampled[1]:,} logged steps, evenly spaced, plus "
+                 "every value that is NaN, infinite or zero: those and the counts are complete."
+                 if cols.sampled else "")
         figs.append(FigureSpec("grad_heatmap", "Gradient flow",
                                "Per-layer gradient norm (log10 colour), layers in depth order, "
                                "input at top. NaN, Inf and zeros are cells of their own colour, "
-                               "counted in the legend; x marks an event.",
+                               "counted in the legend; x marks an event." + drawn,
                                _bind(F.plot_grad_heatmap, run), (9.0, max(2.8, min(8.0, 1.6 + 0.22 * len(run.layers))))))
     if run.steps:
         figs.append(FigureSpec("loss", "Loss", "The observed loss; red lines are events, grey "
@@ -444,6 +447,9 @@ def _probe_report(result) -> Report:
 
 #: The per-layer columns the run report reads.
 REPORT_FIELDS = ("grad_norm", "nonfinite", "update_ratio")
+#: A run with more logged steps is drawn from this many evenly spaced ones (plus every step
+#: with a special value): the heatmap shows at most MAX_COLS columns anyway.
+MAX_DRAWN_STEPS = 2400
 
 # ------------------------------------------------------------------------------------------
 # the demo's report

@@ -41,12 +41,16 @@ class LayerColumns:
         step, layer: int64 arrays, the row keys.
         values: field -> float64 array; NaN where the value was NaN *or* not recorded.
         recorded: field -> bool array; False where the value was not recorded (NULL).
+        sampled: see below (the rows of some steps only).
     """
 
     step: Any
     layer: Any
     values: dict = field(default_factory=dict)
     recorded: dict = field(default_factory=dict)
+    #: ``(steps read in full, logged steps stored)`` when only some steps' rows were read
+    #: (``load_run(..., max_steps=N)``), else None.
+    sampled: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return int(self.step.size)
@@ -238,7 +242,7 @@ def _connect(db: Path) -> sqlite3.Connection:
 
 
 def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
-             fields: tuple[str, ...] | None = None) -> Run:
+             fields: tuple[str, ...] | None = None, max_steps: int | None = None) -> Run:
     """Load a run directory (finished, crashed, or still being written).
 
     Args:
@@ -247,6 +251,14 @@ def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
             skip them (the biggest table); ``"columns"``: read them column by column into
             NumPy arrays (``Run.columns``), the fast path for large runs.
         fields: with ``"columns"``, the ``layer_stats`` columns to read (default: all).
+        max_steps: with ``"columns"``, for drawing a huge run: when more logged steps than this
+            are stored, read the rows of ``max_steps`` evenly spaced steps (the first and the
+            last included) plus every row in which a read field is NaN, infinite or <= 0, and
+            every row of a field recorded on detail steps only (parameter norms, update
+            ratios, output gradients, activation statistics): counts of special values and
+            first non-finite steps stay exact. ``Run.columns.sampled`` then says how many
+            steps were read. SQLite hands Python about a million values a second; this reads
+            a few hundred thousand rows whatever the run's length.
 
     Raises:
         StoreError: the directory is missing, is not a gradhealth run, cannot be read, or was
@@ -280,7 +292,7 @@ def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
                       conn.execute("SELECT idx, name, type, n_params FROM layers ORDER BY idx")]
         run.steps = _rows(conn, "steps", ("step",), STEP_COLUMNS, "step")
         if layer_stats == "columns":
-            run.columns = _columns(conn, _check_fields(fields))
+            run.columns = _columns(conn, _check_fields(fields), _check_max_steps(max_steps))
         elif layer_stats:
             run.layer_stats = _rows(conn, "layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS,
                                     "step, layer")
@@ -314,9 +326,41 @@ def _check_fields(fields) -> tuple[str, ...]:
     return got
 
 
-def _columns(conn, fields: tuple[str, ...]) -> LayerColumns:
-    """``layer_stats`` straight into arrays: SQLite gives each value with a NULL flag, so the
-    rows are all numbers and become one float64 matrix without a dict per row."""
+#: fields the watcher records on detail steps only: read in full even when sampling
+_DETAIL_FIELDS = ("param_norm", "update_ratio", "out_grad_norm", "act_std", "dead_frac", "sat_frac")
+
+
+def _check_max_steps(max_steps) -> int | None:
+    if max_steps is None:
+        return None
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 2:
+        raise ParameterError("max_steps", "load_run", "None or an integer >= 2", max_steps,
+                             "pass e.g. max_steps=2000 (or None to read every row).")
+    return max_steps
+
+
+def _sample_where(conn, fields: tuple[str, ...], max_steps: int | None) -> tuple[str, tuple, tuple | None]:
+    """``(WHERE clause, its parameters, (steps read, steps stored))`` of a sampled read, or no
+    clause when every row is to be read."""
+    if max_steps is None:
+        return "", (), None
+    steps = [r[0] for r in conn.execute("SELECT step FROM steps ORDER BY step")]
+    if len(steps) <= max_steps:
+        return "", (), None
+    idx = sorted({round(i * (len(steps) - 1) / (max_steps - 1)) for i in range(max_steps)})
+    picked = [steps[i] for i in idx]
+    pos = {c: i for i, c in enumerate(_LAYER_FIELDS)}
+    special = [f"{f} > 0" if f == "nonfinite" else       # a count: special when not 0
+               f"(({f} IS NULL AND (nan_mask >> {pos[f]}) & 1) OR {f} <= 0 OR {f} >= 9e999)"
+               for f in fields]
+    special += [f"{f} IS NOT NULL" for f in fields if f in _DETAIL_FIELDS]
+    where = (f" WHERE step IN ({', '.join('?' * len(picked))})"
+             + (" OR " + " OR ".join(special) if special else ""))
+    return where, tuple(picked), (len(picked), len(steps))
+
+
+def _columns(conn, fields: tuple[str, ...], max_steps: int | None = None) -> LayerColumns:
+    """``layer_stats`` straight into arrays (all rows, or a sample: :func:`load_run`)."""
     import numpy as np
 
     pos = {c: i for i, c in enumerate(_LAYER_FIELDS)}
@@ -324,7 +368,9 @@ def _columns(conn, fields: tuple[str, ...]) -> LayerColumns:
     # numbers (no None), so the rows become one float64 matrix without a dict per row
     sel = "".join(f"ifnull({f}, 0.0), " for f in fields)
     nulls = " | ".join(f"(({f} IS NULL) << {k})" for k, f in enumerate(fields)) or "0"
-    cur = conn.execute(f"SELECT step, layer, {sel}{nulls}, nan_mask FROM layer_stats ORDER BY step, layer")
+    where, params, sampled = _sample_where(conn, fields, max_steps)
+    cur = conn.execute(f"SELECT step, layer, {sel}{nulls}, nan_mask FROM layer_stats{where} "
+                       "ORDER BY step, layer", params)
     chunks = []
     while True:
         part = cur.fetchmany(65536)
@@ -341,6 +387,7 @@ def _columns(conn, fields: tuple[str, ...]) -> LayerColumns:
         is_nan = null & ((mask >> pos[f]) & 1).astype(bool)
         out.recorded[f] = ~null | is_nan
         out.values[f] = np.where(null, np.nan, a[:, 2 + k])
+    out.sampled = sampled
     return out
 
 
