@@ -36,8 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._state import preserved
+
 __all__ = ["dynamo_loaded", "unwrap", "named_modules", "named_buffers", "compiled_call", "run_eager", "hook_class",
-           "install_layer_hooks", "not_collected", "eager_stance", "shadow_forward", "changed"]
+           "install_layer_hooks", "not_collected", "eager_stance", "shadow_forward"]
 
 _EAGER: list[Any] = []           # the disabled trampoline, made once dynamo is loaded
 _WARNED: weakref.WeakSet = weakref.WeakSet()   # watchers that said what a compiled model loses
@@ -195,40 +197,6 @@ def not_collected(host) -> list[str]:
     return out
 
 
-def changed(t: torch.Tensor, version: int, saved: torch.Tensor) -> bool:
-    """Whether ``t`` differs from ``saved``, its copy taken at ``version``: a new version, or
-    other values (NaN equal to NaN). The values are compared too because some in-place
-    updates do not bump the version: BatchNorm's running statistics on CPU (torch 2.13)."""
-    if t._version != version:
-        return True
-    if t.shape != saved.shape:
-        return False   # replaced wholesale (not in place): nothing to put back into it
-    with torch.no_grad():
-        same = t == saved
-        if t.is_floating_point() or t.is_complex():
-            same |= t.isnan() & saved.isnan()
-        return not bool(same.all())
-
-
-@contextlib.contextmanager
-def _unchanged(model: nn.Module):
-    """Around the shadow forward: the RNG states and the buffers are put back afterwards (a
-    buffer only when the shadow changed it, so that nothing else sees a new version)."""
-    rng = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    bufs = [(b, b._version, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        torch.set_rng_state(rng)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-        with torch.no_grad():
-            for b, v, saved in bufs:
-                if b.shape == saved.shape and changed(b, v, saved):
-                    b.copy_(saved)
-
-
 def shadow_forward(host, args: tuple, kwargs: dict) -> None:
     """The forward statistics of a compiled model's detail step: the user's module's forward
     run once more, eagerly (``force_eager`` for compiled blocks), without autograd, with the
@@ -241,7 +209,7 @@ def shadow_forward(host, args: tuple, kwargs: dict) -> None:
     host._iter_hooks = type(saved)()   # a HookSet of its own, emptied before the compiled forward
     try:
         host._inst.install_layer_hooks()
-        with _unchanged(model), torch.no_grad(), eager_stance():
+        with preserved(model), torch.no_grad(), eager_stance():
             model.forward(*args, **kwargs)   # (forward, not __call__: the root hooks stay out)
     except Exception as exc:
         host._internal("compiled model's forward statistics", exc)

@@ -30,8 +30,9 @@ import torch
 from .._text import safe_text
 from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
-from ._compile import changed, eager_stance, named_buffers, unwrap
+from ._compile import eager_stance, named_buffers, unwrap
 from ._ranks import ddp_world, merge_across_ranks
+from ._state import changed
 from .replay import ReplayReport, input_check, replay_forward_lockstep, replay_step
 
 __all__ = ["POLICIES", "NonFinitePolicy", "BufferSnapshot", "Snapshot", "take_snapshot", "restore_snapshot", "scale_lr",

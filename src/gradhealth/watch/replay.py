@@ -43,6 +43,7 @@ from torch.utils import _pytree as pytree
 
 from ..detectors.base import safe_text
 from ..stats.tensors import is_dtensor
+from ._state import preserved
 
 __all__ = ["Capture", "ReplayReport", "replay_step", "replay_forward_lockstep", "input_check", "tensor_summary"]
 
@@ -170,34 +171,6 @@ class _Found(Exception):
 
 
 @contextlib.contextmanager
-def _preserved(model: torch.nn.Module):
-    """Around a whole replay: afterwards the RNG states, every buffer and the train/eval mode
-    are what they were before, whatever the replay did or raised.
-
-    Buffers are restored only here, after the replayed backward: restoring them in place
-    between forward and backward would bump the version of tensors autograd saved
-    (BatchNorm's running statistics) and make the replayed backward raise.
-    """
-    rng_now = torch.get_rng_state()
-    cuda_now = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
-        else None
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    training = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        torch.set_rng_state(rng_now)
-        if cuda_now is not None:
-            torch.cuda.set_rng_state_all(cuda_now)
-        with torch.no_grad():
-            for b, saved in buffers:
-                if b.shape == saved.shape:
-                    b.copy_(saved)
-        for m, mode in training:
-            m.training = mode
-
-
-@contextlib.contextmanager
 def _as_captured(model: torch.nn.Module, cap: Capture):
     """The RNG states, autocast and train/eval mode of the captured forward (for its replay)."""
     if cap.rng_cpu is not None:
@@ -250,7 +223,7 @@ def replay_step(model: torch.nn.Module, captures: list[Capture], step: int,
                                      "(was the model called through a submodule?), so it cannot be "
                                      "replayed"), seconds=time.perf_counter() - t0)
     report = None
-    with _preserved(model):
+    with preserved(model):
         for k, cap in enumerate(caps):
             report = _replay_one(model, cap, step, names)
             report.micro_batch = k
@@ -304,7 +277,7 @@ def replay_forward_lockstep(model: torch.nn.Module, captures: list[Capture], ste
         names = {id(m): n for n, m in model.named_modules()}
     caps = [c for c in captures if c.grad_enabled] or list(captures)
     first: ReplayReport | None = None
-    with _preserved(model):
+    with preserved(model):
         for k, cap in enumerate(caps):
             tr = _Trace(names, stop=False)
             tr.forward(model, cap, grad=False)
