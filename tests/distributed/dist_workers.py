@@ -73,12 +73,26 @@ def ddp_worker(rank, world, nan_step=None, nan_on_rank=None, run_dir=None):
             "messages": [e.message for e in w.events if e.kind in ("nonfinite", "guard")]}
 
 
-def fsdp_worker(rank, world, nan_step=None, nan_on_rank=None, policy="warn"):
+def fsdp_worker(rank, world, nan_step=None, nan_on_rank=None, policy="warn", layer_nan=None):
+    """FSDP2 (fully_shard per Linear and on the root). ``nan_step``/``nan_on_rank``: a NaN in
+    that rank's batch; ``layer_nan = (step, rank, layer)``: a forward hook makes that layer's
+    output NaN on that rank at that step (the fault inside the model, not the batch)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     model, xs, ys = model_and_data()
     mesh = init_device_mesh("cpu", (world,))
+    state = {"step": -1}
+    if layer_nan is not None:
+        at_step, at_rank, layer = layer_nan
+
+        def plant(_mod, _inp, out):
+            if rank == at_rank and state["step"] == at_step:
+                out = out.clone()
+                out[0, 0] = float("nan")
+            return out
+
+        model[layer].register_forward_hook(plant)
     for m in model:
         if isinstance(m, nn.Linear):
             fully_shard(m, mesh=mesh)
@@ -89,6 +103,7 @@ def fsdp_worker(rank, world, nan_step=None, nan_on_rank=None, policy="warn"):
         warnings.simplefilter("ignore")
         with gradhealth.watch(model, opt, on_nonfinite=policy) as w:
             for s in range(STEPS):
+                state["step"] = s
                 x = xs[s, rank * per:(rank + 1) * per].clone()
                 if s == nan_step and rank == nan_on_rank:
                     x[0] = float("nan")
@@ -99,7 +114,8 @@ def fsdp_worker(rank, world, nan_step=None, nan_on_rank=None, policy="warn"):
     return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events],
             "msgs": [e.message for e in w.events], "params": full,
             "skipped": [s.step for s in w.history if s.skipped],
-            "replays": [[r.step, r.found, r.direction, r.cause, r.stats.get("ranks_found")] for r in w.replays]}
+            "replays": [[r.step, r.found, r.direction, r.module, r.cause, r.stats.get("ranks_found")]
+                        for r in w.replays]}
 
 
 def close(a, b, rel=1e-4):
@@ -137,42 +153,3 @@ def ddp_amp_worker(rank, world, blow_step=None, blow_rank=None, use_scaler=True)
     return {"norms": _norms(w.history), "events": [[e.step, e.kind, e.layer] for e in w.events],
             "skipped": [[s.step, s.skip_reason] for s in w.history if s.skipped],
             "params": [float(p.detach().double().sum()) for p in model.parameters()]}
-
-
-def fsdp_forward_nan_worker(rank, world, nan_step=2, nan_rank=1, layer=4):
-    """FSDP2 (fully_shard per Linear and on the root); on rank ``nan_rank`` at ``nan_step`` a
-    forward hook makes layer ``layer``'s output NaN (the fault inside the model, not the batch)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    model, xs, ys = model_and_data()
-    mesh = init_device_mesh("cpu", (world,))
-    state = {"step": -1}
-
-    def plant(_mod, _inp, out):
-        if rank == nan_rank and state["step"] == nan_step:
-            out = out.clone()
-            out[0, 0] = float("nan")
-        return out
-
-    model[layer].register_forward_hook(plant)
-    for m in model:
-        if isinstance(m, nn.Linear):
-            fully_shard(m, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    per = BATCH // world
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with gradhealth.watch(model, opt, on_nonfinite="skip") as w:
-            for s in range(STEPS):
-                state["step"] = s
-                x = xs[s, rank * per:(rank + 1) * per]
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x), ys[s, rank * per:(rank + 1) * per]).backward()
-                opt.step()
-    full = [float(p.full_tensor().detach().double().sum()) for p in model.parameters()]
-    return {"replays": [[r.step, r.found, r.direction, r.module, r.cause, r.stats.get("ranks_found")]
-                        for r in w.replays],
-            "events": [[e.step, e.kind, e.layer] for e in w.events], "params": full,
-            "skipped": [s.step for s in w.history if s.skipped]}

@@ -65,9 +65,9 @@ def test_fsdp2_ranks_are_told_the_nan_came_from_rank_1s_batch(tmp_path):
     single process and DDP do; before, both said only "not replayed"."""
     ranks = run_ranks(fsdp_worker, 2, 1, "skip", out_dir=tmp_path)
     for r in ranks:
-        (step, found, direction, _cause, found_on), = r["replays"]
+        (step, found, direction, _module, _cause, found_on), = r["replays"]
         assert (step, found, direction, found_on) == (2, True, "input", [1]), r["replays"]
-    assert ranks[0]["replays"][0][3] == "other_rank" and ranks[1]["replays"][0][3] == "nonfinite_input"
+    assert ranks[0]["replays"][0][4] == "other_rank" and ranks[1]["replays"][0][4] == "nonfinite_input"
 
 
 def test_fsdp2_a_nan_made_inside_the_model_is_named_on_every_rank(tmp_path):
@@ -75,9 +75,7 @@ def test_fsdp2_a_nan_made_inside_the_model_is_named_on_every_rank(tmp_path):
     replays the forward to its end in lockstep (no early stop, so the all-gathers match) and
     the findings are gathered: both ranks name module 4, on rank [1] (before: "not replayed");
     both skip the step and keep identical, finite parameters."""
-    from dist_workers import fsdp_forward_nan_worker
-
-    ranks = run_ranks(fsdp_forward_nan_worker, out_dir=tmp_path)
+    ranks = run_ranks(fsdp_worker, None, None, "skip", (2, 1, 4), out_dir=tmp_path)
     for r in ranks:
         (step, found, direction, module, _cause, found_on), = r["replays"]
         assert (step, found, direction, module, found_on) == (2, True, "forward", "4", [1]), r["replays"]
