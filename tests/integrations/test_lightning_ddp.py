@@ -13,13 +13,14 @@ import math
 import warnings
 
 import pytest
-from integration_common import BATCH, NAN_LAYER, NAN_STEP, Net, make_data, plant_nan
+from integration_common import BATCH, NAN_LAYER, NAN_STEP, make_data, plant_nan
 
 from gradhealth.store import load_run
 
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 dist = pytest.importorskip("torch.distributed")
+from test_lightning import Module as SingleProcessModule  # noqa: E402  (after the importorskips)
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available in this torch build")
@@ -27,10 +28,11 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 STEPS = 10
 
 
-class Module(pl.LightningModule):
+class Module(SingleProcessModule):
+    """test_lightning's module, with the NaN planted on rank 1 and the parameters saved at the end."""
+
     def __init__(self, out_dir: str):
         super().__init__()
-        self.net = Net().net
         self.out_dir = out_dir
         self._planted = False
 
@@ -38,16 +40,6 @@ class Module(pl.LightningModule):
         if self.global_rank == 1 and not self._planted:       # the fault on one rank only
             plant_nan(self.get_submodule(NAN_LAYER), lambda: self.trainer.global_step)
             self._planted = True
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.mse_loss(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
 
     def on_train_end(self):
         torch.save({k: v.detach().clone() for k, v in self.state_dict().items()},
