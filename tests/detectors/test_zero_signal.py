@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from broken_models import FunctionalMLP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,7 +92,7 @@ def test_a_functional_dead_relu_mlp_is_vanishing_for_watch_as_for_probe():
     import test_watch_probe_agreement as agree
 
     torch.manual_seed(0)
-    model = agree.FunctionalMLP(6, 64, torch.relu)
+    model = FunctionalMLP(6, 64, torch.relu)
     for layer in [*model.layers, model.out]:
         nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
         nn.init.constant_(layer.bias, -3.0)

@@ -14,32 +14,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from broken_models import ReluCNN, dead_relu_mlp
 from torch import nn
 
 from gradhealth.gallery._cases import digits, mlp
 from gradhealth.probe import probe
 from gradhealth.remedies.prescribe import applies_to_model, apply_prescription
-
-
-class CNN(nn.Module):
-    """The issue's plain CNN on 8x8 digits: functional torch.relu, weights at 3x He scale;
-    optionally BatchNorm after every conv."""
-
-    def __init__(self, depth=12, width=8, scale=3.0, bn=False):
-        super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(1 if i == 0 else width, width, 3, padding=1) for i in range(depth))
-        self.norms = nn.ModuleList(nn.BatchNorm2d(width) if bn else nn.Identity() for _ in range(depth))
-        self.head = nn.Linear(width * 64, 10)
-        for c in self.convs:
-            nn.init.kaiming_normal_(c.weight, nonlinearity="relu")
-            c.weight.data.mul_(scale)
-            nn.init.zeros_(c.bias)
-
-    def forward(self, x):
-        x = x.view(-1, 1, 8, 8)
-        for c, n in zip(self.convs, self.norms):
-            x = torch.relu(n(c(x)))
-        return self.head(x.flatten(1))
 
 
 class PostLN(nn.Module):
@@ -77,15 +57,6 @@ def _recall_task(n=512, steps=100, seed=0):
     return x, y
 
 
-def _dead_relu():
-    m = mlp(6, 64, nn.ReLU)
-    for layer in m:
-        if isinstance(layer, nn.Linear):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.constant_(layer.bias, -3.0)
-    return m
-
-
 def _digits():
     return digits()
 
@@ -93,11 +64,11 @@ def _digits():
 # name -> (model builder, data, training steps, learning rate, expected verdict, first remedy function)
 CASES = {
     "sigmoid15_mlp": (lambda: mlp(15, 64, nn.Sigmoid), _digits, 150, 1e-3, "vanishing", "replace_activation_"),
-    "functional_relu_cnn_3x_he": (CNN, _digits, 100, 1e-3, "exploding", "he_"),
-    "dead_relu_mlp": (_dead_relu, _digits, 150, 1e-3, "vanishing", "he_"),
+    "functional_relu_cnn_3x_he": (ReluCNN, _digits, 100, 1e-3, "exploding", "he_"),
+    "dead_relu_mlp": (dead_relu_mlp, _digits, 150, 1e-3, "vanishing", "he_"),
     "lstm_100_steps": (lambda: Recall(nn.LSTM), _recall_task, 150, 1e-2, "vanishing", "forget_gate_bias_"),
     "gru_100_steps": (lambda: Recall(nn.GRU), _recall_task, 120, 1e-2, "vanishing", "forget_gate_bias_"),
-    "batchnorm_cnn_3x_he": (lambda: CNN(bn=True), _digits, 100, 1e-3, "healthy", None),
+    "batchnorm_cnn_3x_he": (lambda: ReluCNN(bn=True), _digits, 100, 1e-3, "healthy", None),
     "post_ln_transformer": (PostLN, _digits, 100, 1e-3, "healthy", None),
 }
 

@@ -7,31 +7,16 @@ from __future__ import annotations
 import warnings
 
 import torch
+from broken_models import ReluCNN
 from torch import nn
 
 from gradhealth.probe import probe
 from gradhealth.watch import WatchWarning, watch
 
 
-class FunctionalCNN(nn.Module):
-    def __init__(self, depth: int = 12, width: int = 8, scale: float = 3.0):
-        super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(1 if i == 0 else width, width, 3, padding=1) for i in range(depth))
-        self.head = nn.Linear(width * 8 * 8, 10)
-        for c in self.convs:
-            nn.init.kaiming_normal_(c.weight, nonlinearity="relu")
-            c.weight.data.mul_(scale)            # 3x He: the signal grows ~3x per layer
-            nn.init.zeros_(c.bias)
-
-    def forward(self, x):
-        for c in self.convs:
-            x = torch.relu(c(x))
-        return self.head(x.flatten(1))
-
-
 def test_watch_prescribes_what_probe_prescribes_for_functional_relu():
     torch.manual_seed(0)
-    model = FunctionalCNN()
+    model = ReluCNN()    # 3x He: the signal grows ~3x per layer
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     rx = probe(model, x, y, loss_fn=nn.functional.cross_entropy, jacobian=False)
     assert rx.verdict == "exploding"

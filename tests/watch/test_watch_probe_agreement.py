@@ -26,6 +26,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from broken_models import FunctionalMLP, ReluCNN, dead_relu_mlp
 from torch import nn
 
 from gradhealth.gallery._cases import CASES, delay_task, digits
@@ -38,39 +39,6 @@ KEYS = ("activation", "gain", "distribution", "sigma_b2", "chrono", "value")
 
 
 # --- models ----------------------------------------------------------------------------------------
-class FunctionalMLP(nn.Module):
-    """Linear layers with a functional activation (no activation module)."""
-
-    def __init__(self, depth, width, act, din=64, dout=10):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(din if i == 0 else width, width) for i in range(depth - 1))
-        self.out = nn.Linear(width, dout)
-        self.act = act
-
-    def forward(self, x):
-        for lin in self.layers:
-            x = self.act(lin(x))
-        return self.out(x)
-
-
-class FunctionalCNN(nn.Module):
-    """The issue's plain CNN: torch.relu in forward, 3x He scale."""
-
-    def __init__(self, depth=12, width=8, scale=3.0):
-        super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(1 if i == 0 else width, width, 3, padding=1) for i in range(depth))
-        self.head = nn.Linear(width * 8 * 8, 10)
-        for c in self.convs:
-            nn.init.kaiming_normal_(c.weight, nonlinearity="relu")
-            c.weight.data.mul_(scale)
-            nn.init.zeros_(c.bias)
-
-    def forward(self, x):
-        for c in self.convs:
-            x = torch.relu(c(x))
-        return self.head(x.flatten(1))
-
-
 class SeqClassifier(nn.Module):
     def __init__(self, cell, hidden=32, din=4, radius=None):
         super().__init__()
@@ -116,15 +84,6 @@ def _tanh_chaotic_functional():
     return m
 
 
-def _dead_relu():
-    m = gallery_mlp(6, 64, nn.ReLU)
-    for layer in m:
-        if isinstance(layer, nn.Linear):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.constant_(layer.bias, -3.0)
-    return m
-
-
 def _saturated_tanh():
     m = gallery_mlp(8, 64, nn.Tanh)
     gaussian_(m, sigma_w2=25.0)
@@ -143,13 +102,13 @@ MODELS = {
     "linear_1p5": (_gallery("linear_1p5"), None),
     "rnn_radius3": (_gallery("rnn_radius3"), None),
     "sigmoid15": (_seeded(lambda: gallery_mlp(15, 64, nn.Sigmoid), _digits), None),
-    "functional_relu_cnn_3x_he": (_seeded(FunctionalCNN, _cnn_data), None),
+    "functional_relu_cnn_3x_he": (_seeded(ReluCNN, _cnn_data), None),
     "functional_sigmoid10": (_seeded(lambda: FunctionalMLP(10, 64, torch.sigmoid), _digits), None),
     "functional_tanh_chaotic": (_seeded(_tanh_chaotic_functional, _digits), None),
     "gru400": (_seeded(lambda: SeqClassifier(nn.GRU), lambda: _seq(400)), None),
     "rnn_radius_half": (_seeded(lambda: SeqClassifier(nn.RNN, radius=0.5), lambda: _seq(100)), None),
     "saturated_tanh": (_seeded(_saturated_tanh, _digits), None),
-    "dead_relu": (_seeded(_dead_relu, _digits), "dead_units"),
+    "dead_relu": (_seeded(dead_relu_mlp, _digits), "dead_units"),
 }
 
 
