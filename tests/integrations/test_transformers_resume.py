@@ -18,21 +18,10 @@ from gradhealth.store import load_run
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
+from test_transformers import Tokens  # noqa: E402  (the same generated tokens; after the importorskips)
 
 STEPS, SAVE, NAN, STOP = 8, 4, 5, 6
 BLOCK = "transformer.h.1"
-
-
-class Tokens(torch.utils.data.Dataset):
-    def __init__(self, n=96, length=12, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(0, 64, (n, length), generator=g)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
 class StopAt(transformers.TrainerCallback):
