@@ -93,9 +93,7 @@ def _train(w, model, opt, data, steps, save_at=None):
         opt.step()
         w.observe(loss)
         if s == save_at:
-            from gradhealth.integrations._callback import checkpoint_state
-
-            ckpt = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "watch": checkpoint_state(w)})
+            ckpt = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "watch": w.state_dict()})
     return ckpt
 
 

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["real_class", "WatchingCallback", "EventCounts", "checkpoint_state", "continue_fresh"]
+__all__ = ["real_class", "WatchingCallback", "EventCounts", "continue_fresh"]
 
 
 def real_class(namespace: dict, name: str, cls: type, base: Callable[[], type]) -> type:
@@ -19,14 +19,6 @@ def real_class(namespace: dict, name: str, cls: type, base: Callable[[], type]) 
         real = type(name, (cls, base()), {"__module__": namespace["__name__"], "__doc__": cls.__doc__})
         namespace[name] = real
     return real
-
-
-def checkpoint_state(watcher) -> dict:
-    """``watcher.state_dict()`` at a framework's checkpoint, which is taken after
-    ``optimizer.step()`` (or after the GradScaler skipped it) and before the next forward: the
-    watcher ends that step first (:meth:`~gradhealth.watch.Watcher.state_dict`), so a run resumed
-    from it does not number its first step one too low."""
-    return watcher.state_dict()
 
 
 def continue_fresh(watcher, step: int, where: str, why: str, fix: str) -> None:

@@ -54,7 +54,7 @@ Events are logged as ``gradhealth/<kind>`` (the running count of each kind) with
 from __future__ import annotations
 
 from ..errors import ModelError, ParameterError
-from ._callback import WatchingCallback, checkpoint_state, continue_fresh, real_class
+from ._callback import WatchingCallback, continue_fresh, real_class
 from ._optim import closure_first, stopping, wrap_step
 
 __all__ = ["GradHealthCallback"]
@@ -117,7 +117,7 @@ class GradHealthCallback(WatchingCallback):
         with ``weights_only=True``), so a run resumed from ``ckpt_path`` continues its steps and
         detector baselines."""
         if self.watcher is not None:
-            return {"watcher": checkpoint_state(self.watcher)}
+            return {"watcher": self.watcher.state_dict()}   # counts the step just taken
         return {"watcher": self._resume} if self._resume is not None else {}
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -69,7 +69,7 @@ import json
 import os
 
 from ..errors import ModelError, ParameterError
-from ._callback import WatchingCallback, checkpoint_state, continue_fresh, real_class
+from ._callback import WatchingCallback, continue_fresh, real_class
 from ._optim import stopping, wrap_step
 
 __all__ = ["GradHealthCallback"]
@@ -203,7 +203,7 @@ class GradHealthCallback(WatchingCallback):
             return
         path = _state_path(args, state)
         try:
-            data = {"format": _FORMAT, "global_step": state.global_step, "watcher": checkpoint_state(w)}
+            data = {"format": _FORMAT, "global_step": state.global_step, "watcher": w.state_dict()}
             text = json.dumps(data, allow_nan=False)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path + ".tmp", "w", encoding="utf-8") as f:
