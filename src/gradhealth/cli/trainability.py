@@ -83,6 +83,7 @@ def run(args) -> int:
     from ..experiments._cells import load_data
     from ..experiments._runner import default_cache_dir, estimate_seconds
     from ..experiments.trainability import RunOptions, pending, run_spec
+    from ..report.run_view import fold_tokens
     from ._common import console, print_json, save_figure
     from .phase import check_figure_path
 
@@ -96,7 +97,10 @@ def run(args) -> int:
     todo, _ = pending(spec, RunOptions(cache_dir=cache))
     total = len(spec.cells())
     eta = estimate_seconds(spec, todo, load_data(spec.data), jobs=jobs)
-    fold = _folder(con.width)
+
+    def fold(line: str) -> str:   # at the terminal's width, between words (never inside a number)
+        return fold_tokens(line, max(40, con.width or 80))
+
     con.print(fold(f"{total} cells ({total - len(todo)} cached), {len(spec.depths)} depths x {len(spec.sigma_w2)} "
                    f"sigma_w2, {spec.steps} steps each: about {eta:.0f} s on {min(jobs, max(len(todo), 1))} "
                    f"process(es)"), markup=False, soft_wrap=True)
@@ -110,16 +114,6 @@ def run(args) -> int:
         con.print(fold(safe_text(line)), markup=False, soft_wrap=True)
     con.print(fold(f"wrote {safe_text(out)}"), markup=False, soft_wrap=True)
     return 0
-
-
-def _folder(width: int):
-    """Fold a line to the terminal's width (80 when piped) between words, never inside one
-    (a number or a path stays whole), continuation lines indented."""
-    import textwrap
-
-    w = max(40, int(width or 80))
-    return lambda line: textwrap.fill(line, width=w, subsequent_indent="  ", break_long_words=False,
-                                      break_on_hyphens=False)
 
 
 def _run_with_bar(spec, options, todo: int, total: int, *, progress: bool, con, run_spec):
