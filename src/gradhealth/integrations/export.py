@@ -289,7 +289,8 @@ def follow_tensorboard(run_dir: str | os.PathLike, logdir: str | os.PathLike, *,
     is finished (its store closed) or ``stop()`` returns True: the live writer.
 
     It reads the run store from its own process (SQLite WAL: the training is not slowed or
-    touched) every ``interval`` seconds and appends what is new: the steps up to the newest
+    touched) every ``interval`` seconds, only the steps after those it already wrote
+    (``load_run(after_step=...)``), and appends what is new: the steps up to the newest
     complete one (the newest step may still be being written), and every new event. The result
     is what :func:`to_tensorboard` writes for the finished run (events as one text per event
     instead of one per step). A store that does not exist yet is waited for.
@@ -311,6 +312,7 @@ def follow_tensorboard(run_dir: str | os.PathLike, logdir: str | os.PathLike, *,
 
     from .._checks import check_real
     from ..errors import StoreError
+    from ..store import load_run
 
     interval = check_real(interval, "interval", "follow_tensorboard", low=0.0, low_inclusive=False,
                           fix="pass the seconds between reads of the store, e.g. interval=2.0.")
@@ -320,11 +322,11 @@ def follow_tensorboard(run_dir: str | os.PathLike, logdir: str | os.PathLike, *,
         with _quiet_x2num():
             while True:
                 try:
-                    run = _load(run_dir)
+                    run = load_run(run_dir, after_step=done)   # only what is new (done = -1: all)
                 except StoreError:
                     run = None          # not created yet (or being created): read again later
                 if run is not None:
-                    last = max((r["step"] for r in run.steps), default=-1)
+                    last = max((r["step"] for r in run.steps), default=done)
                     upto = last if run.finished else last - 1
                     lo = done
                     _write_tb(writer, build_export(run), keep=lambda s, lo=lo, hi=upto: lo < s <= hi,

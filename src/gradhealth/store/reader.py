@@ -242,7 +242,8 @@ def _connect(db: Path) -> sqlite3.Connection:
 
 
 def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
-             fields: tuple[str, ...] | None = None, max_steps: int | None = None) -> Run:
+             fields: tuple[str, ...] | None = None, max_steps: int | None = None,
+             after_step: int | None = None) -> Run:
     """Load a run directory (finished, crashed, or still being written).
 
     Args:
@@ -259,6 +260,9 @@ def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
             first non-finite steps stay exact. ``Run.columns.sampled`` then says how many
             steps were read. SQLite hands Python about a million values a second; this reads
             a few hundred thousand rows whatever the run's length.
+        after_step: read only the steps after this one (their ``steps`` rows, per-layer rows
+            and time series); the metadata, layers and events in full. For following a run
+            that is still being written without reading it all again (the live exports).
 
     Raises:
         StoreError: the directory is missing, is not a gradhealth run, cannot be read, or was
@@ -290,14 +294,15 @@ def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
                 run.meta[key] = value
         run.layers = [{"index": i, "name": n, "type": t, "n_params": p} for i, n, t, p in
                       conn.execute("SELECT idx, name, type, n_params FROM layers ORDER BY idx")]
-        run.steps = _rows(conn, "steps", ("step",), STEP_COLUMNS, "step")
+        after = _check_after(after_step)
+        run.steps = _rows(conn, "steps", ("step",), STEP_COLUMNS, "step", after)
         if layer_stats == "columns":
             run.columns = _columns(conn, _check_fields(fields), _check_max_steps(max_steps))
         elif layer_stats:
             run.layer_stats = _rows(conn, "layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS,
-                                    "step, layer")
+                                    "step, layer", after)
         if "time_grads" in tables:
-            run.time_grads, bad = _time_grads(conn)
+            run.time_grads, bad = _time_grads(conn, after)
             if bad:
                 run.notes.append(f"{bad} per-time-step gradient row(s) could not be decoded and are "
                                  "left out")
@@ -391,9 +396,11 @@ def _columns(conn, fields: tuple[str, ...], max_steps: int | None = None) -> Lay
     return out
 
 
-def _time_grads(conn) -> tuple[list[dict], int]:
+def _time_grads(conn, after: int | None = None) -> tuple[list[dict], int]:
     out, bad = [], 0
-    for step, layer, blob in conn.execute("SELECT step, layer, norms FROM time_grads ORDER BY step, layer"):
+    where, params = _after_where(after)
+    for step, layer, blob in conn.execute(f"SELECT step, layer, norms FROM time_grads{where} ORDER BY step, layer",
+                                          params):
         norms = decode_norms(blob)
         if norms is None:
             bad += 1
@@ -402,12 +409,27 @@ def _time_grads(conn) -> tuple[list[dict], int]:
     return out, bad
 
 
-def _rows(conn, table: str, keys: tuple[str, ...], cols, order: str) -> list[dict[str, Any]]:
+def _after_where(after: int | None) -> tuple[str, tuple]:
+    return ("", ()) if after is None else (" WHERE step > ?", (after,))
+
+
+def _check_after(after_step) -> int | None:
+    if after_step is None:
+        return None
+    if isinstance(after_step, bool) or not isinstance(after_step, int):
+        raise ParameterError("after_step", "load_run", "None or an integer step", after_step,
+                             "pass the last step already read, e.g. after_step=99.")
+    return after_step
+
+
+def _rows(conn, table: str, keys: tuple[str, ...], cols, order: str,
+          after: int | None = None) -> list[dict[str, Any]]:
     names = [c for c, _ in cols]
-    sql = f"SELECT {', '.join((*keys, *names, 'nan_mask'))} FROM {table} ORDER BY {order}"
+    where, params = _after_where(after)
+    sql = f"SELECT {', '.join((*keys, *names, 'nan_mask'))} FROM {table}{where} ORDER BY {order}"
     nk = len(keys)
     out = []
-    for r in conn.execute(sql):
+    for r in conn.execute(sql, params):
         mask = r[-1]
         d = dict(zip(keys, r[:nk]))
         if mask:
