@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..detectors.base import safe_text
 from .replay import ReplayReport
 
 __all__ = ["ddp_world", "merge_across_ranks"]
@@ -70,7 +71,7 @@ def merge_across_ranks(report: ReplayReport | None, step: int, names: list[str])
     first = found[0]
     _, d, m = (int(v) for v in rows[first])
     direction, module = DIRECTIONS[d], (names[m] if m >= 0 else None)
-    where = f" of {module or 'the model'}" if direction != "input" else ""
+    where = f" of {safe_text(module) if module else 'the model'}" if direction != "input" else ""
     summary = (f"the fault arose on rank {first}: its replay found the non-finite value in the "
                f"{direction}{where}" + (" (its input batch)" if direction == "input" else "")
                + f"; rank {rank}'s own batch and model reproduce nothing (DDP's all-reduce brought it here)")
