@@ -97,3 +97,18 @@ def test_rank_environment_decides_output_and_exit_code(tmp_path, capsys, monkeyp
     assert got == code
     assert ("first problem" in cap.err + cap.out) is prints, cap
     assert Path(tmp_path / "run").exists()
+
+
+def test_a_hostile_run_dir_is_printed_escaped(tmp_path, capsys, monkeypatch):
+    """The run directory is the user's string: the 'details' line and the torchrun note show
+    its control characters as escapes (they were printed raw)."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_SCRIPT)
+    run_dir = tmp_path / "run\x1b[2Jx"
+    assert main(["run", "--no-live", "--run-dir", str(run_dir), str(script)]) == 0
+    cap = capsys.readouterr()
+    out = cap.out + cap.err
+    assert "gradhealth summary" in out and "details: gradhealth events" in out
+    assert "\x1b" not in out

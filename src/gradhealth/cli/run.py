@@ -309,8 +309,10 @@ def run(args) -> int:
     if sink is not None:
         sink.close()
     if pathological and not fail and world > 1 and not quiet:
+        from .._text import safe_text
+
         con.print(f"gradhealth: exit code {code} (the script's) under torchrun; "
-                  f"`gradhealth summary {run_dir}` exits 1 on these pathologies.", markup=False)
+                  f"`gradhealth summary {safe_text(str(run_dir))}` exits 1 on these pathologies.", markup=False)
     if code != 0:
         return code
     return EXIT_PATHOLOGY if pathological and fail else EXIT_OK
@@ -332,6 +334,7 @@ def _status_updater(line):
 
 def _report(session, con) -> bool:
     """Print the diagnosis of every watcher; True if any found a pathology."""
+    from .._text import safe_text
     from ..errors import StoreError
     from ..report.run_view import render_summary, summarize
     from ..store import Run, load_run
@@ -354,6 +357,6 @@ def _report(session, con) -> bool:
             con.rule(Text(f"gradhealth diagnosis: {name}"), style="bold")
         con.print(render_summary(summary))
         if not summary["healthy"]:
-            con.print(f"details: gradhealth events {run_dir}", markup=False, style="dim")
+            con.print(f"details: gradhealth events {safe_text(str(run_dir))}", markup=False, style="dim")
         bad = bad or not summary["healthy"]
     return bad

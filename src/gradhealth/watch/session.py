@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from .._text import safe_text
+
 __all__ = ["WatchSession", "find_models"]
 
 
@@ -346,7 +348,8 @@ class WatchSession:
     def _say(self, msg: str) -> None:
         try:
             # sys.stderr looked up now: the live display redirects it while the script runs.
-            print(f"gradhealth: {msg}", file=self.stream or sys.stderr, flush=True)
+            # The message holds the user's names (model, run directory): escaped, one line.
+            print(f"gradhealth: {safe_text(msg)}", file=self.stream or sys.stderr, flush=True)
         except Exception:  # pragma: no cover
             pass
 
