@@ -272,3 +272,15 @@ def test_cli_follow_on_a_finished_run_exports_it_and_returns(nan_run, tmp_path, 
     to_tensorboard(run_dir, tmp_path / "once")
     assert set(read_events(tmp_path / "live")[0]) == set(read_events(tmp_path / "once")[0])
     assert cli_export.run(_args(run_dir=str(run_dir), to="mlflow", follow=True)) == 2
+
+
+def test_cli_follow_refuses_a_bad_interval(nan_run, tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    from gradhealth.cli import main
+
+    run_dir, _ = nan_run
+    assert main(["export", str(run_dir), "--to", "tensorboard", "--follow", "--interval", "0",
+                 "--logdir", str(tmp_path / "tb")]) == 2
+    err = capsys.readouterr().err
+    assert "'interval'" in err and "--interval 2" in err and "Traceback" not in err
+    assert not (tmp_path / "tb").exists()      # refused before anything was written
