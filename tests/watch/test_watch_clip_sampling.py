@@ -18,7 +18,7 @@ from torch import nn
 from gradhealth.remedies import clip_by_layer_norm_
 from gradhealth.watch import never, watch
 from gradhealth.watch._record import StepRecord, decode_clip
-from gradhealth.watch.instruments import SAMPLE_AFTER, SAMPLE_SIZE
+from gradhealth.watch.instruments import RECHECK_EVERY, SAMPLE_AFTER, SAMPLE_SIZE, TRUST_AFTER
 
 DEPTH = 14   # 14 Linear layers: 28 gradient tensors, more than SAMPLE_SIZE
 
@@ -43,9 +43,10 @@ def reported_linear(w, s) -> np.ndarray:
     return np.asarray(s.grad_norm)[idx]
 
 
-def train(model, steps, clip_at):
+def train(model, steps, clip_at, fingerprinted: list | None = None):
     """``clip_at(step, model)`` clips in place; returns the watcher, the hand-computed pre-clip
-    norms per step, and per step whether its fingerprints were a sampled subset."""
+    norms per step, and per step whether its fingerprints were a sampled subset (and, into
+    ``fingerprinted``, whether the step was fingerprinted at all and its ``clip_exact``)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     want, sampled = [], []
@@ -57,7 +58,10 @@ def train(model, steps, clip_at):
             clip_at(s, model)
             opt.step()
             opt.zero_grad()
-            sampled.append(w._inst._clip_rec.fp_sampled)
+            rec = w._inst._ver_rec   # this step's record
+            sampled.append(rec.fp_sampled)
+            if fingerprinted is not None:
+                fingerprinted.append((rec.fp_end is not None, rec.clip_exact))
     return w, want, sampled
 
 
@@ -105,9 +109,79 @@ def test_value_clipping_starting_late_switches_back_to_full_fingerprints():
         if s >= start:
             torch.nn.utils.clip_grad_value_(m.parameters(), 1e-3)
 
-    w, want, sampled = train(model, start + 4, clip)
-    assert sampled[start]
-    assert not any(sampled[start + 2:])   # value clipping is not one coefficient: full fingerprints
+    fp: list = []
+    w, want, sampled = train(model, start + 4, clip, fp)
+    # untouched gradients: the version counters stand in for the fingerprints after TRUST_AFTER
+    # steps; the first value clip is seen by them (the step reads as unclipped, inexact), and
+    # fingerprints are back from the next step on
+    assert [f for f, _ in fp] == [True] * TRUST_AFTER + [False] * (start + 1 - TRUST_AFTER) + [True] * 3
+    assert [e for _, e in fp] == [True] * start + [False] * 4   # value clipping: never one coefficient
+    assert sampled[start + 1] and not any(sampled[start + 2:])  # not one coefficient: full fingerprints
+    hist = list(w.history)
+    for s in range(start):
+        np.testing.assert_allclose(reported_linear(w, hist[s]), want[s], rtol=1e-5)
+    assert np.all(reported_linear(w, hist[start]) <= want[start] * (1 + 1e-5))   # reads low, never high
+
+
+def test_a_late_norm_clip_after_the_version_counters_took_over_is_exact_from_the_next_step():
+    model = deep()
+    start = TRUST_AFTER + 2
+    fp: list = []
+
+    def clip(s, m):
+        if s >= start:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05)
+
+    w, want, _ = train(model, start + 5, clip, fp)
+    assert [f for f, _ in fp] == [True] * TRUST_AFTER + [False] * (start + 1 - TRUST_AFTER) + [True] * 4
+    hist = list(w.history)
+    for s in [*range(start), *range(start + 1, start + 5)]:   # exact: unclipped, then fingerprinted
+        np.testing.assert_allclose(reported_linear(w, hist[s]), want[s], rtol=1e-5)
+        assert hist[s].global_grad_norm == pytest.approx(float(np.sqrt(np.sum(want[s] ** 2))), rel=1e-5)
+    assert math.isnan(hist[start - 1].global_grad_norm_clipped)          # no clip seen before start
+    assert hist[start + 1].global_grad_norm_clipped == pytest.approx(0.05, rel=1e-4)
+    assert fp[start] == (False, False)   # the first clipped step: no fingerprint, marked inexact
+    np.testing.assert_allclose(np.sqrt(np.sum(reported_linear(w, hist[start]) ** 2)), 0.05, rtol=1e-4)
+
+
+def test_writes_through_data_that_the_version_counters_miss_keep_the_fingerprints_on():
+    """``p.grad.data.mul_(c)`` (``c`` not a power of two, which reads as AMP unscaling) moves
+    no version counter: the fingerprints of the first steps see it, and the watcher
+    fingerprints for the rest of the run (exact pre-clip norms)."""
+    model = deep()
+    fp: list = []
+
+    def clip(s, m):
+        for p in m.parameters():
+            p.grad.data.mul_(0.3)
+
+    w, want, _ = train(model, TRUST_AFTER + RECHECK_EVERY + 3, clip, fp)
+    assert all(f for f, _ in fp)
+    for s, h in enumerate(w.history):
+        np.testing.assert_allclose(reported_linear(w, h), want[s], rtol=1e-5)
+        np.testing.assert_allclose(h.global_grad_norm_clipped, 0.3 * np.sqrt(np.sum(want[s] ** 2)), rtol=1e-5)
+
+
+def test_a_late_write_through_data_is_caught_by_the_periodic_fingerprints():
+    model = deep()
+    start = TRUST_AFTER + 2
+    fp: list = []
+
+    def clip(s, m):
+        if s >= start:
+            for p in m.parameters():
+                p.grad.data.mul_(0.3)
+
+    steps = TRUST_AFTER + RECHECK_EVERY + 6
+    w, want, _ = train(model, steps, clip, fp)
+    first = next(s for s in range(start, steps) if fp[s][0])   # the periodic recheck
+    assert first <= TRUST_AFTER + RECHECK_EVERY
+    assert all(f for f, _ in fp[first:])                        # fingerprints from then on
+    hist = list(w.history)
+    for s in range(first, steps):
+        np.testing.assert_allclose(reported_linear(w, hist[s]), want[s], rtol=1e-5)
+    for s in range(start, first):                              # meanwhile: low, never high
+        assert np.all(reported_linear(w, hist[s]) <= want[s] * (1 + 1e-5))
 
 
 def _samples(end, cur):

@@ -59,6 +59,9 @@ class StepRecord:
     skipped_pos: set[int] = field(default_factory=set)   # positions whose optimizer step was skipped
     fp_end: tuple | None = None       # (params, positions, samples) at the end of the backward
     fp_sampled: bool = False          # fp_end holds a subset of the gradients (see instruments)
+    fp_changed: bool | None = None    # the fingerprints moved between backward end and pre-hook
+    versions: tuple | None = None     # (gradients, their version counters) at the end of the backward
+    touched: bool | None = None       # a gradient was replaced or changed in place before the step
     clip_uniform: bool | None = None  # one clip coefficient for every tensor (None: not decoded)
     scale_end: torch.Tensor | None = None
     origin: Any = None                # the ReplayReport of this step, if one ran
@@ -205,7 +208,12 @@ def decode_clip(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float | N
     if not pos:
         return
     half = v.size // 2
-    if scale is None and np.array_equal(v[:half], v[half:]):
+    same = np.array_equal(v[:half], v[half:])   # (NaN never equal: compared again with equal_nan)
+    if not (same or np.array_equal(v[:half], v[half:], equal_nan=True)):
+        rec.fp_changed = True
+    elif rec.fp_changed is None:
+        rec.fp_changed = False
+    if scale is None and same:
         _decode_unclipped(rec, pos, v[:half], rest)
         return
     _decode_general(rec, pos, v, scale, rest)

@@ -40,6 +40,20 @@ sampled read as their applied norms. Models with at most :data:`SAMPLE_SIZE` gra
 tensors are always fingerprinted in full. bf16/fp16 gradients under a clip round the
 coefficient per tensor beyond the uniformity tolerance and so stay fingerprinted in full.
 
+Version counters instead of fingerprints: an in-place change of a tensor (``clip_grad_norm_``'s
+``_foreach_mul_``, ``clamp_``, ``copy_``) moves its ``_version`` counter, and assigning a new
+``p.grad`` replaces the object. So at the end of the backward the watcher also keeps each
+gradient and its counter; when, for :data:`TRUST_AFTER` logged steps in a row, no gradient was
+replaced or changed in place before the optimizer step (no clipping at all: the usual run), the
+counters stand in for the fingerprints: a logged step then costs one list of counters, and
+fingerprints are taken again every :data:`RECHECK_EVERY` logged steps and from the step after
+any counter moves. The first step whose counters moved without fingerprints reports its
+applied norms as the pre-clip ones (``clip_exact`` False; one logged step, reading low, never
+high). Writes the counters do not see (through ``p.grad.data``, or AMP's in-place unscale
+kernel) show in the fingerprints of the first steps, and the watcher then fingerprints for the
+rest of the run; such writes starting later are seen at the next recheck. FSDP2 (DTensor)
+gradients are always fingerprinted.
+
 Every hook an instrument registers goes through :func:`shielded`: it does nothing once the
 watcher is removed or while a forensic replay runs, and an exception inside it becomes one
 ``internal`` event instead of reaching the training loop.
@@ -49,6 +63,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -60,10 +75,12 @@ from ..stats.tensors import dense_values, global_norms, is_dtensor, local, tenso
 from ._record import ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad, UpdateNorms
 from .hooks import CopyInertHook, HookSet, LayerMap, act_stats
 
-__all__ = ["Instruments", "shielded", "hook_method", "SAMPLE_AFTER", "SAMPLE_SIZE"]
+__all__ = ["Instruments", "shielded", "hook_method", "SAMPLE_AFTER", "SAMPLE_SIZE", "TRUST_AFTER", "RECHECK_EVERY"]
 
 SAMPLE_AFTER = 3    # logged steps with one clip coefficient for every tensor before sampling
 SAMPLE_SIZE = 16    # tensors fingerprinted per logged step while sampling (half rotating, half largest)
+TRUST_AFTER = 3     # logged steps with untouched gradients before the version counters stand in
+RECHECK_EVERY = 16  # while they do, fingerprints again every this many logged steps
 
 
 class Host(Protocol):
@@ -134,6 +151,10 @@ class Instruments:
         self._clip_rec: StepRecord | None = None   # the last record whose fingerprints were taken
         self._top: list[int] = []              # positions of the largest applied norms (last logged step)
         self._pos_cache: tuple[list | None, list[int]] = (None, [])   # (param list, its positions)
+        self._untouched = 0                    # logged steps in a row whose gradients nothing changed
+        self._since_fp = 0                     # logged steps since the last fingerprints
+        self._blind = False                    # gradients changed behind the version counters (.data)
+        self._ver_rec: StepRecord | None = None   # the last record whose version counters were taken
         self.depth_seen: dict[int, int] = {}   # layer index -> order of its first forward (detail steps)
         self.depth_known = False               # the forward order is fixed after the first detail step
         self._after_conv = False
@@ -213,14 +234,60 @@ class Instruments:
         return chosen
 
     def backward_end(self, rec: StepRecord) -> None:
-        """At the end of the backward pass: the fingerprint (and the loss scale) to compare
-        with the optimizer's pre-hook, where a clip shows as a uniform rescale."""
-        rec.fp_sampled = self._sampling(rec)
-        rec.fp_end = self.fingerprint(self._subset() if rec.fp_sampled else self._host._map.params)
-        self._clip_rec = rec
+        """At the end of the backward pass: the version counters and, unless they stand in,
+        the fingerprint (and the loss scale) to compare with the optimizer's pre-hook, where a
+        clip shows as a uniform rescale."""
+        self._judge(rec)
+        params = self._host._map.params
+        sharded = self._host._map.sharded
+        if not sharded:
+            grads = [p.grad for p in params]
+            rec.versions = (grads, [-1 if g is None else g._version for g in grads])
+        if sharded or self._blind or self._untouched < TRUST_AFTER or self._since_fp >= RECHECK_EVERY:
+            rec.fp_sampled = self._sampling(rec)
+            rec.fp_end = self.fingerprint(self._subset() if rec.fp_sampled else params)
+            self._clip_rec = rec
+            self._since_fp = 0
+        elif self._ver_rec is not rec:
+            self._since_fp += 1
+        self._ver_rec = rec
         scaler = self._host.config.scaler
         if scaler is not None and getattr(scaler, "_scale", None) is not None and scaler.is_enabled():
             rec.scale_end = scaler._scale.detach().clone().float().reshape(1)
+
+    def _judge(self, rec: StepRecord) -> None:
+        """What the previous logged step's gradients went through between the end of its
+        backward and its optimizer step: nothing (the version counters may stand in for the
+        fingerprints after :data:`TRUST_AFTER` such steps), a change the counters saw (a clip,
+        AMP unscaling), or a change only the fingerprints saw (writes through ``.data``:
+        fingerprints for the rest of the run)."""
+        prev = self._ver_rec
+        if prev is None or prev is rec:
+            return
+        self._ver_rec = None
+        if prev.touched is None:
+            return   # never reached an optimizer step
+        if prev.touched:
+            self._untouched = 0
+        elif prev.fp_changed:
+            self._blind = True
+        else:
+            self._untouched += 1
+
+    def _touched(self, rec: StepRecord, withg: list, pos: list[int]) -> None:
+        """Whether a gradient of ``withg`` was replaced or changed in place since the end of
+        the backward (its version counter moved); records without fingerprints that were
+        touched report their applied norms as the pre-clip ones (``clip_exact`` False)."""
+        grads, vers = rec.versions
+        if len(grads) != len(self._host._map.params):
+            touched = True   # the model changed structure since the backward
+        else:
+            cur = [p.grad for p in withg]
+            then = [grads[k] for k in pos]
+            touched = not all(map(operator.is_, cur, then)) or [g._version for g in cur] != [vers[k] for k in pos]
+        rec.touched = touched or bool(rec.touched)
+        if touched and rec.fp_end is None:
+            rec.clip_exact = False
 
     def measure_grads(self, rec: StepRecord, params: list[torch.Tensor], opt=None) -> None:
         """Queue the norms of the gradients about to be applied, and the clip samples."""
@@ -237,6 +304,8 @@ class Instruments:
         if unscale is not None:
             n = n / unscale.to(n.device, n.dtype)
         rec.pending.append(GradNorms(n, positions=pos))
+        if rec.versions is not None:
+            self._touched(rec, withg, pos)
         if rec.fp_end is not None and rec.fp_end[2] is not None:
             self._clip_samples(rec, withg, unscale, pos)
 

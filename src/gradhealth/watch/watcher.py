@@ -319,6 +319,8 @@ class Watcher:
         rec = self._it.record
         self._iter_hooks.remove()
         self._it.layer_hooks = False
+        if rec is not None:
+            rec.versions = None   # (references to this step's gradients)
         if rec is not None and (rec.stepped or rec.skipped):
             try:
                 self._finalize(rec)
