@@ -45,7 +45,7 @@ from gradhealth.watch.instruments import Instruments
 from .bench_watch import DEFAULT_WORKLOADS, WORKLOADS, run_block
 
 _TOP = ("_on_root_pre", "_on_root_post", "_on_backward_end", "_on_pre_step", "_on_post_step", "observe",
-        "_output_hook")
+        "_output_hook", "_on_output_grad")
 
 
 class Clock:

@@ -227,3 +227,36 @@ def test_one_of_two_optimizers_skipped_keeps_the_others_update_ratio():
     ratio = st.update_ratio
     assert ratio[0] == pytest.approx(expected, rel=1e-4)  # o1 did step
     assert ratio[2] == 0.0                                 # o2 was skipped
+
+
+@pytest.mark.parametrize("policy", ["skip", "warn"])
+def test_a_fault_on_an_unlogged_step_is_named(policy):
+    """every=10: step 3 is off the schedule. Under a guard its forward is still captured, so the
+    skipped step replays and names the layer whose output went NaN (the layer the test poisoned);
+    unguarded ('warn') nothing reads step 3's gradients, and the NaN weights its update leaves
+    are found at the next logged step (10) by a replay of that step's own capture."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    poison = {"on": False}
+
+    def nan_out(mod, args, out):
+        return out * float("nan") if poison["on"] else out
+
+    m[2].register_forward_hook(nan_out)
+    with watch(m, opt, on_nonfinite=policy, every=10, detail_every=never()) as w:
+        for s in range(12):
+            poison["on"] = s == 3
+            loss = m(torch.randn(5, 4)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            w.observe(loss)
+    rows = {st.step: st for st in w.history}
+    if policy == "skip":
+        assert rows[3].skipped and rows[3].origin["module"] == "2"
+        assert torch.isfinite(m[2].weight).all()
+    else:   # step 3's NaN gradients reached every layer: the first in forward order is named
+        assert 3 not in rows and not any(torch.isfinite(m[i].weight).all() for i in (0, 2, 4))
+        o = rows[10].origin
+        assert o is not None and o["module"] == "0" and o["cause"] == "nonfinite_params"

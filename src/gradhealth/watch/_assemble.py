@@ -123,8 +123,29 @@ def _gradients(rec: StepRecord, layer_of: Sequence[int], L: int):
     return np.where(has, np.sqrt(sq), np.nan), nfg, sq_pre, sq_post
 
 
+_UNMEASURED: dict[int, tuple[np.ndarray, ...]] = {}
+
+
+def _unmeasured(L: int) -> tuple[np.ndarray, ...]:
+    """Read-only "nothing measured" arrays for ``L`` layers (shared by the steps that measure
+    no parameter norms, output gradients or forward statistics: most of them):
+    ``(nan, -1, nan (L, 3), False)``."""
+    got = _UNMEASURED.get(L)
+    if got is None:
+        got = (np.full(L, np.nan), np.full(L, -1, dtype=np.int64), np.full((L, 3), np.nan), np.zeros(L, dtype=bool))
+        for a in got:
+            a.setflags(write=False)
+        if len(_UNMEASURED) > 64:
+            _UNMEASURED.clear()
+        _UNMEASURED[L] = got
+    return got
+
+
 def _params_and_updates(rec: StepRecord, layer_of: Sequence[int], L: int):
     """Per-layer parameter norms, their NaN/Inf counts and update ratios."""
+    if not (rec.pnorm or rec.upd or rec.skipped):
+        nan, minus1, _, _ = _unmeasured(L)
+        return nan, minus1, nan
     pn_sq = np.zeros(L)
     pn_has = np.zeros(L, dtype=bool)
     nfp = np.full(L, -1, dtype=np.int64)
@@ -162,6 +183,9 @@ def _signals(rec: StepRecord, t: LayerTable):
     """Output-gradient norm and rms, forward statistics, per-time-step gradients, and the
     masks of what was measured."""
     L = len(t)
+    if not (rec.outg or rec.act or rec.time):
+        nan, _, nan3, no = _unmeasured(L)
+        return nan, nan, nan3, {}, no, no
     outg = np.full(L, np.nan)
     outr = np.full(L, np.nan)
     out_has = np.zeros(L, dtype=bool)

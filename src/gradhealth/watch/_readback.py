@@ -76,6 +76,9 @@ class ReadbackQueue:
             ``[rec]`` when it was read, ``[]`` when it was deferred.
         """
         if isinstance(rec.loss, torch.Tensor):
+            if not rec.pending and not self.defer_always and rec.loss.device.type == "cpu":
+                rec.loss = float(rec.loss.float())   # (what the transfer reads: the float32 value)
+                return [rec]
             rec.pending.append(Loss(rec.loss))
             rec.loss = None
         if defer_ok and (self.defer_always or any(it.tensor.device.type != "cpu" for it in rec.pending)):

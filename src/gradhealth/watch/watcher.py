@@ -31,6 +31,7 @@ guard or the scaler skipped still counts, so step numbers follow the training lo
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import deque
@@ -369,7 +370,8 @@ class Watcher:
         self._boundary_at_forward()
         if not self._it.forward:
             self._policy.before_forward()
-        if self.config.replay:
+        if self.config.replay and (self.config.guarded or self._is_logged(self.step)):
+            # (an unlogged step of an unguarded run never replays: nothing reads its gradients)
             self._it.captures.append(Capture.of_call(module, args, kwargs))
         if self.config.detail_every(self.step) and not self._it.layer_hooks and torch.is_grad_enabled():
             self._get_record()
@@ -393,16 +395,17 @@ class Watcher:
                 self._iter_hooks.add(t.register_hook(self._output_hook(i, cap, logged)))
 
     def _output_hook(self, i: int, cap: Capture | None, logged: bool):
-        @hook_method("backward")
-        def hook(self, grad):
-            if cap is not None:
-                if cap.grad_outputs is None:
-                    cap.grad_outputs = []
-                cap.grad_outputs.append((i, grad))
-            if logged and not self._it.bwd_queued:
-                self._it.bwd_queued = 1
-                torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
-        return hook.__get__(self)
+        return functools.partial(self._on_output_grad, i, cap, logged)
+
+    @hook_method("backward")
+    def _on_output_grad(self, i: int, cap: Capture | None, logged: bool, grad):
+        if cap is not None:
+            if cap.grad_outputs is None:
+                cap.grad_outputs = []
+            cap.grad_outputs.append((i, grad))
+        if logged and not self._it.bwd_queued:
+            self._it.bwd_queued = 1
+            torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
 
     def _on_backward_end(self) -> None:
         # Re-queued once so it runs after the final callbacks queued later in this backward
