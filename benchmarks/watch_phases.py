@@ -45,7 +45,7 @@ from gradhealth.watch.instruments import Instruments
 from .bench_watch import DEFAULT_WORKLOADS, WORKLOADS, run_block
 
 _TOP = ("_on_root_pre", "_on_root_post", "_on_backward_end", "_on_pre_step", "_on_post_step", "observe",
-        "_output_hook", "_on_output_grad")
+        "_output_hook")
 
 
 class Clock:
@@ -106,7 +106,7 @@ def instrumented(clock: Clock):
     patch(_readback, "transfer", clock.wrap("read", _readback.transfer))
     patch(_readback, "to_host", clock.wrap("read:to_host", _readback.to_host))
     patch(_record, "decode_clip", clock.wrap("read:decode_clip", _record.decode_clip))
-    patch(watcher_mod, "step_stats", clock.wrap("assemble", watcher_mod.step_stats))
+    patch(runlog, "step_stats", clock.wrap("assemble", runlog.step_stats))
     patch(runlog.RunLog, "record", clock.wrap("record", runlog.RunLog.record))
     try:
         yield

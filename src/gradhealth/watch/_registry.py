@@ -7,7 +7,7 @@ import weakref
 
 from ..errors import ModelError
 
-__all__ = ["register", "unregister", "check_overlap"]
+__all__ = ["register", "unregister", "check_overlap", "settle_all"]
 
 _ACTIVE: list[weakref.ref] = []
 
@@ -35,3 +35,15 @@ def check_overlap(watcher) -> None:
                 f"({type(other.model).__name__}, step {other.step}). Two watchers on the same "
                 "parameters would double every hook and disagree about steps. Fix: leave the first "
                 "`with gradhealth.watch(...)` block (or call watcher.remove()) before watching again.")
+
+
+def settle_all() -> None:
+    """At interpreter exit: the completed steps of the watchers never removed reach their
+    history and store (the store's own exit hook, registered before this one, runs after it)."""
+    for ref in list(_ACTIVE):
+        w = ref()
+        if w is not None and getattr(w, "_active", False):
+            try:
+                w._log.settle()
+            except Exception:   # pragma: no cover - at exit, nothing to report to
+                pass

@@ -24,9 +24,15 @@ from ..detectors.base import StepStats, safe_text
 from ..errors import ParameterError
 from ..events import Event
 from ._advice import with_remedy
-from ._assemble import Measured, store_rows
+from ._assemble import Measured, step_stats, store_rows
 
-__all__ = ["RunLog", "WatchWarning", "appending_store"]
+__all__ = ["RunLog", "WatchWarning", "appending_store", "SETTLE_EVERY", "SETTLE_WITHIN_S"]
+
+#: Completed logged steps assembled and run through the detectors together (see RunLog.settle).
+SETTLE_EVERY = 5
+#: ... or as soon as the oldest of them has waited this long (seconds).
+SETTLE_WITHIN_S = 0.25
+_now = time.monotonic
 
 
 class WatchWarning(UserWarning):
@@ -137,6 +143,8 @@ class RunLog:
         self._t0 = time.time()
         self._appending = False     # the store continues a run (appending_store)
         self._events_before = 0     # events of the sessions before a resume (in the store)
+        self._done: list[tuple] = []   # completed steps not yet settled (complete(), settle())
+        self._done_since = 0.0
 
     # ------------------------------------------------------------------ the store
 
@@ -163,6 +171,7 @@ class RunLog:
             self.store.write_layers(rows)
 
     def flush(self) -> None:
+        self.settle()
         if self.store is not None:
             try:
                 self.store.flush()
@@ -171,6 +180,7 @@ class RunLog:
 
     def close(self, final_meta: dict) -> None:
         """Write the final metadata and close the store (idempotent)."""
+        self.settle()
         if self.store is None:
             return
         if self._appending and "n_events" in final_meta:   # the whole run's, not this session's
@@ -202,9 +212,12 @@ class RunLog:
                          evidence={"site": site, "error": f"{type(exc).__name__}: {exc}"[:500]})])
 
     def emit(self, events: list[Event]) -> None:
-        """Append ``events`` (and mirror them to the store)."""
+        """Append ``events`` (and mirror them to the store), after the events of the steps
+        completed before them (:meth:`settle`)."""
         if not events:
             return
+        if self._done:
+            self.settle()
         self.events.extend(events)
         if self.store is not None:
             try:
@@ -232,6 +245,7 @@ class RunLog:
 
     def summary(self, steps: int, skipped: int) -> str:
         """A few plain-text lines: steps, skipped steps, the first 20 events (names escaped)."""
+        self.settle()
         lines = [f"{steps} steps watched, {skipped} skipped, {len(self.events)} events"]
         self._check_store()
         rows, events = self.lost()
@@ -251,6 +265,7 @@ class RunLog:
         """The detectors' state (their windows and baselines) as plain data: dicts, lists,
         strings and numbers only (NumPy arrays and tuples tagged), so that a checkpoint holding
         it loads with ``torch.load(weights_only=True)`` and dumps as JSON."""
+        self.settle()
         return {"detectors": _encode(self._det_state), "n_events": self._events_before + len(self.events)}
 
     def load_state_dict(self, state: Any, policy, optimizers: list) -> tuple[int, int]:
@@ -261,6 +276,7 @@ class RunLog:
             raise ParameterError("state", "Watcher.load_state_dict", "a dict from Watcher.state_dict()",
                                  type(state).__name__ if not isinstance(state, dict) else sorted(state),
                                  "pass watcher.state_dict() as saved with the checkpoint.")
+        self.settle()
         self._det_state = _decode(state["log"]["detectors"])
         policy.load_state_dict(state.get("policy") or {}, optimizers)
         step = int(state["step"])
@@ -276,6 +292,41 @@ class RunLog:
         return step, int(state.get("skipped", 0))
 
     # ------------------------------------------------------------------ steps
+
+    def complete(self, rec, table, layer_of, loss: float | None, urgent: bool = False) -> None:
+        """A logged step whose values are all on the host (a read-back
+        :class:`~gradhealth.watch._record.StepRecord`, the layer table and the layer of each
+        parameter position at that step). It is assembled and run through the detectors, the
+        history and the store with the next few: at the latest every :data:`SETTLE_EVERY`
+        completed steps or after :data:`SETTLE_WITHIN_S` seconds (checked at each step's end,
+        :meth:`settle_due`), at once when ``urgent`` (a skipped
+        or non-finite step), and before anything reads the events, the history or the store
+        or emits an event (so events stay in step order). One batch of a few steps runs in a
+        warm cache: on a step of a few milliseconds, cheaper than one step at a time."""
+        done = self._done
+        done.append((rec, table, layer_of, loss, self.model_info))
+        if len(done) == 1:
+            self._done_since = _now()
+        if urgent or len(done) >= SETTLE_EVERY or _now() - self._done_since >= SETTLE_WITHIN_S:
+            self.settle()
+
+    def settle_due(self) -> None:
+        """:meth:`settle` if the oldest waiting step has waited :data:`SETTLE_WITHIN_S` (called
+        once a training step, so that a run logging rarely does not hold its events back)."""
+        if self._done and _now() - self._done_since >= SETTLE_WITHIN_S:
+            self.settle()
+
+    def settle(self) -> None:
+        """Assemble every completed step not settled yet, then :meth:`record` it (in order)."""
+        while self._done:
+            done, self._done = self._done, []
+            for rec, table, layer_of, loss, info in done:
+                try:
+                    stats, measured = step_stats(rec, table, layer_of, loss, info)
+                except Exception as exc:
+                    self.internal("statistics", exc)
+                    continue
+                self.record(stats, measured, rec.t)
 
     def record(self, stats: StepStats, measured: Measured, t: float) -> None:
         """A completed step: detectors (their events, with remedies), history, store rows."""

@@ -31,6 +31,7 @@ guard or the scaler skipped still counts, so step numbers follow the training lo
 
 from __future__ import annotations
 
+import atexit
 import functools
 import math
 import warnings
@@ -44,8 +45,9 @@ from torch.utils import _pytree as pytree
 from ..detectors.base import LayerTable, StepStats
 from ..errors import NonFiniteError, ParameterError
 from ..events import Event
+from ..store import writer as _store_writer  # noqa: F401  (imported first: see atexit below)
 from . import _compile, _registry
-from ._assemble import forward_depth, model_info, run_meta, step_stats
+from ._assemble import forward_depth, model_info, run_meta
 from ._optimizers import Optimizers, learning_rate, structure_event
 from ._readback import ReadbackQueue
 from ._record import Iteration, StepRecord
@@ -64,6 +66,10 @@ from .replay import Capture, ReplayReport
 from .runlog import RunLog, WatchWarning
 
 __all__ = ["Watcher", "WatchWarning", "default_detail_schedule"]
+
+# the store's exit hook (closing open stores) is registered when it is imported, so before this
+# one, which exit therefore runs first: unsettled steps of live watchers reach the store
+atexit.register(_registry.settle_all)
 
 _OWNER = "gradhealth.watch"
 
@@ -127,11 +133,13 @@ class Watcher:
     @property
     def events(self) -> list[Event]:
         """Every event so far (detectors, guard, replay, internal errors), in order."""
+        self._log.settle()
         return self._log.events
 
     @property
     def history(self) -> deque[StepStats]:
         """The last ``history_size`` logged steps."""
+        self._log.settle()
         return self._log.history
 
     @property
@@ -142,6 +150,7 @@ class Watcher:
     @property
     def store(self):
         """The run store (``run_dir`` given), else None."""
+        self._log.settle()
         return self._log.store
 
     @property
@@ -327,6 +336,7 @@ class Watcher:
                 self._finalize(rec)
             except Exception as exc:
                 self._internal("statistics", exc)
+        self._log.settle_due()
         self.step += 1
         self._clear_iteration()
         if self.config.scaler is not None:
@@ -513,8 +523,10 @@ class Watcher:
             # forward depth: the first detail step fixes the order of the layers seen running
             self._map.table = forward_depth(self._map.table, self._inst.depth_seen)
             self._inst.depth_known = True
-        stats, measured = step_stats(rec, self._map.table, self._map.pos_layer, loss, self._log.model_info)
-        self._log.record(stats, measured, rec.t)
+        rec.versions = None
+        urgent = bool(rec.skipped or rec.nf_bad or rec.overflow or rec.origin is not None
+                      or (loss is not None and not math.isfinite(loss)))
+        self._log.complete(rec, self._map.table, self._map.pos_layer, loss, urgent)
 
     # ------------------------------------------------------------------ non-finite steps
 
