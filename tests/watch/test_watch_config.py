@@ -72,3 +72,33 @@ def test_model_is_checked_before_the_options():
     with pytest.raises(ParameterError) as exc:
         watch(object(), every=0)  # type: ignore[arg-type]
     assert exc.value.param == "model"
+
+
+def test_a_callable_schedule_is_asked_once_per_step():
+    """The hooks ask "is this step logged / a detail step?" several times a step; the user's
+    schedules are called once per step and schedule (they may be costly or count calls).
+    Oracle: the steps the loop ran, and what the schedules answered."""
+    asked: dict[str, list[int]] = {"every": [], "detail": []}
+
+    def every(step):
+        asked["every"].append(step)
+        return step % 3 == 0
+
+    def detail(step):
+        asked["detail"].append(step)
+        return step == 4
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    with watch(m, opt, every=every, detail_every=detail) as w:
+        for _ in range(8):
+            loss = m(torch.randn(5, 4)).pow(2).mean()
+            loss.backward()
+            w.observe(loss)
+            opt.step()
+            opt.zero_grad()
+    assert asked["detail"] == list(range(8))
+    assert asked["every"] == [s for s in range(8) if s != 4]   # (a detail step is logged anyway)
+    assert [s.step for s in w.history] == [0, 3, 4, 6]
+    assert [s.step for s in w.history if s.full] == [4]

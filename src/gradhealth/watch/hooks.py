@@ -81,7 +81,10 @@ class WeakMethodHook:
         prepare()
 
     def __call__(self, *args, **kwargs):
-        return run_eager(self._call, args, kwargs)   # never traced by dynamo (watch, then compile)
+        if torch.compiler.is_compiling():
+            return run_eager(self._call, args, kwargs)   # never traced by dynamo (watch, then compile)
+        owner = self._ref()   # (eager: _call inlined, one frame less on every forward)
+        return None if owner is None else getattr(owner, self._name)(*args, **kwargs)
 
     def _call(self, *args, **kwargs):
         owner = self._ref()

@@ -112,6 +112,7 @@ class Watcher:
         self._iter_hooks = HookSet()   # this iteration only (detail module hooks, tensor hooks)
         self._opts = Optimizers(global_hooks=optimizer is None)
         self._it = Iteration()
+        self._sched: tuple[int, bool, bool] = (-1, False, False)   # (step, logged, detail), _schedule()
         self._scaler_states = None
         self._skipped_total = 0
         self._log.model_info = model_info(self._map.table)
@@ -309,13 +310,21 @@ class Watcher:
 
     # ------------------------------------------------------------------ the step clock
 
+    def _schedule(self, step: int) -> tuple[int, bool, bool]:
+        """``(step, logged, detail)``: the schedules asked once per step (hooks ask often)."""
+        c = self._sched
+        if c[0] != step:
+            detail = bool(self.config.detail_every(step))
+            c = self._sched = (step, detail or bool(self.config.every(step)), detail)
+        return c
+
     def _is_logged(self, step: int) -> bool:
-        return self.config.every(step) or self.config.detail_every(step)
+        return self._schedule(step)[1]
 
     def _get_record(self) -> StepRecord:
         it = self._it
         if it.record is None:
-            it.record = StepRecord(self.step, bool(self.config.detail_every(self.step)))
+            it.record = StepRecord(self.step, self._schedule(self.step)[2])
             pending, it.pending_loss = it.pending_loss, None
             if pending is not None and pending[0] == self.step:
                 it.record.loss = pending[1]
@@ -383,7 +392,7 @@ class Watcher:
         if self.config.replay and (self.config.guarded or self._is_logged(self.step)):
             # (an unlogged step of an unguarded run never replays: nothing reads its gradients)
             self._it.captures.append(Capture.of_call(module, args, kwargs))
-        if self.config.detail_every(self.step) and not self._it.layer_hooks and torch.is_grad_enabled():
+        if self._schedule(self.step)[2] and not self._it.layer_hooks and torch.is_grad_enabled():
             self._get_record()
             self._it.layer_hooks = True
             _compile.install_layer_hooks(self, args, kwargs)   # compiled model: forward stats from a shadow
