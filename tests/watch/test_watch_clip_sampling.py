@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gradhealth.remedies import clip_by_layer_norm_
-from gradhealth.watch import never, watch
+from gradhealth.watch import instruments, never, watch
 from gradhealth.watch._record import StepRecord, decode_clip
 from gradhealth.watch.instruments import RECHECK_EVERY, SAMPLE_AFTER, SAMPLE_SIZE, TRUST_AFTER
 
@@ -224,3 +224,24 @@ def test_small_models_are_always_fingerprinted_in_full():
             opt.zero_grad()
         rec = w._inst._clip_rec
         assert rec is not None and not rec.fp_sampled and len(rec.fp_end[0]) == SAMPLE_SIZE
+
+
+def test_a_model_of_many_tensors_keeps_the_sampled_fingerprints(monkeypatch):
+    """Beyond VERSIONS_UP_TO gradient tensors no counters are taken (a list of them would cost
+    more than the sampled fingerprints): every logged step is fingerprinted, and a late clip is
+    exact at once. Oracle: the hand-computed pre-clip norms."""
+    monkeypatch.setattr(instruments, "VERSIONS_UP_TO", 2 * DEPTH - 1)   # the model has 2 * DEPTH
+    model = deep()
+    start = TRUST_AFTER + 2
+    fp: list = []
+
+    def clip(s, m):
+        if s >= start:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05)
+
+    w, want, sampled = train(model, start + 3, clip, fp)
+    assert all(f for f, _ in fp) and all(e for _, e in fp)
+    assert w._inst._ver_rec.versions is None
+    assert all(sampled[SAMPLE_AFTER:])
+    for s, h in enumerate(w.history):
+        np.testing.assert_allclose(reported_linear(w, h), want[s], rtol=1e-5)

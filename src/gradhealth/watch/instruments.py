@@ -52,7 +52,9 @@ applied norms as the pre-clip ones (``clip_exact`` False; one logged step, readi
 high). Writes the counters do not see (through ``p.grad.data``, or AMP's in-place unscale
 kernel) show in the fingerprints of the first steps, and the watcher then fingerprints for the
 rest of the run; such writes starting later are seen at the next recheck. FSDP2 (DTensor)
-gradients are always fingerprinted.
+gradients are always fingerprinted, and so are models of more than :data:`VERSIONS_UP_TO`
+gradient tensors (there a list of counters, ~0.3-0.5 us a tensor, costs more than the
+sampled fingerprints).
 
 Every hook an instrument registers goes through :func:`shielded`: it does nothing once the
 watcher is removed or while a forensic replay runs, and an exception inside it becomes one
@@ -75,12 +77,14 @@ from ..stats.tensors import dense_values, global_norms, is_dtensor, local, tenso
 from ._record import ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad, UpdateNorms
 from .hooks import CopyInertHook, HookSet, LayerMap, act_stats
 
-__all__ = ["Instruments", "shielded", "hook_method", "SAMPLE_AFTER", "SAMPLE_SIZE", "TRUST_AFTER", "RECHECK_EVERY"]
+__all__ = ["Instruments", "shielded", "hook_method", "SAMPLE_AFTER", "SAMPLE_SIZE", "TRUST_AFTER", "RECHECK_EVERY",
+           "VERSIONS_UP_TO"]
 
 SAMPLE_AFTER = 3    # logged steps with one clip coefficient for every tensor before sampling
 SAMPLE_SIZE = 16    # tensors fingerprinted per logged step while sampling (half rotating, half largest)
 TRUST_AFTER = 3     # logged steps with untouched gradients before the version counters stand in
 RECHECK_EVERY = 16  # while they do, fingerprints again every this many logged steps
+VERSIONS_UP_TO = 512   # gradient tensors; beyond, a list of counters costs more than sampled fingerprints
 
 
 class Host(Protocol):
@@ -239,11 +243,11 @@ class Instruments:
         clip shows as a uniform rescale."""
         self._judge(rec)
         params = self._host._map.params
-        sharded = self._host._map.sharded
-        if not sharded:
+        counters = not self._host._map.sharded and len(params) <= VERSIONS_UP_TO
+        if counters:
             grads = [p.grad for p in params]
             rec.versions = (grads, [-1 if g is None else g._version for g in grads])
-        if sharded or self._blind or self._untouched < TRUST_AFTER or self._since_fp >= RECHECK_EVERY:
+        if not counters or self._blind or self._untouched < TRUST_AFTER or self._since_fp >= RECHECK_EVERY:
             rec.fp_sampled = self._sampling(rec)
             rec.fp_end = self.fingerprint(self._subset() if rec.fp_sampled else params)
             self._clip_rec = rec
