@@ -83,8 +83,7 @@ class WeakMethodHook:
     def __call__(self, *args, **kwargs):
         if torch.compiler.is_compiling():
             return run_eager(self._call, args, kwargs)   # never traced by dynamo (watch, then compile)
-        owner = self._ref()   # (eager: _call inlined, one frame less on every forward)
-        return None if owner is None else getattr(owner, self._name)(*args, **kwargs)
+        return self._call(*args, **kwargs)   # eager: without run_eager's frame, on every forward
 
     def _call(self, *args, **kwargs):
         owner = self._ref()

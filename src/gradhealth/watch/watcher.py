@@ -339,7 +339,7 @@ class Watcher:
         self._iter_hooks.remove()
         self._it.layer_hooks = False
         if rec is not None:
-            rec.versions = None   # (references to this step's gradients)
+            rec.versions = None   # the step ends: release its references to the gradients
         if rec is not None and (rec.stepped or rec.skipped):
             try:
                 self._finalize(rec)
@@ -532,7 +532,6 @@ class Watcher:
             # forward depth: the first detail step fixes the order of the layers seen running
             self._map.table = forward_depth(self._map.table, self._inst.depth_seen)
             self._inst.depth_known = True
-        rec.versions = None
         urgent = bool(rec.skipped or rec.nf_bad or rec.overflow or rec.origin is not None
                       or (loss is not None and not math.isfinite(loss)))
         self._log.complete(rec, self._map.table, self._map.pos_layer, loss, urgent)
@@ -570,6 +569,7 @@ class Watcher:
         except Exception as exc:  # pragma: no cover
             self._internal("statistics", exc)
         self._it.record = None
+        rec.versions = None       # the step ends here too (see _end_iteration)
         self._log.flush()
         raise NonFiniteError(ev.message, diagnosis=rec.origin if rec.origin is not None else ev)
 
