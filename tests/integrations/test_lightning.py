@@ -43,18 +43,30 @@ class Module(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
+def loader_of(n_batches: int):
+    """``make_data(n_batches)`` as a loader of BATCH-sized batches, in order."""
+    x, y = make_data(n_batches)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+
+
+def quiet_trainer(callbacks: list, steps: int, **options):
+    """A CPU Trainer of ``steps`` steps without logger, progress bar, model summary or
+    checkpoints, unless ``options`` say otherwise."""
+    kw = dict(max_steps=steps, callbacks=callbacks, logger=False, enable_progress_bar=False,
+              enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
+    kw.update(options)
+    return pl.Trainer(**kw)
+
+
 def fit(tmp_path, accumulate=1, steps=N_STEPS, **options):
     from gradhealth.integrations.lightning import GradHealthCallback
 
     module = Module()
     plant_nan(module.get_submodule(NAN_LAYER), lambda: module.trainer.global_step)
-    x, y = make_data(steps * accumulate)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    loader = loader_of(steps * accumulate)
     cb = GradHealthCallback(run_dir=tmp_path / "run", **options)
-    trainer = pl.Trainer(max_steps=steps, accumulate_grad_batches=accumulate, callbacks=[cb],
-                         logger=pl.loggers.CSVLogger(tmp_path / "logs"), enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
-                         log_every_n_steps=1)
+    trainer = quiet_trainer([cb], steps, accumulate_grad_batches=accumulate,
+                            logger=pl.loggers.CSVLogger(tmp_path / "logs"), log_every_n_steps=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, loader)
@@ -100,12 +112,10 @@ def test_a_run_resumed_from_a_checkpoint_continues_its_steps(tmp_path):
     # from the checkpoint written at step 4 and must log 4..N-1, not restart at 0
     from gradhealth.integrations.lightning import GradHealthCallback
 
-    x, y = make_data(N_STEPS)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    loader = loader_of(N_STEPS)
 
     def trainer(cb, steps):
-        return pl.Trainer(max_steps=steps, callbacks=[cb], logger=False, enable_progress_bar=False,
-                          enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
+        return quiet_trainer([cb], steps)
 
     cut = 4
     with warnings.catch_warnings():
@@ -132,8 +142,7 @@ def test_a_checkpoint_saved_during_the_fit_resumes_at_the_next_step(tmp_path):
     from gradhealth.integrations.lightning import GradHealthCallback
 
     cut = 4
-    x, y = make_data(cut)   # an epoch of `cut` batches: Lightning restarts a resumed epoch's loader
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    loader = loader_of(cut)   # an epoch of `cut` batches: Lightning restarts a resumed epoch's loader
 
     class StopAt(pl.Callback):   # the interruption, after the checkpoint (as a crash would be)
         def on_train_batch_end(self, trainer, *args):
@@ -146,8 +155,7 @@ def test_a_checkpoint_saved_during_the_fit_resumes_at_the_next_step(tmp_path):
             callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{step}", save_top_k=-1,
                                                           every_n_train_steps=every))
             callbacks.append(StopAt())
-        t = pl.Trainer(max_steps=N_STEPS, callbacks=callbacks, logger=False, enable_progress_bar=False,
-                       enable_checkpointing=bool(every), enable_model_summary=False, accelerator="cpu")
+        t = quiet_trainer(callbacks, N_STEPS, enable_checkpointing=bool(every))
         t.fit(Module(), loader, ckpt_path=ckpt_path)
         return cb.watcher
 
@@ -175,12 +183,10 @@ def test_a_checkpoint_without_the_callbacks_state_still_continues_the_steps(tmp_
     from gradhealth.integrations.lightning import GradHealthCallback
     from gradhealth.watch import WatchWarning
 
-    x, y = make_data(N_STEPS)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    loader = loader_of(N_STEPS)
 
     def trainer(cb, steps):
-        return pl.Trainer(max_steps=steps, callbacks=[cb], logger=False, enable_progress_bar=False,
-                          enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
+        return quiet_trainer([cb], steps)
 
     cut = 4
     with warnings.catch_warnings():
@@ -211,8 +217,7 @@ def test_a_checkpoint_right_after_a_scaler_skipped_step_resumes_at_the_next_step
     from gradhealth.integrations.lightning import GradHealthCallback
 
     cut = NAN_STEP + 1
-    x, y = make_data(cut)   # an epoch of `cut` batches: Lightning restarts a resumed epoch's loader
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    loader = loader_of(cut)   # an epoch of `cut` batches: Lightning restarts a resumed epoch's loader
 
     def run(cb, ckpt_path=None, every=None, steps=N_STEPS):
         module = Module()
@@ -222,9 +227,7 @@ def test_a_checkpoint_right_after_a_scaler_skipped_step_resumes_at_the_next_step
             callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{step}", save_top_k=-1,
                                                           every_n_train_steps=every))
         plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-        t = pl.Trainer(max_steps=steps, callbacks=callbacks, plugins=[plugin], logger=False,
-                       enable_progress_bar=False, enable_checkpointing=bool(every), enable_model_summary=False,
-                       accelerator="cpu")
+        t = quiet_trainer(callbacks, steps, plugins=[plugin], enable_checkpointing=bool(every))
         t.fit(module, loader, ckpt_path=ckpt_path)
         return cb.watcher
 

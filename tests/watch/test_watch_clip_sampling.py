@@ -43,6 +43,14 @@ def reported_linear(w, s) -> np.ndarray:
     return np.asarray(s.grad_norm)[idx]
 
 
+def norm_clip_from(start: int, max_norm: float = 0.05):
+    """A ``clip_at`` for :func:`train`: ``clip_grad_norm_(max_norm)`` from step ``start`` on."""
+    def clip(s, m):
+        if s >= start:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), max_norm)
+    return clip
+
+
 def train(model, steps, clip_at, fingerprinted: list | None = None):
     """``clip_at(step, model)`` clips in place; returns the watcher, the hand-computed pre-clip
     norms per step, and per step whether its fingerprints were a sampled subset (and, into
@@ -127,11 +135,7 @@ def test_a_late_norm_clip_after_the_version_counters_took_over_is_exact_from_the
     model = deep()
     start = TRUST_AFTER + 2
     fp: list = []
-
-    def clip(s, m):
-        if s >= start:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05)
-
+    clip = norm_clip_from(start)
     w, want, _ = train(model, start + 5, clip, fp)
     assert [f for f, _ in fp] == [True] * TRUST_AFTER + [False] * (start + 1 - TRUST_AFTER) + [True] * 4
     hist = list(w.history)
@@ -234,11 +238,7 @@ def test_a_model_of_many_tensors_keeps_the_sampled_fingerprints(monkeypatch):
     model = deep()
     start = TRUST_AFTER + 2
     fp: list = []
-
-    def clip(s, m):
-        if s >= start:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05)
-
+    clip = norm_clip_from(start)
     w, want, sampled = train(model, start + 3, clip, fp)
     assert all(f for f, _ in fp) and all(e for _, e in fp)
     assert w._inst._ver_rec.versions is None
