@@ -1,7 +1,7 @@
 """Train a small MLP on scikit-learn's digits under ``gradhealth.watch``.
 
-Three runs, each a few dozen steps on the 8x8 digit images (they ship inside scikit-learn;
-nothing is downloaded):
+Three runs of 120 SGD steps (learning rate 0.02) on the 8x8 digit images (they ship inside
+scikit-learn; nothing is downloaded; about 5 s on a CPU):
 
 1. a deep sigmoid MLP with PyTorch's default initialisation: the watcher reports vanishing
    gradients at step 0 (the backward signal shrinks ~4-7x per layer) and names the first
@@ -18,7 +18,6 @@ Every run is written to ``runs/watch_digits/<name>`` and read back with
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -31,8 +30,7 @@ from torch import nn
 from gradhealth.store import load_run
 from gradhealth.watch import WatchWarning, watch
 
-SMOKE = os.environ.get("GRADHEALTH_SMOKE") == "1"
-STEPS = 30 if SMOKE else 120
+STEPS = 120   # (cheap: the tests run it as written, no shortened smoke mode)
 OUT = Path("runs/watch_digits")
 
 
@@ -60,7 +58,8 @@ def make_mlp(broken: bool, depth: int = 8, width: int = 64) -> nn.Sequential:
 
 
 def train(name: str, model: nn.Module, x, y, *, nan_at: int | None = None, **watch_kw):
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    # (at lr 0.05 the healthy net's loss jumps 5x for 4 steps near step 100: a real spike, reported)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
     g = torch.Generator().manual_seed(0)
     run_dir = OUT / name
     shutil.rmtree(run_dir, ignore_errors=True)
