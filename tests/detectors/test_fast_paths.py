@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from gradhealth.detectors import LayerTable, StepStats, run_detectors
 from gradhealth.detectors import base as B
-from gradhealth.detectors.depth import _trend_verdict, _verdict, depth_trend, exploding_vanishing
+from gradhealth.detectors.depth import _fitted, _trend_verdict, _verdict, depth_trend, exploding_vanishing
 from gradhealth.watch._record import StepRecord, _decode_general, decode_clip
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -88,9 +88,30 @@ def test_depth_verdict_without_the_fit_is_the_full_computation(gain, n, noise, s
     assert (tr is None) == (full is None)
     if tr is not None:
         assert tr["n"] == full["n"] and np.array_equal(tr["positions"], full["positions"])
-    if got is not None:   # an event reads these: the same numbers
+    if tr is not None:    # an event reads these (fitted for it): the same numbers
+        tr = _fitted(tr)
         for k in ("growth_per_layer", "gsc", "ends_ratio"):
             assert tr[k] == full[k]
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(4, 60), ratio=st.sampled_from([2.0, 100.0, 1e4]), min_growth=st.sampled_from([1.0, 1.05, 1.5]),
+       sign=st.sampled_from([-1, 1]), ulps=st.integers(-3, 3), noise=st.sampled_from([0.0, 1e-12, 1e-9, 1e-6]),
+       seed=st.integers(0, 1000))
+def test_depth_verdict_at_its_threshold_is_the_full_computation(n, ratio, min_growth, sign, ulps, noise, seed):
+    """Series whose fitted slope sits on the verdict's threshold (a few ulps either side, and
+    within the counting shortcut's margin): the counted verdict equals the full rule's."""
+    c = max(math.log10(ratio) / (n - 1), math.log10(min_growth))
+    b = sign * c
+    for _ in range(abs(ulps)):
+        b = np.nextafter(b, math.inf if ulps > 0 else -math.inf)
+    rng = np.random.default_rng(seed)
+    x = np.arange(n, dtype=float)
+    v = 10 ** (b * x + noise * rng.standard_normal(n))
+    full = depth_trend(v)
+    want = _verdict(full, ratio, min_growth)
+    tr, got = _trend_verdict(v, 4, ratio, min_growth)
+    assert got == want
 
 
 def test_depth_detector_events_equal_the_full_computation_over_a_run():
@@ -162,3 +183,65 @@ def test_decode_clip_rest_gets_the_common_coefficient_as_a_loop_would():
         if p not in want:
             want[p] = 0.375
     assert rec.clip == want and rec.clipped and rec.clip_exact
+
+
+# ---------------------------------------------------------------------- spike shortcuts
+
+def _slow_spikes(values, *, window, warmup, test):
+    """The spike rule recomputed in full at every step (no shortcut): ``test(x, w, med, sig)``
+    decides; one event per episode. Returns the spike onsets' indices."""
+    w, onsets, active = [], [], False
+    for k, x in enumerate(values):
+        if x is None:
+            continue
+        spike = False
+        if len(w) >= warmup:
+            med = float(np.median(w))
+            sig = B.MAD_TO_SIGMA * float(np.median(np.abs(np.array(w) - med)))
+            spike = test(x, w, med, sig)
+        if spike and not active:
+            onsets.append(k)
+        active = spike
+        w = (w + [x])[-window:]
+    return onsets
+
+
+walk = st.lists(st.one_of(st.floats(-0.4, 0.4), st.sampled_from([1.0, 2.0, 3.0, -2.0])), min_size=1, max_size=120)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=walk, seed=st.integers(0, 1000), min_factor=st.sampled_from([0.5, 1.0, 6.0, 30.0]))
+def test_grad_spike_shortcut_finds_what_the_full_rule_finds(steps, seed, min_factor):
+    """``grad_spikes`` skips the median when the norm is within ``min_factor`` of the window's
+    least: the onsets equal the full rule's, evaluated at every step."""
+    import gradhealth.detectors as D
+
+    t = LayerTable.simple(3)
+    lg = np.cumsum(steps)
+    rng = np.random.default_rng(seed)
+    seq = [StepStats(step=k, layers=t, global_grad_norm=float(10 ** v), grad_norm=10 ** (v + 0.1 * rng.standard_normal(3)))
+           for k, v in enumerate(lg)]
+    got = [e.step for e in run_detectors(D.grad_spikes(window=20, warmup=5, z=3.0, min_factor=min_factor), seq)]
+    thr_floor = math.log10(min_factor)
+    want = _slow_spikes([math.log10(s.global_grad_norm) for s in seq], window=20, warmup=5,
+                        test=lambda x, w, med, sig: (x - med) > max(3.0 * sig, thr_floor))
+    assert got == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=walk, min_rel=st.sampled_from([0.0, 0.5]), min_initial=st.sampled_from([0.0, 0.5]))
+def test_loss_spike_shortcut_finds_what_the_full_rule_finds(steps, min_rel, min_initial):
+    """``loss_spikes`` skips the median unless the loss is above the whole window: the onsets
+    equal the full rule's (median, MAD and initial scale recomputed at every step)."""
+    import gradhealth.detectors as D
+
+    t = LayerTable.simple(2)
+    loss = np.cumsum(steps)
+    seq = [StepStats(step=k, layers=t, loss=float(v), grad_norm=np.ones(2)) for k, v in enumerate(loss)]
+    got = [e.step for e in run_detectors(D.loss_spikes(window=20, warmup=5, z=3.0, min_rel=min_rel,
+                                                       min_initial=min_initial), seq)]
+    initial = abs(float(np.median(loss[:5]))) if len(loss) > 5 else 0.0
+    want = _slow_spikes(list(map(float, loss)), window=20, warmup=5,
+                        test=lambda x, w, med, sig: (x - med) > max(3.0 * sig, min_rel * abs(med), min_initial * initial)
+                        and x > max(w))
+    assert got == want

@@ -315,7 +315,7 @@ def theil_sen_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.nda
 
 
 @functools.lru_cache(maxsize=64)
-def _pairs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pairs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The index pairs ``i < j`` of ``n`` points and their spacing ``j - i`` (as float)."""
     i, j = np.triu_indices(n, k=1)
     return _readonly(i), _readonly(j), _readonly((j - i).astype(float))
@@ -329,5 +329,5 @@ def theil_sen_slope_uniform(y: np.ndarray) -> float:
     n = ya.size
     if n < 2:
         return math.nan
-    i, j, dx = _pairs(n)
+    i, j, dx = pairs(n)
     return float(np.median((ya[j] - ya[i]) / dx))

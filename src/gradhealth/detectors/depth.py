@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..events import Event
-from .base import Detector, StepStats, median, safe_text, theil_sen_slope, theil_sen_slope_uniform
+from .base import Detector, StepStats, median, pairs, safe_text, theil_sen_slope, theil_sen_slope_uniform
 
 __all__ = ["exploding_vanishing", "update_ratio", "depth_trend"]
 
@@ -60,11 +60,15 @@ def _trend_verdict(values: np.ndarray, min_points: int, ratio: float,
     """``(depth_trend(values), _verdict(that, ratio, min_growth))``, computed for less.
 
     The verdict needs the unfitted ends ratio beyond ``sqrt(ratio)`` (or its inverse), so when
-    the ends already rule out both verdicts the Theil-Sen fit is skipped: the trend returned
-    is then a stub (``n`` and ``positions`` only; it means "measured, no verdict", which is all
-    the detector reads of it). Otherwise the trend is :func:`depth_trend`'s, value for value:
-    the same medians (:func:`~gradhealth.detectors.base.median` is ``np.median`` to the bit)
-    and the same pairwise slopes (:func:`theil_sen_slope_uniform`).
+    the ends already rule out both verdicts the Theil-Sen fit is skipped. Otherwise the one
+    verdict the ends allow needs the fitted slope ``b`` (the median of the pairwise slopes) on
+    one side of a threshold ``c``: counting the slopes at most ``c`` (a comparison and a sum)
+    settles that without selecting the median, except within ``1e-9`` of ``c``, where the
+    median itself is taken. The trend returned carries ``n``, ``positions`` and
+    ``ends_ratio``; :func:`_fitted` adds the fitted ``growth_per_layer`` and ``gsc`` where an
+    event needs them, value for value :func:`depth_trend`'s (the same medians,
+    :func:`~gradhealth.detectors.base.median` being ``np.median`` to the bit, and the same
+    pairwise slopes, :func:`theil_sen_slope_uniform`).
     """
     v = values if values.dtype == np.float64 else np.asarray(values, dtype=float)
     pos = np.flatnonzero(np.isfinite(v) & (v > 0))
@@ -74,13 +78,37 @@ def _trend_verdict(values: np.ndarray, min_points: int, ratio: float,
     y = np.log10(v[pos])
     k = max(1, n // 3)
     ends = float(10 ** (median(y[:k]) - median(y[-k:])))
+    tr = {"n": int(n), "positions": pos, "ends_ratio": ends, "y": y}
+    if not (ratio > 1 and min_growth > 0):
+        tr = _fitted(tr)     # (thresholds outside the documented range: the rule as written)
+        return tr, _verdict(tr, ratio, min_growth)
     root = math.sqrt(ratio)
-    if not ends >= root and not ends <= 1.0 / root:
-        return {"n": int(n), "positions": pos}, None
-    b = theil_sen_slope_uniform(y)
-    tr = {"growth_per_layer": float(10 ** (-b)), "gsc": float(10 ** (-b * (n - 1))),
-          "ends_ratio": ends, "n": int(n), "positions": pos}
+    if ends >= root:        # exploding needs gsc >= ratio and g >= min_growth: b <= c
+        c, want = min(-math.log10(ratio) / (n - 1), -math.log10(min_growth)), "exploding"
+    elif ends <= 1.0 / root:   # vanishing: b >= c
+        c, want = max(math.log10(ratio) / (n - 1), math.log10(min_growth)), "vanishing"
+    else:
+        return tr, None
+    i, j, dx = pairs(n)
+    slopes = (y[j] - y[i]) / dx
+    m = 1e-9 * (1.0 + abs(c))
+    h = slopes.size // 2            # the median is slopes[h] sorted (odd), or the mean of [h-1], [h]
+    below = int(np.count_nonzero(slopes <= c - m))
+    if below >= h + 1:
+        return tr, (want if want == "exploding" else None)     # b < c: clear of the threshold
+    above = slopes.size - int(np.count_nonzero(slopes < c + m))
+    if above >= h + 1:
+        return tr, (want if want == "vanishing" else None)     # b > c
+    tr = _fitted(tr)                                            # near the threshold: the exact rule
     return tr, _verdict(tr, ratio, min_growth)
+
+
+def _fitted(tr: dict[str, Any]) -> dict[str, Any]:
+    """A trend of :func:`_trend_verdict` with its fitted ``growth_per_layer`` and ``gsc``."""
+    if "gsc" not in tr:
+        b = theil_sen_slope_uniform(tr["y"])
+        tr = {**tr, "growth_per_layer": float(10 ** (-b)), "gsc": float(10 ** (-b * (tr["n"] - 1)))}
+    return tr
 
 
 def _verdict(tr: dict | None, ratio: float, min_growth: float) -> str | None:
@@ -185,6 +213,7 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
             if twin is not None and state.get(twin, (None,))[0] == verdict:
                 return
             worst, extra = event_facts()     # built only for an event
+            tr = _fitted(tr)
             ev = dict(stats.info or {})
             ev.update({"growth_per_layer": tr["growth_per_layer"], "gsc": tr["gsc"], "ends_ratio": tr["ends_ratio"],
                        "depth": tr["n"], "signal": what, "worst_layer": worst, "lr": stats.lr})

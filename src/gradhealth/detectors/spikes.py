@@ -34,14 +34,24 @@ def _push(window: tuple, value: Any, size: int) -> tuple:
 
 
 def _track(hist: tuple, stats: StepStats) -> tuple:
-    """Append this step's per-layer log10 gradient norms to ``hist`` ((step, row) pairs);
-    a model whose layer count changed starts a new history."""
-    gn = np.asarray(stats.grad_norm, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        row = np.where(np.isfinite(gn) & (gn > 0), np.log10(gn), np.nan)
-    if hist and len(hist[-1][1]) != len(row):
+    """Append this step's per-layer gradient norms to ``hist`` ((step, norms) pairs, the
+    norms as measured: :func:`_log_rows` takes their logarithms when a spike asks, which is
+    rare, instead of on every step); a model whose layer count changed starts a new history."""
+    gn = stats.grad_norm
+    if hist and len(hist[-1][1]) != len(gn):
         hist = ()
-    return _push(hist, (stats.step, row), RISE_HISTORY)
+    return _push(hist, (stats.step, gn), RISE_HISTORY)
+
+
+def _log_rows(hist: tuple) -> tuple:
+    """``hist`` of :func:`_track` as :func:`first_riser` reads it: ``log10`` of each norm,
+    NaN where it is not finite and positive."""
+    out = []
+    for step, gn in hist:
+        g = np.asarray(gn, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.append((step, np.where(np.isfinite(g) & (g > 0), np.log10(g), np.nan)))
+    return tuple(out)
 
 
 def first_riser(hist: tuple, names: tuple) -> tuple[str | None, int | None, float | None]:
@@ -105,8 +115,10 @@ def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_facto
         min_factor: the norm must also exceed ``min_factor`` times the median.
     """
 
+    floor = math.log10(min_factor)
+
     def init():
-        return {"w": (), "since": None, "prev": None, "hist": ()}
+        return {"w": (), "since": None, "prev": None, "norms": ()}
 
     def update(stats: StepStats, state: dict):
         g = stats.global_grad_norm
@@ -114,13 +126,15 @@ def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_facto
             return [], state
         lg = math.log10(g)
         w = state["w"]
-        hist = _track(state.get("hist", ()), stats)
+        hist = _track(state.get("norms", ()), stats)
         events: list[Event] = []
         since = state["since"]
         spike = False
-        if len(w) >= warmup:
+        # a spike needs lg - median > log10(min_factor); the median is at least min(w), so a
+        # value within that factor of the window's least is none (the usual step: no sort)
+        if len(w) >= warmup and lg - min(w) > floor:
             med, sig = robust_center_scale(w)
-            thr = max(z * sig, math.log10(min_factor))
+            thr = max(z * sig, floor)
             spike = (lg - med) > thr
             if spike and since is None:
                 since = stats.step
@@ -128,6 +142,7 @@ def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_facto
                 prev = state["prev"]
                 gn = stats.grad_norm
                 if prev is not None and len(prev) == len(gn):
+                    prev = np.where(np.isfinite(prev), prev, np.nan)
                     with np.errstate(divide="ignore", invalid="ignore"):
                         growth = gn / prev
                     growth = np.where(np.isfinite(growth), growth, -np.inf)
@@ -135,7 +150,7 @@ def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_facto
                         layer = stats.layers.names[int(np.argmax(growth))]
                 factor = 10 ** (lg - med)
                 where = f"; the largest growth is in {safe_text(layer)!r}" if layer else ""
-                rose, rose_ev = _riser_text(*first_riser(hist, stats.layers.names))
+                rose, rose_ev = _riser_text(*first_riser(_log_rows(hist), stats.layers.names))
                 events.append(Event(
                     step=stats.step, kind="grad_spike", layer=layer, severity="warning",
                     message=(f"Gradient-norm spike at step {stats.step}: {g:.3g}, {factor:.3g}x the "
@@ -146,8 +161,8 @@ def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_facto
                     since=stats.step))
         if not spike:
             since = None
-        prev = np.where(np.isfinite(stats.grad_norm), stats.grad_norm, np.nan)
-        return events, {"w": _push(w, lg, window), "since": since, "prev": prev, "hist": hist}
+        # this step's norms, kept as measured (their non-finite entries are masked at a spike)
+        return events, {"w": _push(w, lg, window), "since": since, "prev": stats.grad_norm, "norms": hist}
 
     return Detector(init, update, "grad_spikes")
 
@@ -174,12 +189,12 @@ def loss_spikes(*, window: int = 50, warmup: int = 20, z: float = 6.0, min_rel: 
     """
 
     def init():
-        return {"w": (), "since": None, "initial": None, "hist": ()}
+        return {"w": (), "since": None, "initial": None, "norms": ()}
 
     def update(stats: StepStats, state: dict):
         x = stats.loss
         if stats.skip_reason != "scaler" and len(stats.grad_norm) and np.isfinite(stats.grad_norm).any():
-            state = {**state, "hist": _track(state.get("hist", ()), stats)}
+            state = {**state, "norms": _track(state.get("norms", ()), stats)}
         if x is None or not math.isfinite(x) or stats.skip_reason == "scaler":
             return [], state
         w = state["w"]
@@ -190,12 +205,13 @@ def loss_spikes(*, window: int = 50, warmup: int = 20, z: float = 6.0, min_rel: 
         if len(w) >= warmup:
             if initial is None:
                 initial = abs(robust_center_scale(w[:warmup])[0])
-            med, sig = robust_center_scale(w)
-            thr = max(z * sig, min_rel * abs(med), min_initial * initial)
-            spike = (x - med) > thr and x > max(w)
+            if x > max(w):   # (a spike is above the whole window: the usual step needs no sort)
+                med, sig = robust_center_scale(w)
+                thr = max(z * sig, min_rel * abs(med), min_initial * initial)
+                spike = (x - med) > thr
             if spike and since is None:
                 since = stats.step
-                rose, rose_ev = _riser_text(*first_riser(state.get("hist", ()), stats.layers.names))
+                rose, rose_ev = _riser_text(*first_riser(_log_rows(state.get("norms", ())), stats.layers.names))
                 events.append(Event(
                     step=stats.step, kind="loss_spike", layer=rose_ev.get("rose_first"), severity="warning",
                     message=(f"Loss spike at step {stats.step}: {x:.4g} against a running median of "
@@ -207,6 +223,6 @@ def loss_spikes(*, window: int = 50, warmup: int = 20, z: float = 6.0, min_rel: 
         if not spike:
             since = None
         return events, {"w": _push(w, x, window), "since": since, "initial": initial,
-                        "hist": state.get("hist", ())}
+                        "norms": state.get("norms", ())}
 
     return Detector(init, update, "loss_spikes")
