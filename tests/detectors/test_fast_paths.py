@@ -219,8 +219,8 @@ def test_grad_spike_shortcut_finds_what_the_full_rule_finds(steps, seed, min_fac
     t = LayerTable.simple(3)
     lg = np.cumsum(steps)
     rng = np.random.default_rng(seed)
-    seq = [StepStats(step=k, layers=t, global_grad_norm=float(10 ** v), grad_norm=10 ** (v + 0.1 * rng.standard_normal(3)))
-           for k, v in enumerate(lg)]
+    seq = [StepStats(step=k, layers=t, global_grad_norm=float(10 ** v),
+                     grad_norm=10 ** (v + 0.1 * rng.standard_normal(3))) for k, v in enumerate(lg)]
     got = [e.step for e in run_detectors(D.grad_spikes(window=20, warmup=5, z=3.0, min_factor=min_factor), seq)]
     thr_floor = math.log10(min_factor)
     want = _slow_spikes([math.log10(s.global_grad_norm) for s in seq], window=20, warmup=5,
@@ -242,6 +242,6 @@ def test_loss_spike_shortcut_finds_what_the_full_rule_finds(steps, min_rel, min_
                                                        min_initial=min_initial), seq)]
     initial = abs(float(np.median(loss[:5]))) if len(loss) > 5 else 0.0
     want = _slow_spikes(list(map(float, loss)), window=20, warmup=5,
-                        test=lambda x, w, med, sig: (x - med) > max(3.0 * sig, min_rel * abs(med), min_initial * initial)
-                        and x > max(w))
+                        test=lambda x, w, med, sig: x > max(w) and (x - med) > max(
+                            3.0 * sig, min_rel * abs(med), min_initial * initial))
     assert got == want
