@@ -242,3 +242,30 @@ def test_a_checkpoint_right_after_a_scaler_skipped_step_resumes_at_the_next_step
     assert resumed.step == oracle.step == N_STEPS
     assert resumed.state_dict()["skipped"] == oracle.state_dict()["skipped"] == 1
     assert_same_store(load_run(tmp_path / "run"), load_run(tmp_path / "oracle"))
+
+
+def test_events_reach_the_logger_though_steps_settle_a_few_at_a_time(tmp_path):
+    # the callback does not make the watcher settle every step (it assembles logged steps a few
+    # at a time); an ordinary (not urgent) event of a step close to the end must still reach
+    # the logger. Oracle: the watcher's own events of that kind.
+    from gradhealth.detectors import Detector, chain, default_detectors
+    from gradhealth.events import Event
+    from gradhealth.integrations.lightning import GradHealthCallback
+
+    late = N_STEPS - 2   # completes at the last step's forward, settled with nothing else
+
+    def update(stats, state):
+        if stats.step != late:
+            return [], state
+        return [Event(step=stats.step, kind="grad_spike", layer=None, severity="warning", message="planted")], state
+
+    planted = Detector(lambda: None, update, "planted")
+    cb = GradHealthCallback(run_dir=tmp_path / "run", detectors=chain(default_detectors(), planted))
+    trainer = quiet_trainer([cb], N_STEPS, logger=pl.loggers.CSVLogger(tmp_path / "logs"), log_every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Module(), loader_of(N_STEPS))
+    spikes = [e for e in cb.watcher.events if e.kind == "grad_spike" and e.message == "planted"]
+    assert [e.step for e in spikes] == [late]
+    assert trainer.logged_metrics["gradhealth/grad_spike"] == len([e for e in cb.watcher.events
+                                                                   if e.kind == "grad_spike"])

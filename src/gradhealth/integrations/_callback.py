@@ -45,9 +45,14 @@ class EventCounts:
         self.counts: dict[str, int] = {}
         self._seen = 0
 
-    def update(self, watcher) -> bool:
-        """Count the events added since the last call; whether there were any."""
-        events = watcher.events
+    def update(self, watcher, settle: bool = True) -> bool:
+        """Count the events added since the last call; whether there were any.
+
+        ``settle=False`` (a callback run on every step) counts the events of the steps the
+        watcher has settled so far without settling the others now: they arrive with the
+        next batch (a few steps later; a non-finite or skipped step settles at once), so the
+        watcher keeps assembling its steps a few at a time."""
+        events = watcher.events if settle else watcher._log.events
         if len(events) == self._seen:
             return False
         for e in events[self._seen:]:

@@ -199,10 +199,15 @@ class GradHealthCallback(WatchingCallback):
         if self._loss is not None:
             w.observe(self._loss)
         self._loss = None
-        self._log_events(pl_module)
+        # the watcher settles its steps a few at a time (events of a non-finite or skipped step
+        # at once): counted as they settle, all of them at an epoch's last batch and at a stop
+        max_steps = getattr(trainer, "max_steps", -1)
+        last = bool(getattr(trainer, "is_last_batch", True) or getattr(trainer, "should_stop", True)
+                    or (isinstance(max_steps, int) and 0 <= max_steps <= trainer.global_step))
+        self._log_events(pl_module, settle=last)
 
-    def _log_events(self, pl_module) -> None:
-        if not self._events.update(self.watcher):
+    def _log_events(self, pl_module, settle: bool = True) -> None:
+        if not self._events.update(self.watcher, settle=settle):
             return
         try:
             pl_module.log_dict({k: float(v) for k, v in self._events.metrics().items()},
