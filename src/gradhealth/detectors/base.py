@@ -189,11 +189,14 @@ class StepStats:
         for name in ("grad_norm", "param_norm", "update_ratio", "out_grad_norm", "out_grad_rms",
                      "act_std", "dead_frac", "sat_frac"):
             v = getattr(self, name)
-            object.__setattr__(self, name, _nan(n) if v is None else np.asarray(v, dtype=float))
+            a = _nan(n) if v is None else np.asarray(v, dtype=float)
+            if a is not v:
+                object.__setattr__(self, name, a)
         for name in ("nonfinite_grad", "nonfinite_param"):
             v = getattr(self, name)
-            object.__setattr__(self, name, np.full(n, -1, dtype=np.int64) if v is None
-                               else np.asarray(v, dtype=np.int64))
+            a = np.full(n, -1, dtype=np.int64) if v is None else np.asarray(v, dtype=np.int64)
+            if a is not v:
+                object.__setattr__(self, name, a)
         if self.loss is not None and not self.loss_nonfinite and not math.isfinite(self.loss):
             object.__setattr__(self, "loss_nonfinite", True)
 

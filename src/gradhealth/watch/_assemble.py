@@ -89,6 +89,23 @@ def _nanmean_rows(rows: list[np.ndarray]) -> np.ndarray:
     return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
 
 
+_LAYER_ARRAY: list = [None, None]   # [the layer_of tuple last seen, it as an int64 array]
+
+
+def _layer_array(layer_of: Sequence[int]) -> np.ndarray:
+    """``layer_of`` as an int64 array; kept while the same tuple comes back (a layer map's
+    ``pos_layer`` is a tuple, replaced when the model's structure changes). A list (mutable)
+    is converted every time."""
+    seen, arr = _LAYER_ARRAY
+    if seen is layer_of and type(layer_of) is tuple:
+        return arr
+    arr = np.asarray(layer_of, dtype=np.int64)
+    if type(layer_of) is tuple:
+        arr.setflags(write=False)
+        _LAYER_ARRAY[:] = [layer_of, arr]
+    return arr
+
+
 def _gradients(rec: StepRecord, layer_of: Sequence[int], L: int):
     """Per-layer pre-clip gradient norms and NaN/Inf counts, global squared norms pre/post.
 
@@ -106,21 +123,22 @@ def _gradients(rec: StepRecord, layer_of: Sequence[int], L: int):
             pre = np.where((c > 0) & np.isfinite(c), post / c, post)
     else:
         pre = post
-    sq_pre = float(np.cumsum(pre * pre)[-1])
-    sq_post = float(np.cumsum(post * post)[-1])
-    li = np.asarray(layer_of, dtype=np.int64)[pos]
+    pre2 = pre * pre
+    sq_pre = float(np.cumsum(pre2)[-1])
+    sq_post = sq_pre if pre is post else float(np.cumsum(post * post)[-1])
+    li = _layer_array(layer_of)[pos]
     mine = li >= 0
-    li = li[mine]
-    sq = np.bincount(li, weights=(pre * pre)[mine], minlength=L)[:L]
+    if not mine.all():
+        li, pre2 = li[mine], pre2[mine]
+    sq = np.bincount(li, weights=pre2, minlength=L)[:L]
     has = np.bincount(li, minlength=L)[:L] > 0
-    nfg = np.full(L, -1, dtype=np.int64)
-    if has.any():
-        nf = rec.nf
+    nf = rec.nf
+    if any(nf.values()):
         cnt = np.fromiter((nf.get(p, 0) for p in rec.post), dtype=np.int64, count=n)[mine]
-        tot = np.zeros(L, dtype=np.int64)
-        np.add.at(tot, li, cnt)
-        nfg = np.where(has, tot, -1)
-    return np.where(has, np.sqrt(sq), np.nan), nfg, sq_pre, sq_post
+        tot = np.bincount(li, weights=cnt, minlength=L)[:L].astype(np.int64)   # (exact: counts < 2**53)
+    else:
+        tot = np.zeros(L, dtype=np.int64)   # no NaN/Inf anywhere: every measured layer counts 0
+    return np.where(has, np.sqrt(sq), np.nan), np.where(has, tot, -1), sq_pre, sq_post
 
 
 _UNMEASURED: dict[int, tuple[np.ndarray, ...]] = {}

@@ -144,7 +144,7 @@ class LayerMap:
     param_names: list[str]
     n_modules: int = 0
     conv: list[bool] = field(default_factory=list)
-    pos_layer: list[int] = field(default_factory=list)   # position in params -> layer index (-1: none)
+    pos_layer: tuple[int, ...] = ()   # position in params -> layer index (-1: none)
     sharded: bool = False   # some parameter is a DTensor (FSDP2): norms need a collective, no replay
 
     def rows(self) -> list[dict]:
@@ -223,7 +223,7 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
     table = LayerTable(tuple(names), tuple(types), tuple(roles), tuple(fams), tuple(acts),
                        tuple(depth), tuple(nparams))
     return LayerMap(table, modules, index_of_module, params, param_layer, param_pos, pnames,
-                    n_modules, conv, pos_layer, sharded=any(is_dtensor(p) for p in params))
+                    n_modules, conv, tuple(pos_layer), sharded=any(is_dtensor(p) for p in params))
 
 
 def unit_dim(t: torch.Tensor, after_conv: bool) -> int:

@@ -162,6 +162,7 @@ class Instruments:
         self.depth_seen: dict[int, int] = {}   # layer index -> order of its first forward (detail steps)
         self.depth_known = False               # the forward order is fixed after the first detail step
         self._after_conv = False
+        self._ident: list[int] = []
 
     # ------------------------------------------------------------------ gradients
 
@@ -287,11 +288,21 @@ class Instruments:
             touched = True   # the model changed structure since the backward
         else:
             cur = [p.grad for p in withg]
-            then = [grads[k] for k in pos]
-            touched = not all(map(operator.is_, cur, then)) or [g._version for g in cur] != [vers[k] for k in pos]
+            if len(pos) == len(grads) and pos == self._identity(len(pos)):
+                then, was = grads, vers   # every parameter, in order (the usual case): no gather
+            else:
+                then, was = [grads[k] for k in pos], [vers[k] for k in pos]
+            touched = not all(map(operator.is_, cur, then)) or [g._version for g in cur] != was
         rec.touched = touched or bool(rec.touched)
         if touched and rec.fp_end is None:
             rec.clip_exact = False
+
+    def _identity(self, n: int) -> list[int]:
+        """``list(range(n))``, kept (compared with ``==``: one C-level pass)."""
+        ident = self._ident
+        if len(ident) != n:
+            ident = self._ident = list(range(n))
+        return ident
 
     def measure_grads(self, rec: StepRecord, params: list[torch.Tensor], opt=None) -> None:
         """Queue the norms of the gradients about to be applied, and the clip samples."""
