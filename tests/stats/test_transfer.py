@@ -79,6 +79,12 @@ def test_inputs_detached_and_not_aliased():
     assert _same(hw, _one_by_one(w * 2))
     hx[:] = -1.0  # writing the host copy leaves the tensor alone
     assert x.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    # one tensor alone (the shortcut of a logged step: nothing to concatenate)
+    (h1,) = to_host([x])
+    h1[:] = -1.0
+    assert x.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    (hw1,) = to_host([w])
+    assert _same(hw1, _one_by_one(w)) and hw1.dtype == np.float32
 
 
 def _count_cpu_calls(monkeypatch) -> list[torch.device]:

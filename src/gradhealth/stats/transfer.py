@@ -30,6 +30,8 @@ def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
         of that one host buffer (they share memory with each other, never with the inputs).
     """
     flat = [t.detach().reshape(-1).float() for t in tensors]
+    if len(flat) == 1 and flat[0].device.type == "cpu":
+        return [flat[0].numpy().copy()]   # (the usual logged step: one tensor, nothing to move)
     by_dev: dict[torch.device, list[int]] = {}
     for k, f in enumerate(flat):
         by_dev.setdefault(f.device, []).append(k)

@@ -279,15 +279,15 @@ class Instruments:
         else:
             self._untouched += 1
 
-    def _touched(self, rec: StepRecord, withg: list, pos: list[int]) -> None:
-        """Whether a gradient of ``withg`` was replaced or changed in place since the end of
-        the backward (its version counter moved); records without fingerprints that were
-        touched report their applied norms as the pre-clip ones (``clip_exact`` False)."""
+    def _touched(self, rec: StepRecord, cur: list, pos: list[int]) -> None:
+        """Whether a gradient (``cur``: the gradients about to be applied, at positions ``pos``)
+        was replaced or changed in place since the end of the backward (its version counter
+        moved); records without fingerprints that were touched report their applied norms as
+        the pre-clip ones (``clip_exact`` False)."""
         grads, vers = rec.versions
         if len(grads) != len(self._host._map.params):
             touched = True   # the model changed structure since the backward
         else:
-            cur = [p.grad for p in withg]
             if len(pos) == len(grads) and pos == self._identity(len(pos)):
                 then, was = grads, vers   # every parameter, in order (the usual case): no gather
             else:
@@ -306,21 +306,22 @@ class Instruments:
 
     def measure_grads(self, rec: StepRecord, params: list[torch.Tensor], opt=None) -> None:
         """Queue the norms of the gradients about to be applied, and the clip samples."""
-        withg = [p for p in params if p.grad is not None]
-        if not withg:
+        grads = [g for p in params if (g := p.grad) is not None]   # (one read of each .grad)
+        if not grads:
             return
+        withg = params if len(grads) == len(params) else [p for p in params if p.grad is not None]
         # GradScaler hands fused optimizers (fused Adam/AdamW/SGD) still-scaled gradients and
         # sets opt.grad_scale; unscale here (on device, no sync) so the numbers are the real ones
         # and the scale is not mistaken for clipping
         gs = getattr(opt, "grad_scale", None)
         unscale = gs if isinstance(gs, torch.Tensor) else None
         pos = self._positions(params, withg)
-        n = norms([p.grad for p in withg], self._host._map.sharded)
+        n = norms(grads, self._host._map.sharded)
         if unscale is not None:
             n = n / unscale.to(n.device, n.dtype)
         rec.pending.append(GradNorms(n, positions=pos))
         if rec.versions is not None:
-            self._touched(rec, withg, pos)
+            self._touched(rec, grads, pos)
         if rec.fp_end is not None and rec.fp_end[2] is not None:
             self._clip_samples(rec, withg, unscale, pos)
 
