@@ -176,14 +176,15 @@ def as_optimizers(optimizer) -> list:
 
 
 def as_loss(loss) -> Any:
-    """``observe``'s argument as a detached 0-dim tensor or a float (ParameterError otherwise)."""
+    """``observe``'s argument as a detached one-element tensor (its shape kept: every reader
+    takes the one value) or a float (ParameterError otherwise)."""
     rule = "a scalar (a tensor with one element or a float)"
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
             raise ParameterError("loss", "Watcher.observe", rule, f"a tensor of shape {tuple(loss.shape)}",
                                  "pass the reduced loss, e.g. watcher.observe(loss) with "
                                  "loss = loss_fn(out, y) (reduction='mean'), or loss.mean().")
-        return loss.detach().reshape(())
+        return loss.detach()
     if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
         raise ParameterError("loss", "Watcher.observe", rule, type(loss).__name__,
                              "pass loss (a 0-dim tensor) or loss.item().")
