@@ -92,9 +92,15 @@ def dense_values(t: torch.Tensor) -> torch.Tensor:
 
 
 def _one_group(ts: list, norm_type: float, out_dev: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-    """The usual case of :func:`tensor_norms` without its per-tensor grouping: strided
-    tensors, none requiring grad, all of one real floating dtype that needs no wider
-    accumulator, on ``out_dev``. None when ``ts`` is not that case."""
+    """The usual case of :func:`tensor_norms` without its per-tensor grouping: dense tensors,
+    all of one real floating dtype that needs no wider accumulator, on ``out_dev``. None when
+    ``ts`` is not that case.
+
+    Only the dtype is checked tensor by tensor (the one thing a fused norm would get wrong
+    without a word: it would round a bfloat16 tensor's norm to bfloat16); a tensor that is not
+    strided (sparse: no fused-norm kernel, an uncoalesced one would be mis-summed) or on
+    another device makes the fused norm or the stack raise, and the general path takes over.
+    A tensor that requires grad gives the same values (the result is detached)."""
     t0 = ts[0]
     if t0 is None:
         return None
@@ -102,11 +108,15 @@ def _one_group(ts: list, norm_type: float, out_dev: torch.device, dtype: torch.d
     if dev != out_dev or not dt.is_floating_point or torch.promote_types(
             torch.promote_types(dt, torch.float32), dtype) != dt:
         return None
-    strided = torch.strided
     for t in ts:
-        if t is None or t.dtype != dt or t.layout != strided or t.requires_grad or t.device != dev:
+        if t is None or t.dtype is not dt:
             return None
-    out = torch.stack(torch._foreach_norm(ts, norm_type))
+    try:
+        out = torch.stack(torch._foreach_norm(ts, norm_type))
+    except (RuntimeError, NotImplementedError):
+        return None   # sparse layouts, several devices (tests/stats: each layout checked)
+    if out.requires_grad:
+        out = out.detach()
     return out if dt == dtype else out.to(dtype)
 
 
