@@ -4,6 +4,7 @@ independent oracle: each tensor's norm by torch.linalg.vector_norm in float64.""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -40,6 +41,12 @@ def test_mixed_dtypes_still_grouped():
 
 
 def _sparse_cases():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # torch's notes on sparse invariants and CSR's beta state
+        return _sparse_tensors()
+
+
+def _sparse_tensors():
     d = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
     # an uncoalesced COO tensor: index 0 twice, its value is the sum 3 + 4 (norm of the dense
     # tensor: 7, not 5)
@@ -68,3 +75,9 @@ def test_tensors_that_require_grad_give_a_detached_result():
     out = tensor_norms([x, x * 3])
     assert not out.requires_grad and out.grad_fn is None
     assert out.tolist() == pytest.approx(_oracle([x.detach(), 3 * x.detach()], 2.0), rel=1e-6)
+
+
+def test_a_nested_tensor_among_dense_ones_gets_the_norm_of_its_values():
+    nt = torch.nested.nested_tensor([torch.ones(3), torch.full((2,), 2.0)], layout=torch.jagged)
+    out = tensor_norms([torch.ones(2), nt])
+    assert out.tolist() == pytest.approx([math.sqrt(2.0), math.sqrt(3.0 + 8.0)], rel=1e-6)
