@@ -72,7 +72,7 @@ def test_gradients_equal_a_loop_over_positions(case, as_list):
     assert _same([sq_pre, sq_post], [want_pre, want_post])
 
 
-def test_a_new_layer_map_of_the_same_length_is_not_served_from_the_cache():
+def test_two_layer_maps_of_the_same_length_give_their_own_layers():
     rec = StepRecord(step=0, detail=False)
     rec.post = {0: 3.0, 1: 4.0}
     rec.nf = {0: 0, 1: 2}

@@ -89,24 +89,7 @@ def _nanmean_rows(rows: list[np.ndarray]) -> np.ndarray:
     return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
 
 
-_LAYER_ARRAY: list = [None, None]   # [the layer_of tuple last seen, it as an int64 array]
-
-
-def _layer_array(layer_of: Sequence[int]) -> np.ndarray:
-    """``layer_of`` as an int64 array; kept while the same tuple comes back (a layer map's
-    ``pos_layer`` is a tuple, replaced when the model's structure changes). A list (mutable)
-    is converted every time."""
-    seen, arr = _LAYER_ARRAY
-    if seen is layer_of and type(layer_of) is tuple:
-        return arr
-    arr = np.asarray(layer_of, dtype=np.int64)
-    if type(layer_of) is tuple:
-        arr.setflags(write=False)
-        _LAYER_ARRAY[:] = [layer_of, arr]
-    return arr
-
-
-def _gradients(rec: StepRecord, layer_of: Sequence[int], L: int):
+def _gradients(rec: StepRecord, layer_of: Sequence[int] | np.ndarray, L: int):
     """Per-layer pre-clip gradient norms and NaN/Inf counts, global squared norms pre/post.
 
     Vectorised by position; the sums run in position order (``bincount`` and ``cumsum``
@@ -126,7 +109,7 @@ def _gradients(rec: StepRecord, layer_of: Sequence[int], L: int):
     pre2 = pre * pre
     sq_pre = float(np.cumsum(pre2)[-1])
     sq_post = sq_pre if pre is post else float(np.cumsum(post * post)[-1])
-    li = _layer_array(layer_of)[pos]
+    li = np.asarray(layer_of, dtype=np.int64)[pos]   # (the layer map's is an int64 array already)
     mine = li >= 0
     if not mine.all():
         li, pre2 = li[mine], pre2[mine]
@@ -159,7 +142,7 @@ def _unmeasured(L: int) -> tuple[np.ndarray, ...]:
     return got
 
 
-def _params_and_updates(rec: StepRecord, layer_of: Sequence[int], L: int):
+def _params_and_updates(rec: StepRecord, layer_of: Sequence[int] | np.ndarray, L: int):
     """Per-layer parameter norms, their NaN/Inf counts and update ratios."""
     if not (rec.pnorm or rec.upd or rec.skipped):
         nan, minus1, _, _ = _unmeasured(L)
@@ -222,7 +205,7 @@ def _signals(rec: StepRecord, t: LayerTable):
     return outg, outr, act, time_grad, out_has, act_has
 
 
-def step_stats(rec: StepRecord, t: LayerTable, layer_of: Sequence[int], loss: float | None,
+def step_stats(rec: StepRecord, t: LayerTable, layer_of: Sequence[int] | np.ndarray, loss: float | None,
                info: dict) -> tuple[StepStats, Measured]:
     """The :class:`StepStats` of a read-back record, and what it measured.
 

@@ -18,6 +18,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -144,7 +145,8 @@ class LayerMap:
     param_names: list[str]
     n_modules: int = 0
     conv: list[bool] = field(default_factory=list)
-    pos_layer: tuple[int, ...] = ()   # position in params -> layer index (-1: none)
+    # position in params -> layer index (-1: none); read-only int64, built once per structure
+    pos_layer: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     sharded: bool = False   # some parameter is a DTensor (FSDP2): norms need a collective, no replay
 
     def rows(self) -> list[dict]:
@@ -223,7 +225,13 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
     table = LayerTable(tuple(names), tuple(types), tuple(roles), tuple(fams), tuple(acts),
                        tuple(depth), tuple(nparams))
     return LayerMap(table, modules, index_of_module, params, param_layer, param_pos, pnames,
-                    n_modules, conv, tuple(pos_layer), sharded=any(is_dtensor(p) for p in params))
+                    n_modules, conv, _readonly_int64(pos_layer), sharded=any(is_dtensor(p) for p in params))
+
+
+def _readonly_int64(values: list[int]) -> np.ndarray:
+    a = np.asarray(values, dtype=np.int64)
+    a.setflags(write=False)
+    return a
 
 
 def unit_dim(t: torch.Tensor, after_conv: bool) -> int:
