@@ -83,9 +83,11 @@ def timed_detectors(clock: Clock) -> Detector:
     """The default detector chain with each member timed (same members, same order)."""
     members = [det_mod.nonfinite(), det_mod.exploding_vanishing(), det_mod.update_ratio(), det_mod.grad_spikes(),
                det_mod.loss_spikes(), det_mod.early_divergence(), det_mod.dead_units(), det_mod.saturation()]
-    timed = [Detector(d.init, clock.wrap(f"det:{d.name}", d.update), d.name) for d in members]
+    timed = [Detector(d.init, clock.wrap(f"det:{d.name}", d.update), d.name,
+                      None if d.update_many is None else clock.wrap(f"det:{d.name}", d.update_many))
+             for d in members]
     c = chain(*timed, name="default")
-    return Detector(c.init, clock.wrap("detectors", c.update), c.name)
+    return Detector(c.init, clock.wrap("detectors", c.update), c.name, clock.wrap("detectors", c.update_many))
 
 
 @contextmanager

@@ -9,6 +9,11 @@ A detector is a pair of pure functions, in the shape of optax's ``GradientTransf
 is whatever the detector needs to remember (a window of past values, which conditions are
 active). ``update`` never mutates its inputs: it returns a new state, so a detector can be
 replayed, forked or tested on a synthetic sequence of statistics without a model.
+
+The watcher runs the detectors over a few completed steps at a time (see
+:func:`update_many`); a detector may carry an ``update_many`` of its own that does the same
+as calling ``update`` step after step, for less (one vectorised test over the steps finds
+those on which nothing can happen, see :func:`with_quiet`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = [
     "StepStats",
     "Detector",
     "chain",
+    "update_many",
+    "with_quiet",
     "run_detectors",
     "robust_center_scale",
     "theil_sen_slope",
@@ -210,11 +217,69 @@ class StepStats:
 
 
 class Detector(NamedTuple):
-    """A pure detector: ``init() -> state`` and ``update(stats, state) -> (events, state)``."""
+    """A pure detector: ``init() -> state`` and ``update(stats, state) -> (events, state)``.
+
+    ``update_many(stats_seq, state) -> (events of each step, state)``, when given, is a faster
+    equivalent of ``update`` applied to each step in turn (:func:`update_many` calls it);
+    None: the loop itself."""
 
     init: Callable[[], Any]
     update: Callable[[StepStats, Any], tuple[list[Event], Any]]
     name: str = "detector"
+    update_many: Callable[[Sequence[StepStats], Any], tuple[list[list[Event]], Any]] | None = None
+
+
+def _loop(update: Callable, stats_seq: Sequence[StepStats], state: Any) -> tuple[list[list[Event]], Any]:
+    out = []
+    for s in stats_seq:
+        ev, state = update(s, state)
+        out.append(ev)
+    return out, state
+
+
+def update_many(detector: Detector, stats_seq: Sequence[StepStats], state: Any) -> tuple[list[list[Event]], Any]:
+    """``detector.update`` over ``stats_seq`` in order, from ``state``: the events of each step
+    (one list per step) and the final state. Uses the detector's own ``update_many`` when it
+    has one (the same result, for less)."""
+    many = getattr(detector, "update_many", None)
+    return many(stats_seq, state) if many is not None else _loop(detector.update, stats_seq, state)
+
+
+def with_quiet(detector: Detector, quiet: Callable[[Sequence[StepStats]], np.ndarray],
+               state_ok: Callable[[Any], bool] | None = None,
+               on_quiet: Callable[[StepStats, Any], Any] | None = None) -> Detector:
+    """``detector`` with an ``update_many`` that skips its quiet steps.
+
+    ``quiet(stats_seq)`` marks (vectorised over the steps) those on which ``update`` returns no
+    event and the state unchanged whatever the state -- or, with ``state_ok``, whatever a state
+    for which ``state_ok(state)`` holds; or, with ``on_quiet``, the state ``on_quiet(stats,
+    state)``. ``update`` runs on every other step, in order. The property test of each
+    detector checks the two against each other (``tests/detectors/test_update_many.py``)."""
+    update = detector.update
+
+    def many(stats_seq: Sequence[StepStats], state: Any) -> tuple[list[list[Event]], Any]:
+        q = quiet(stats_seq) if stats_seq else ()
+        out: list[list[Event]] = []
+        for s, qi in zip(stats_seq, q):
+            if qi and (state_ok is None or state_ok(state)):
+                if on_quiet is not None:
+                    state = on_quiet(s, state)
+                out.append([])
+            else:
+                ev, state = update(s, state)
+                out.append(ev)
+        return out, state
+
+    return detector._replace(update_many=many)
+
+
+def same_table_rows(stats_seq: Sequence[StepStats], field_name: str) -> np.ndarray | None:
+    """The ``field_name`` arrays of ``stats_seq`` stacked into one ``(steps, layers)`` array, or
+    None when the steps do not share one layer table (a structure change inside the batch)."""
+    t = stats_seq[0].layers
+    if any(s.layers is not t for s in stats_seq):
+        return None
+    return np.array([getattr(s, field_name) for s in stats_seq])   # (np.stack: the same, slower)
 
 
 @dataclass(frozen=True)
@@ -241,25 +306,47 @@ def chain(*detectors: Detector, name: str = "chain") -> Detector:
         events: list[Event] = []
         new: list[Any] = []
         for d, s in zip(dets, state):
-            prev = s.state if isinstance(s, _Failed) else s
-            try:
-                ev, s2 = d.update(stats, prev)
-            except Exception as exc:
-                if not isinstance(s, _Failed):
-                    events.append(Event(
-                        step=stats.step, kind="internal", layer=None, severity="warning",
-                        message=(f"gradhealth's detector {safe_text(d.name)!r} failed at step {stats.step} "
-                                 f"({type(exc).__name__}: {safe_text(exc)}); the other detectors go on, "
-                                 "but its events are missing while it fails."),
-                        evidence={"site": "detector", "detector": d.name,
-                                  "error": f"{type(exc).__name__}: {exc}"[:500]}))
-                new.append(_Failed(prev))
-                continue
+            ev, s2 = _member(d, stats, s)
             events.extend(ev)
             new.append(s2)
         return events, tuple(new)
 
-    return Detector(init, update, name)
+    def many(stats_seq: Sequence[StepStats], state):
+        per_step: list[list[Event]] = [[] for _ in stats_seq]
+        new: list[Any] = []
+        for d, s in zip(dets, state):
+            try:
+                evs, s2 = update_many(d, stats_seq, s.state if isinstance(s, _Failed) else s)
+            except Exception:   # where it fails and from which step on: one step at a time
+                evs = []
+                for st in stats_seq:
+                    ev, s = _member(d, st, s)
+                    evs.append(ev)
+                s2 = s
+            for acc, ev in zip(per_step, evs):
+                acc.extend(ev)
+            new.append(s2)
+        return per_step, tuple(new)
+
+    return Detector(init, update, name, many)
+
+
+def _member(d: Detector, stats: StepStats, s: Any) -> tuple[list[Event], Any]:
+    """One chained detector on one step, isolated (see :func:`chain`)."""
+    prev = s.state if isinstance(s, _Failed) else s
+    try:
+        return d.update(stats, prev)
+    except Exception as exc:
+        events = []
+        if not isinstance(s, _Failed):
+            events.append(Event(
+                step=stats.step, kind="internal", layer=None, severity="warning",
+                message=(f"gradhealth's detector {safe_text(d.name)!r} failed at step {stats.step} "
+                         f"({type(exc).__name__}: {safe_text(exc)}); the other detectors go on, "
+                         "but its events are missing while it fails."),
+                evidence={"site": "detector", "detector": d.name,
+                          "error": f"{type(exc).__name__}: {exc}"[:500]}))
+        return events, _Failed(prev)
 
 
 def run_detectors(detector: Detector, stats_seq: Sequence[StepStats]) -> list[Event]:

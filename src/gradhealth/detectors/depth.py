@@ -19,13 +19,24 @@ threshold, used where output gradients were not measured.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
 from ..events import Event
-from .base import Detector, StepStats, median, pairs, safe_text, theil_sen_slope, theil_sen_slope_uniform
+from .base import (
+    Detector,
+    StepStats,
+    median,
+    pairs,
+    safe_text,
+    same_table_rows,
+    theil_sen_slope,
+    theil_sen_slope_uniform,
+    with_quiet,
+)
 
 __all__ = ["exploding_vanishing", "update_ratio", "depth_trend"]
 
@@ -252,7 +263,94 @@ def exploding_vanishing(*, ratio: float = 100.0, param_ratio: float = 1e4, time_
                    lambda name=name, s=s: (name, _time_facts(L, name, s)))
         return events, new_state
 
-    return Detector(init, update, "exploding_vanishing")
+    verdicts = functools.partial(_batch_verdicts, divisor=rms_divisor, min_layers=min_layers,
+                                 param_ratio=param_ratio, min_growth=min_growth)
+
+    return Detector(init, update, "exploding_vanishing", functools.partial(_many, update, verdicts))
+
+
+def _many(update, verdicts, stats_seq, state) -> tuple[list[list[Event]], dict]:
+    """:func:`exploding_vanishing`'s ``update_many``: ``update`` only on the steps whose
+    verdict :func:`_batch_verdicts` could not decide or that change the condition held."""
+    out: list[list[Event]] = []
+    for st, v in zip(stats_seq, verdicts(stats_seq) if stats_seq else ()):
+        if v == "" or (v is not None and state.get("param_depth", (None,))[0] == v):
+            state = _cleared(st, state, keep_depth=bool(v))   # nothing new: no fit, no event
+            out.append([])
+        else:
+            ev, state = update(st, state)
+            out.append(ev)
+    return out, state
+
+
+def _batch_verdicts(stats_seq, divisor, min_layers: int, param_ratio: float,
+                    min_growth: float) -> list[str | None]:
+    """The parameter-gradient depth verdict of each step, vectorised over the steps, where
+    :func:`exploding_vanishing`'s update would take that path and decide it clear of every
+    threshold: ``""`` (no verdict), ``"exploding"`` or ``"vanishing"``; None where the update
+    must run (output gradients or time series measured, a weight layer without a finite
+    positive gradient, a structure change in the batch, a ratio or a slope within a margin of
+    its threshold: these row-wise numbers need not match :func:`_trend_verdict`'s to the last
+    bit). ``divisor(table)``: ``sqrt(n_params)`` per layer."""
+    K = len(stats_seq)
+    none: list[str | None] = [None] * K
+    L = stats_seq[0].layers
+    order = L.weight_order
+    n = order.size
+    G = same_table_rows(stats_seq, "grad_norm")
+    if G is None or n < max(min_layers, 2) or not (param_ratio > 1 and min_growth > 0):
+        return none
+    O = np.array([s.out_grad_rms for s in stats_seq])[:, order]   # (one table: checked above)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        P = (G / divisor(L))[:, order]
+        ok = ((O > 0) & (O < math.inf)).sum(axis=1) < max(min_layers, 2)   # (NaN compares False)
+        ok &= ((P > 0) & (P < math.inf)).all(axis=1)
+        if not ok.any() or any(s.time_grad for s in stats_seq):
+            return none
+        Y = np.log10(P)
+    k = max(1, n // 3)
+    ends = 10.0 ** (_row_medians(Y[:, :k]) - _row_medians(Y[:, -k:]))
+    root = math.sqrt(param_ratio)
+    lo, hi = root * (1 - 1e-9), root * (1 + 1e-9)
+    out = [("" if q else None) for q in (ok & (ends < lo) & (ends > 1.0 / lo)).tolist()]
+    up, down = ok & (ends >= hi), ok & (ends <= 1.0 / hi)
+    rows = np.flatnonzero(up | down)
+    if rows.size:
+        i, j, dx = pairs(n)
+        Yr = Y[rows]
+        slopes = (Yr[:, j] - Yr[:, i]) / dx
+        c_up = min(-math.log10(param_ratio) / (n - 1), -math.log10(min_growth))
+        c_down = max(math.log10(param_ratio) / (n - 1), math.log10(min_growth))
+        c = np.where(up[rows], c_up, c_down)
+        m = 1e-9 * (1.0 + np.abs(c))
+        h = slopes.shape[1] // 2
+        below = (slopes <= (c - m)[:, None]).sum(axis=1) >= h + 1     # the fitted slope b < c
+        above = slopes.shape[1] - (slopes < (c + m)[:, None]).sum(axis=1) >= h + 1   # b > c
+        for r, u, b, a in zip(rows.tolist(), up[rows].tolist(), below.tolist(), above.tolist()):
+            if b or a:
+                out[r] = ("exploding" if b else "") if u else ("vanishing" if a else "")
+    return out
+
+
+def _row_medians(a: np.ndarray) -> np.ndarray:
+    """The median of each row (as ``np.median(a, axis=1)``, by one sort: several times cheaper
+    on the few short rows of a batch)."""
+    s = np.sort(a, axis=1)
+    h = s.shape[1] // 2
+    return s[:, h] if s.shape[1] % 2 else (s[:, h - 1] + s[:, h]) / 2
+
+
+def _cleared(stats: StepStats, state: dict, keep_depth: bool = False) -> dict:
+    """What :func:`exploding_vanishing`'s update leaves of ``state`` on a step whose verdict
+    :func:`_batch_verdicts` decided: the ``param_depth`` signal cleared (no verdict) or kept
+    (``keep_depth``: the verdict it holds), and the ``zero`` signal cleared (every weight layer
+    had a positive gradient) unless ReLU modules measure dead units instead."""
+    drop: tuple[str, ...] = () if keep_depth else ("param_depth",)
+    if "relu" not in stats.layers.families:
+        drop += ("zero",)
+    if not any(k in state for k in drop):
+        return state
+    return {k: v for k, v in state.items() if k not in drop}
 
 
 def _zero_prefix(grad_norm: np.ndarray, order: np.ndarray) -> int | None:
@@ -382,4 +480,13 @@ def update_ratio(*, collapse: float = 1e-3, max_ratio: float = 1.0, patience: in
                                 severity="warning", message=msg, evidence=ev, since=since))
         return events, {"count": counts, "active": frozenset(active)}
 
-    return Detector(init, update, "update_ratio")
+    def quiet(stats_seq) -> np.ndarray:
+        """Skipped steps, and steps with fewer than two measured weight-layer ratios."""
+        R = same_table_rows(stats_seq, "update_ratio")
+        if R is None:
+            return np.zeros(len(stats_seq), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            cnt = (stats_seq[0].layers.is_weight() & np.isfinite(R) & (R >= 0)).sum(axis=1)
+        return (cnt < 2) | np.fromiter((s.skipped for s in stats_seq), dtype=bool, count=len(stats_seq))
+
+    return with_quiet(Detector(init, update, "update_ratio"), quiet)

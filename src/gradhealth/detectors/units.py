@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..events import Event
-from .base import Detector, StepStats, safe_text
+from .base import Detector, StepStats, safe_text, same_table_rows, with_quiet
 
 __all__ = ["dead_units", "saturation"]
 
@@ -54,7 +54,14 @@ def _fraction_detector(field: str, kind: str, threshold: float, patience: int, n
                 new[layer] = (0, stats.step, False)
         return events, new
 
-    return Detector(init, update, name)
+    def quiet(stats_seq) -> np.ndarray:
+        """Steps that did not measure ``field`` (off the detail schedule: most of them)."""
+        V = same_table_rows(stats_seq, field)
+        if V is None:
+            return np.zeros(len(stats_seq), dtype=bool)
+        return ~np.isfinite(V).any(axis=1)
+
+    return with_quiet(Detector(init, update, name), quiet)
 
 
 def dead_units(*, threshold: float = 0.5, patience: int = 2) -> Detector:

@@ -67,10 +67,15 @@ def _make_model(spec: TrainabilitySpec, sigma_w2: float, depth: int, n_in: int, 
 
 
 def compute_cell(spec: TrainabilitySpec, sigma_w2: float, depth: int, x, y, factory=None) -> dict:
-    """One cell, in this process, with the global RNG state restored afterwards.
+    """One cell, in this process, on one torch thread, with the global RNG state and the
+    thread count restored afterwards. One thread wherever a cell runs (here, in a worker, in
+    a test's oracle): the thread count changes the order of the matrix products' sums, and a
+    deep net's training amplifies that into another accuracy.
 
     A failure of the user's factory (or of its model) becomes ``{"error": "Type: message"}``.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with torch.random.fork_rng(devices=[]):
         try:
             model = _make_model(spec, sigma_w2, depth, x.shape[1], factory)
@@ -80,6 +85,8 @@ def compute_cell(spec: TrainabilitySpec, sigma_w2: float, depth: int, x, y, fact
                 raise
             first = (str(exc).strip().splitlines() or [""])[0]
             return {"error": f"{type(exc).__name__}: {first}"}
+        finally:
+            torch.set_num_threads(threads)
 
 
 _WORKER: dict = {}
@@ -107,16 +114,11 @@ def run_cells(spec: TrainabilitySpec, todo: list[tuple[int, int]], data: tuple[n
     out: dict = {}
     order = sorted(todo, key=lambda c: -spec.depths[c[0]])
     if jobs <= 1 or len(order) <= 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            x, y = torch.from_numpy(data[0]), torch.from_numpy(data[1])
-            for c in order:
-                out[c] = compute_cell(spec, spec.sigma_w2[c[1]], spec.depths[c[0]], x, y, factory)
-                if on_cell is not None:
-                    on_cell(c, out[c])
-        finally:
-            torch.set_num_threads(threads)
+        x, y = torch.from_numpy(data[0]), torch.from_numpy(data[1])
+        for c in order:
+            out[c] = compute_cell(spec, spec.sigma_w2[c[1]], spec.depths[c[0]], x, y, factory)
+            if on_cell is not None:
+                on_cell(c, out[c])
         return out
     with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=get_context("spawn"),
                              initializer=_worker_init, initargs=(data[0], data[1], factory)) as pool:
@@ -148,16 +150,11 @@ def estimate_seconds(spec: TrainabilitySpec, todo: list[tuple[int, int]], data, 
     w = spec.sigma_w2[len(spec.sigma_w2) // 2]
     depths = sorted({spec.depths[0], min(spec.depths[-1], 32)})
     step, fixed = [], []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for d in depths:
-            t1, t4 = (compute_cell(replace(spec, steps=n), w, d, x, y, factory).get("seconds", 0.0)
-                      for n in (1, 4))
-            step.append(max(t4 - t1, 0.0) / 3.0)
-            fixed.append(max(t1 - step[-1], 0.0))
-    finally:
-        torch.set_num_threads(threads)
+    for d in depths:
+        t1, t4 = (compute_cell(replace(spec, steps=n), w, d, x, y, factory).get("seconds", 0.0)
+                  for n in (1, 4))
+        step.append(max(t4 - t1, 0.0) / 3.0)
+        fixed.append(max(t1 - step[-1], 0.0))
     total = 0.0
     for i, _ in todo:
         d = spec.depths[i]

@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from ..detectors.base import StepStats, safe_text
+from ..detectors.base import StepStats, safe_text, update_many
 from ..errors import ParameterError
 from ..events import Event
 from ._advice import with_remedy
@@ -317,35 +317,49 @@ class RunLog:
             self.settle()
 
     def settle(self) -> None:
-        """Assemble every completed step not settled yet, then :meth:`record` it (in order)."""
+        """Assemble every completed step not settled yet, then :meth:`record` them (in order)."""
         while self._done:
             done, self._done = self._done, []
+            steps = []
             for rec, table, layer_of, loss, info in done:
                 try:
                     stats, measured = step_stats(rec, table, layer_of, loss, info)
                 except Exception as exc:
                     self.internal("statistics", exc)
                     continue
-                self.record(stats, measured, rec.t)
+                steps.append((stats, measured, rec.t))
+            if steps:
+                self.record(steps)
 
-    def record(self, stats: StepStats, measured: Measured, t: float) -> None:
-        """A completed step: detectors (their events, with remedies), history, store rows."""
+    def record(self, steps: list[tuple[StepStats, Measured, float]]) -> None:
+        """Completed steps ``(stats, measured, wall time)``, in step order: the detectors (over
+        all of them at once, :func:`~gradhealth.detectors.base.update_many`), then per step its
+        events (with remedies), the history and the store rows."""
+        seq = [s for s, _, _ in steps]
+        det = self.config.detectors
         try:
-            events, self._det_state = self.config.detectors.update(stats, self._det_state)
-        except Exception as exc:
-            self.internal("detectors", exc)
-            events = []
-        self.history.append(stats)
-        self.emit([self.with_remedy(e) for e in events])
-        if self.store is not None:
-            row, rows = store_rows(stats, measured, t - self._t0)
-            try:
-                self.store.append_steps([row])
-                if rows:
-                    self.store.append_layer_stats(rows)
-            except Exception as exc:  # pragma: no cover - never raises by contract
-                self.internal("store", exc)
-            self._check_store()
+            per_step, self._det_state = update_many(det, seq, self._det_state)
+        except Exception:          # (a detector of the user's own, not chained): step by step
+            per_step = []
+            for stats in seq:
+                try:
+                    events, self._det_state = det.update(stats, self._det_state)
+                except Exception as exc:
+                    self.internal("detectors", exc)
+                    events = []
+                per_step.append(events)
+        for (stats, measured, t), events in zip(steps, per_step):
+            self.history.append(stats)
+            self.emit([self.with_remedy(e) for e in events])
+            if self.store is not None:
+                row, rows = store_rows(stats, measured, t - self._t0)
+                try:
+                    self.store.append_steps([row])
+                    if rows:
+                        self.store.append_layer_stats(rows)
+                except Exception as exc:  # pragma: no cover - never raises by contract
+                    self.internal("store", exc)
+                self._check_store()
 
     def _check_store(self) -> None:
         """The store stopped writing (dead writer, disk full, lock held too long): one
