@@ -72,13 +72,23 @@ CURE_ROWS = {"tanh MLP, 40 layers": "tanh_chaotic", "sigmoid MLP, 10 layers": "s
 
 def _check_losses(label: str, broken: str, cured: str, m: dict) -> None:
     """A table's final losses (``diverged`` or a number) against the gallery measurement ``m``;
-    a trained loss may move in its last printed digit with the CPU's float32 kernels: 3%."""
+    a trained loss moves with the CPU's float32 kernels (AVX2 and AVX-512 sum in another order:
+    0.16 there, 0.154 here after training): 6%."""
     got_b, got_c = m["broken"]["curve"][-1], m["cured"]["curve"][-1]
     if broken == "diverged":
         assert not math.isfinite(got_b)
     else:
-        assert math.isclose(float(broken), got_b, rel_tol=0.03), (label, broken, got_b)
-    assert math.isclose(float(cured), got_c, rel_tol=0.03), (label, cured, got_c)
+        assert math.isclose(float(broken), got_b, rel_tol=0.06), (label, broken, got_b)
+    assert math.isclose(float(cured), got_c, rel_tol=0.06), (label, cured, got_c)
+
+
+def _spread_close(quoted: float, got: float) -> bool:
+    """A gradient spread as quoted: 5% (a ratio of tiny float32 gradients), or, for an exploding
+    one (above 1e3, a product of many per-step factors that amplifies the kernels' rounding:
+    7.0e10 on one machine, 1.2e11 on another), within a factor 2."""
+    if quoted > 1e3 and got > 1e3:
+        return abs(math.log10(quoted) - math.log10(got)) < math.log10(2)
+    return math.isclose(quoted, got, rel_tol=0.05)
 
 
 @pytest.mark.parametrize("label", list(CURE_ROWS))
@@ -97,15 +107,15 @@ def test_cure_table_is_the_gallery_measurement(label):
 
 @pytest.mark.parametrize("label", list(CURE_ROWS))
 def test_docs_cure_table_is_the_gallery_measurement(label):
-    """docs/cure.md's table: spread before -> after (5%: a ratio of tiny float32 gradients) and
-    the losses, against the same (cached) gallery measurement."""
+    """docs/cure.md's table: spread before -> after (:func:`_spread_close`) and the losses,
+    against the same (cached) gallery measurement."""
     from gradhealth.gallery import cure
 
     row = next(ln for ln in CURE_DOC.splitlines() if ln.startswith(f"| {label}"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     m = cure.measure(CURE_ROWS[label])
     sb, sc = (float(v) for v in re.match(r"(\S+) -> (\S+)", cells[4]).groups())
-    assert math.isclose(sb, m["broken"]["spread"], rel_tol=0.05), (label, cells[4], m["broken"]["spread"])
-    assert math.isclose(sc, m["cured"]["spread"], rel_tol=0.05), (label, cells[4], m["cured"]["spread"])
+    assert _spread_close(sb, m["broken"]["spread"]), (label, cells[4], m["broken"]["spread"])
+    assert _spread_close(sc, m["cured"]["spread"]), (label, cells[4], m["cured"]["spread"])
     broken, cured = re.match(r"(\S+) / (\S+)", cells[5]).groups()
     _check_losses(label, broken, cured, m)

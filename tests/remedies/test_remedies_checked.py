@@ -140,10 +140,12 @@ def test_the_first_applied_remedy_cures_the_probe_and_the_training(name):
         broken_loss = _train(copy.deepcopy(model), x, y, steps, lr)
         cured_loss = _train(cured, x, y, steps, lr)
         assert cured_loss < 0.5 * broken_loss, (name, chosen[0].code, broken_loss, cured_loss)
-        # the docs quote what is measured here (3%; a cured loss near 0 only to within 2x)
+        # the docs quote what is measured here (3%; a cured loss near 0 only to within 10x: the
+        # last steps' float32 sums differ between AVX2 and AVX-512 kernels, 0.0015 there and
+        # 0.013 here for the LSTM recall, both a cure of a loss of 0.7)
         doc_b, doc_c = _doc_losses(name)
         assert math.isclose(doc_b, broken_loss, rel_tol=0.03), (name, doc_b, broken_loss)
-        assert cured_loss / 2 < doc_c < 2 * cured_loss, (name, doc_c, cured_loss)
+        assert cured_loss / 10 < doc_c < 10 * cured_loss, (name, doc_c, cured_loss)
     finally:
         torch.set_num_threads(threads)
 
