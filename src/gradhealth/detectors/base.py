@@ -246,15 +246,14 @@ def update_many(detector: Detector, stats_seq: Sequence[StepStats], state: Any) 
 
 
 def with_quiet(detector: Detector, quiet: Callable[[Sequence[StepStats]], np.ndarray],
-               state_ok: Callable[[Any], bool] | None = None,
-               on_quiet: Callable[[StepStats, Any], Any] | None = None) -> Detector:
+               state_ok: Callable[[Any], bool] | None = None) -> Detector:
     """``detector`` with an ``update_many`` that skips its quiet steps.
 
     ``quiet(stats_seq)`` marks (vectorised over the steps) those on which ``update`` returns no
     event and the state unchanged whatever the state -- or, with ``state_ok``, whatever a state
-    for which ``state_ok(state)`` holds; or, with ``on_quiet``, the state ``on_quiet(stats,
-    state)``. ``update`` runs on every other step, in order. The property test of each
-    detector checks the two against each other (``tests/detectors/test_update_many.py``)."""
+    for which ``state_ok(state)`` holds. ``update`` runs on every other step, in order. The
+    property test of each detector checks the two against each other
+    (``tests/detectors/test_update_many.py``)."""
     update = detector.update
 
     def many(stats_seq: Sequence[StepStats], state: Any) -> tuple[list[list[Event]], Any]:
@@ -262,8 +261,6 @@ def with_quiet(detector: Detector, quiet: Callable[[Sequence[StepStats]], np.nda
         out: list[list[Event]] = []
         for s, qi in zip(stats_seq, q):
             if qi and (state_ok is None or state_ok(state)):
-                if on_quiet is not None:
-                    state = on_quiet(s, state)
                 out.append([])
             else:
                 ev, state = update(s, state)

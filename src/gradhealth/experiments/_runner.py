@@ -93,7 +93,6 @@ _WORKER: dict = {}
 
 
 def _worker_init(x: np.ndarray, y: np.ndarray, factory) -> None:
-    torch.set_num_threads(1)
     _WORKER.update(x=torch.from_numpy(x), y=torch.from_numpy(y), factory=factory)
 
 
