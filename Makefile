@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/gradhealth demo --out gallery
 
 test: setup
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n 2 --dist loadfile
 
 bench: setup
 	.venv/bin/python -m benchmarks

@@ -119,9 +119,13 @@ def test_dominant_activation_does_not_depend_on_hash_seed():
             "m = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))\n"
             "w = gradhealth.watch(m, torch.optim.SGD(m.parameters(), lr=0.1)); a = w._log.model_info['activation']\n"
             "w.remove(); print(a)\n")
+    # the interpreters start side by side (each spends seconds importing torch)
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=seed),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in ("0", "1", "2", "3", "4", "5")]
     seen = set()
-    for seed in ("0", "1", "2", "3", "4", "5"):
-        env = dict(os.environ, PYTHONHASHSEED=seed)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        seen.add(out.stdout.strip())
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        seen.add(out.strip())
     assert seen == {"tanh"}

@@ -1,6 +1,8 @@
 """The README's main job: `gradhealth demo` writes every section's figures and an index."""
 
+import contextlib
 import importlib
+import io
 
 import pytest
 
@@ -8,10 +10,32 @@ from gradhealth.cli import main
 from gradhealth.gallery import SECTIONS
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One `gradhealth demo` run shared by the tests that read it. The trainability section trains
+    a 3 x 2 grid instead of its 7 x 5 (what it measures is checked cell by cell in
+    tests/gallery/test_gallery_trainability.py); every other section runs as the demo does."""
+    from gradhealth.gallery import trainability as section
+
+    out = tmp_path_factory.mktemp("demo") / "gallery"
+    printed = io.StringIO()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(section, "SIGMA_W2", (1.0, 1.75, 4.0))
+    mp.setattr(section, "DEPTHS", (3, 40))
+    section.measure.cache_clear()
+    try:
+        with contextlib.redirect_stdout(printed):
+            rc = main(["demo", "--out", str(out), "--no-progress"])
+    finally:
+        mp.undo()
+        section.measure.cache_clear()
+    return rc, out, printed.getvalue()
+
+
 @pytest.mark.slow
-def test_demo_writes_every_figure_and_the_index(tmp_path, capsys):
-    out = tmp_path / "gallery"
-    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+def test_demo_writes_every_figure_and_the_index(demo):
+    rc, out, _ = demo
+    assert rc == 0
     expected = [f.slug for s in SECTIONS
                 for f in importlib.import_module(f"gradhealth.gallery.{s}").figures() if f.draw]
     pngs = sorted(p.stem for p in out.glob("*.png"))
@@ -37,10 +61,9 @@ def test_demo_unwritable_out_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_index_is_rendered_html_and_links_the_reports(tmp_path, capsys):
-    out = tmp_path / "g"
-    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+def test_demo_index_is_rendered_html_and_links_the_reports(demo):
+    rc, out, printed = demo
+    assert rc == 0
     html = (out / "index.html").read_text()
     # real HTML, not Markdown in <pre>: tables, code, emphasis; no Markdown syntax left over
     assert "<table>" in html and "<code>" in html and "<strong>" in html

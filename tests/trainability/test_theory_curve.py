@@ -16,8 +16,10 @@ from gradhealth.theory.trainability import PAPER_K, depth_scale_curve, fit_depth
 def _xi_c_by_iteration(sw2, sb2):
     """Independent oracle: iterate the public correlation map to c*, slope by central difference."""
     c = 0.2
-    for _ in range(5000):
-        c = float(correlation_map("tanh", c, sw2, sb2))
+    for _ in range(5000):                 # a contraction: stop once it no longer moves
+        c, last = float(correlation_map("tanh", c, sw2, sb2)), c
+        if abs(c - last) <= 1e-15:
+            break
     h = 1e-6 * min(c, 1 - c) if c < 1 - 1e-9 else 1e-6
     lo = max(c - h, 0.0)
     hi = min(c + h, 1.0)
@@ -41,6 +43,17 @@ def test_xi_c_matches_phase_diagram_and_critical_line():
     # the depth scale peaks at the grid point nearest the critical sigma_w2
     assert abs(w[np.argmax(curve.xi_c)] - curve.critical) <= 0.25 / 2 + 1e-9
     np.testing.assert_allclose(curve.depth(), PAPER_K * curve.xi_c)
+
+
+@pytest.mark.parametrize("activation, rtol", [("tanh", 1e-6), ("erf", 1e-6), ("selu", 1e-6), ("hard_tanh", 0.03)])
+def test_fast_curve_matches_the_exact_one(activation, rtol):
+    """The Mehler-series curve (drawn by the trainability figure) against exact quadrature."""
+    w = np.linspace(0.5, 4.0, 12)
+    exact = depth_scale_curve(activation, w, sigma_b2=0.05)
+    fast = depth_scale_curve(activation, w, sigma_b2=0.05, fast=True)
+    np.testing.assert_allclose(fast.xi_c, exact.xi_c, rtol=rtol)
+    np.testing.assert_allclose(fast.chi_1, exact.chi_1, rtol=1e-6)
+    assert fast.critical == exact.critical
 
 
 def test_relu_xi_c_is_infinite_on_the_exploding_side():

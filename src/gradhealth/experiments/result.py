@@ -163,7 +163,7 @@ class TrainabilityResult:
         w = np.linspace(lo, hi, 400)
         if math.isfinite(self.curve.critical) and lo < self.curve.critical < hi:
             w = np.sort(np.append(w, self.curve.critical))
-        fine = depth_scale_curve(s.activation, w, s.sigma_b2)
+        fine = depth_scale_curve(s.activation, w, s.sigma_b2, fast=True)
         top = depths[-1] * 1.2
         with np.errstate(all="ignore"):
             ax.plot(w, np.minimum(PAPER_K * fine.xi_c, top * 10), "w--", lw=1.5,

@@ -78,7 +78,7 @@ class DepthScaleCurve:
 
 
 def depth_scale_curve(activation, sigma_w2, sigma_b2: float = 0.05, *,
-                      dropout_keep: float = 1.0) -> DepthScaleCurve:
+                      dropout_keep: float = 1.0, fast: bool = False) -> DepthScaleCurve:
     """``xi_c`` and ``chi_1`` at each ``sigma_w2`` of a grid, and the critical ``sigma_w2``.
 
     Args:
@@ -86,9 +86,14 @@ def depth_scale_curve(activation, sigma_w2, sigma_b2: float = 0.05, *,
         sigma_w2: 1-D array of weight variances times fan-in (finite, ``>= 0``, non-empty).
         sigma_b2: bias variance.
         dropout_keep: keep probability ``rho`` of dropout (1: none).
+        fast: solve the correlation map from its Mehler series, as
+            :func:`~gradhealth.theory.criticality.phase_diagram` does (for drawing a fine
+            curve: 400 points of tanh in about 0.5 s instead of 7 s). Within 1e-6 relative of
+            the exact values for smooth activations (tanh, erf, selu, gelu, sigmoid); about 2%
+            for kinked ones such as hard_tanh.
 
     Returns:
-        A :class:`DepthScaleCurve`; its values equal
+        A :class:`DepthScaleCurve`; with ``fast=False`` its values equal
         ``analyze(activation, w, sigma_b2).xi_c`` point by point (the same exact computation,
         vectorised over the grid).
     """
@@ -97,7 +102,7 @@ def depth_scale_curve(activation, sigma_w2, sigma_b2: float = 0.05, *,
     b = check_real(sigma_b2, "sigma_b2", owner, low=0.0, fix="pass a bias variance >= 0, e.g. 0.05.")
     rho = _check_rho(dropout_keep, owner)
     kern = kernel_for(activation, owner=owner)
-    r = _analyze_arrays(kern, w, np.full(w.shape, b), rho)
+    r = _analyze_arrays(kern, w, np.full(w.shape, b), rho, fast=bool(fast))
     crit = float(_critical(kern, np.array([b]), rho)[0][0])
     return DepthScaleCurve(activation=kern.name, sigma_w2=w, sigma_b2=b, xi_c=r["xi_c"],
                            chi_1=r["chi_1"], critical=crit)
