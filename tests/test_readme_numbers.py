@@ -71,15 +71,19 @@ CURE_ROWS = {"tanh MLP, 40 layers": "tanh_chaotic", "sigmoid MLP, 10 layers": "s
 
 
 def _check_losses(label: str, broken: str, cured: str, m: dict) -> None:
-    """A table's final losses (``diverged`` or a number) against the gallery measurement ``m``;
-    a trained loss moves with the CPU's float32 kernels (AVX2 and AVX-512 sum in another order:
-    0.16 there, 0.154 here after training): 6%."""
+    """A table's final losses (``diverged``, a number, or a range ``lo–hi``) against the gallery
+    measurement ``m``. A trained loss moves with the CPU's float32 kernels (AVX2 and AVX-512 sum
+    in another order): a number is checked to 6%; a run still falling steeply at its last step
+    is quoted as the range measured across machines (the sigmoid cure: 0.154 and 0.16 on two earlier
+    machines, 0.101 on an AMD EPYC with AVX-512), checked to 6% beyond either end."""
     got_b, got_c = m["broken"]["curve"][-1], m["cured"]["curve"][-1]
     if broken == "diverged":
         assert not math.isfinite(got_b)
     else:
         assert math.isclose(float(broken), got_b, rel_tol=0.06), (label, broken, got_b)
-    assert math.isclose(float(cured), got_c, rel_tol=0.06), (label, cured, got_c)
+    lo, _, hi = cured.partition("–")
+    lo_v, hi_v = float(lo), float(hi or lo)
+    assert lo_v / 1.06 <= got_c <= hi_v * 1.06, (label, cured, got_c)
 
 
 def _spread_close(quoted: float, got: float) -> bool:
