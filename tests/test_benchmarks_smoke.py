@@ -57,10 +57,16 @@ def test_floor_read_is_the_per_gradient_norm():
     assert got == pytest.approx(want, rel=1e-5)
 
 
-def test_block_figure_counts_the_one_slow_step_of_each_window():
+def test_block_figure_counts_the_one_slow_step_of_each_window(monkeypatch):
     # every=10: one logged (slow) step per 10-step window must be in the figure, not filtered out
     assert bench_watch.block_figure([1.0] * 9 + [11.0]) == pytest.approx(2.0)
-    # the median over windows drops one disturbed window
+    # a block shorter than WINDOW * SETTLE_EVERY is one window: its mean, settling included
+    ts = [1.0] * 9 + [11.0] + [1.0] * 9 + [51.0]
+    assert len(ts) < bench_watch.WINDOW * bench_watch.SETTLE_EVERY
+    assert bench_watch.block_figure(ts) == pytest.approx(sum(ts) / len(ts))
+    # windows of WINDOW * SETTLE_EVERY steps where the block holds them: the median over
+    # windows drops one disturbed window
+    monkeypatch.setattr(bench_watch, "SETTLE_EVERY", 1)
     ts = [1.0] * 9 + [11.0] + [1.0] * 9 + [11.0] + [100.0] * 10
     assert bench_watch.block_figure(ts) == pytest.approx(2.0)
 
@@ -90,3 +96,35 @@ def test_bench_ddp_runs_two_ranks_and_writes_consistent_ratios(tmp_path):
         assert r["world"] == 2 and math.isfinite(r["ms_per_step"]) and r["ms_per_step"] > 0
         assert r["ratio_vs_bare"] == pytest.approx(r["ms_per_step"] / by["bare"]["ms_per_step"])
         assert r["ratio_vs_floor"] == pytest.approx(r["ms_per_step"] / by["floor"]["ms_per_step"])
+
+
+def test_bench_paired_block_ratios_are_the_ratios_of_the_timed_sums(monkeypatch):
+    """One block of a few rounds: the reported ratios are the block's sums divided (recomputed
+    here from the per-step times the copies report; the watched ones add their settling)."""
+    import torch
+
+    from benchmarks import bench_paired
+
+    times: dict[str, list[float]] = {}
+    step = bench_paired._Copy.step
+
+    def recording(self):
+        t = step(self)
+        times.setdefault(self.key, []).append(t)
+        return t
+
+    monkeypatch.setattr(bench_paired._Copy, "step", recording)
+    torch.manual_seed(0)
+    wl = bench_paired.WORKLOADS["resmlp8x256"](blocks=1, width=16, batch=4)
+    res = bench_paired.bench(wl, rounds=20, blocks=1)
+    assert set(res) == set(bench_paired.CONFIGS)
+    # the 20 timed steps of each configuration come last (before them: 3 warm-up rounds, run
+    # as "bare" by every copy, and a watcher's untimed step 0)
+    sums = {k: sum(v[-20:]) for k, v in times.items()}
+    assert {k: len(v) for k, v in times.items()} == {"bare": 35, "bare/2": 20, "floor": 20, "every=1": 21,
+                                                      "every=10": 21}
+    for k in ("bare", "bare/2", "floor"):
+        assert res[k]["ratio_vs_bare"] == pytest.approx(sums[k] / sums["bare"], rel=1e-12)
+        assert res[k]["ratio_vs_floor"] == pytest.approx(sums[k] / sums["floor"], rel=1e-12)
+    for k in ("every=1", "every=10"):   # the watched copies' blocks also hold their settling
+        assert res[k]["ratio_vs_bare"] >= sums[k] / sums["bare"] * (1 - 1e-12)

@@ -67,11 +67,12 @@ class Capture:
         """What a forward pre-hook of the root module keeps: references to the batch, the RNG
         states (CPU, and CUDA when initialised), the autocast state and the train/eval and
         grad modes."""
-        cuda_rng = None
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            cuda_rng = torch.cuda.get_rng_state_all()
+        # (is_initialized, not is_available: the one query that costs nothing on a CPU step;
+        # CUDA autocast and RNG exist only once CUDA is initialised)
+        cuda = torch.cuda.is_initialized()
+        cuda_rng = torch.cuda.get_rng_state_all() if cuda else None
         ac = {}
-        for dev in ("cpu", "cuda"):
+        for dev in (("cpu", "cuda") if cuda else ("cpu",)):
             try:
                 if torch.is_autocast_enabled(dev):
                     ac[dev] = (True, torch.get_autocast_dtype(dev))

@@ -29,7 +29,7 @@ from ._assemble import Measured, step_stats, store_rows
 __all__ = ["RunLog", "WatchWarning", "appending_store", "SETTLE_EVERY", "SETTLE_WITHIN_S"]
 
 #: Completed logged steps assembled and run through the detectors together (see RunLog.settle).
-SETTLE_EVERY = 5
+SETTLE_EVERY = 20
 #: ... or as soon as the oldest of them has waited this long (seconds).
 SETTLE_WITHIN_S = 0.25
 _now = time.monotonic

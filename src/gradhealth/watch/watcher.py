@@ -406,7 +406,8 @@ class Watcher:
         cap = self._it.captures[-1] if (self.config.replay and self._it.captures) else None
         if cap is None and not logged:
             return
-        leaves = pytree.tree_leaves(output)
+        # (a plain tensor, the usual output, without the pytree walk)
+        leaves = [output] if type(output) is torch.Tensor else pytree.tree_leaves(output)
         if cap is not None:
             cap.outputs = leaves   # references: the replay compares them with the re-run
         for i, t in enumerate(leaves):
