@@ -151,6 +151,10 @@ def main(argv=None) -> int:
     bad = [k for k in keys if k not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload(s) {', '.join(bad)}; known: {', '.join(WORKLOADS)}")
+    for name in ("rounds", "blocks", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name} must be a whole number >= 1, got {v}")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; configurations interleaved step by "
           "step on identical model copies; ratio = median over blocks of the paired block ratios", flush=True)

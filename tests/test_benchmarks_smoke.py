@@ -128,3 +128,19 @@ def test_bench_paired_block_ratios_are_the_ratios_of_the_timed_sums(monkeypatch)
         assert res[k]["ratio_vs_floor"] == pytest.approx(sums[k] / sums["floor"], rel=1e-12)
     for k in ("every=1", "every=10"):   # the watched copies' blocks also hold their settling
         assert res[k]["ratio_vs_bare"] >= sums[k] / sums["bare"] * (1 - 1e-12)
+
+
+def test_bench_paired_main_writes_one_record_per_config_and_refuses_bad_counts(tmp_path, capsys):
+    from benchmarks import bench_paired
+
+    out = tmp_path / "paired.json"
+    assert bench_paired.main(["--workloads", "resmlp8x256", "--rounds", "2", "--blocks", "1",
+                              "--json", str(out)]) == 0
+    recs = json.loads(out.read_text())["records"]
+    assert [r["config"] for r in recs] == list(bench_paired.CONFIGS)
+    assert all(math.isfinite(r["ratio_vs_bare"]) and r["ratio_vs_bare"] > 0 for r in recs)
+    for bad in (["--rounds", "0"], ["--blocks", "-1"], ["--workloads", "nope"]):
+        with pytest.raises(SystemExit) as e:
+            bench_paired.main(bad)
+        assert e.value.code == 2
+        assert "bench_paired" in capsys.readouterr().err
