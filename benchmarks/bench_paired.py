@@ -47,7 +47,7 @@ import torch
 
 from gradhealth.watch import never, watch
 
-from .bench_watch import DEFAULT_WORKLOADS, WORKLOADS, Workload, floor_read
+from .bench_watch import DEFAULT_WORKLOADS, WINDOW, WORKLOADS, Workload, train_step
 
 CONFIGS = ("bare", "bare/2", "floor", "every=1", "every=10")
 
@@ -57,8 +57,7 @@ class _Copy:
 
     def __init__(self, wl: Workload):
         self.model = copy.deepcopy(wl.model)
-        self.opt = (torch.optim.AdamW(self.model.parameters(), lr=1e-4) if wl.opt_name == "adamw"
-                    else torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9))
+        self.opt = wl.optimizer(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.x, self.loss_fn = wl.x, wl.loss_fn
         self.key = "bare"
@@ -73,14 +72,7 @@ class _Copy:
 
     def step(self) -> float:
         t0 = time.perf_counter()
-        loss = self.loss_fn(self.model(self.x))
-        loss.backward()
-        if self.key == "floor":
-            floor_read(self.params)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        if self.w is not None:
-            self.w.observe(loss)
+        train_step(self.model, self.x, self.loss_fn, self.opt, self.params, self.key == "floor", self.w)
         return time.perf_counter() - t0
 
     def stop(self) -> float:
@@ -164,7 +156,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for key in keys:
         wl = WORKLOADS[key]()
-        heavy = wl.steps <= 10
+        heavy = wl.steps <= WINDOW   # (as bench_watch.plan: the 24x1024 MLP)
         rounds = 20 if args.quick else (args.rounds or (20 if heavy else 200))
         blocks = 5 if args.quick else (args.blocks or (5 if heavy else 10))
         res = bench(wl, rounds, blocks)

@@ -69,10 +69,12 @@ class Workload:
     opt_name: str
     steps: int      # default block length (a multiple of WINDOW; of WINDOW * SETTLE_EVERY if longer)
 
-    def optimizer(self):
+    def optimizer(self, model: nn.Module | None = None):
+        """The workload's optimizer over ``model``'s parameters (default: the workload's model)."""
+        params = (self.model if model is None else model).parameters()
         if self.opt_name == "adamw":
-            return torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        return torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+            return torch.optim.AdamW(params, lr=1e-4)
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9)
 
 
 def _classify(batch: int, n_out: int = 10):
@@ -175,6 +177,19 @@ def floor_read(params) -> list[float]:
     return out.tolist()
 
 
+def train_step(model: nn.Module, x: torch.Tensor, loss_fn, opt, params: list, floor: bool, w=None) -> None:
+    """One step of a configuration: forward, backward, (the floor's read), optimizer step,
+    ``zero_grad``, and ``w.observe(loss)`` when watched."""
+    loss = loss_fn(model(x))
+    loss.backward()
+    if floor:
+        floor_read(params)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if w is not None:
+        w.observe(loss)
+
+
 def run_block(wl: Workload, opt, steps: int, mode: str, w=None) -> list[float]:
     """Time ``steps`` steps of configuration ``mode``; returns the per-step seconds."""
     model, x, loss_fn = wl.model, wl.x, wl.loss_fn
@@ -183,14 +198,7 @@ def run_block(wl: Workload, opt, steps: int, mode: str, w=None) -> list[float]:
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        loss = loss_fn(model(x))
-        loss.backward()
-        if floor:
-            floor_read(params)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if w is not None:
-            w.observe(loss)
+        train_step(model, x, loss_fn, opt, params, floor, w)
         times.append(time.perf_counter() - t0)
     if w is not None and times:
         t0 = time.perf_counter()
