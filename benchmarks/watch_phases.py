@@ -159,9 +159,16 @@ def main(argv=None) -> int:
     ap.add_argument("--workloads", default=",".join(w for w in DEFAULT_WORKLOADS if w != "mlp24x1024"))
     ap.add_argument("--json", default=None, metavar="PATH")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    keys = args.workloads.split(",")
+    bad = [k for k in keys if k not in WORKLOADS]
+    if bad:
+        ap.error(f"unknown workload(s) {', '.join(bad)}; known: {', '.join(WORKLOADS)}")
+    for name in ("steps", "every", "repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be a whole number >= 1, got {getattr(args, name)}")
     torch.set_num_threads(1)
     out = []
-    for key in args.workloads.split(","):
+    for key in keys:
         runs = [profile(key, args.steps, args.every) for _ in range(args.repeats)]
         keys = set().union(*(r["phases_ms"] for r in runs))
         med = dict(runs[0])

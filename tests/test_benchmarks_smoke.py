@@ -144,3 +144,19 @@ def test_bench_paired_main_writes_one_record_per_config_and_refuses_bad_counts(t
             bench_paired.main(bad)
         assert e.value.code == 2
         assert "bench_paired" in capsys.readouterr().err
+
+
+def test_watch_phases_profiles_and_refuses_bad_input(tmp_path, capsys):
+    from benchmarks import watch_phases
+
+    out = tmp_path / "phases.json"
+    assert watch_phases.main(["--workloads", "resmlp8x256", "--steps", "3", "--repeats", "1",
+                              "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())[0]
+    # the entry points' total holds each phase timed inside them
+    assert rec["phases_ms"]["hooks"] >= rec["phases_ms"]["measure_grads"] > 0
+    for bad in (["--workloads", "resmlp"], ["--steps", "0"], ["--every", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            watch_phases.main(bad)
+        assert e.value.code == 2
+        assert "watch_phases" in capsys.readouterr().err

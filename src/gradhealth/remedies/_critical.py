@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 
-__all__ = ["critical_sigma_w2_or_none"]
+__all__ = ["critical_sigma_w2_or_none", "preload"]
 
 # Closed-form critical points used only when gradhealth.theory.criticality is unavailable.
 # chi_1 = sigma_w2 * E[phi'(h)^2]: for relu it is sigma_w2 / 2 and for linear sigma_w2, at any
@@ -25,6 +25,19 @@ def critical_sigma_w2_or_none(activation: str | None, sigma_b2: float = 0.0) -> 
     if not activation:
         return None
     return _critical_cached(str(activation), float(sigma_b2))
+
+
+def preload() -> None:
+    """Import what :func:`critical_sigma_w2_or_none` computes with (the theory and SciPy's
+    splines, about 1.5 s on a cold start), so that a caller inside a training loop (the first
+    event of a watched run) pays only the arithmetic. Never raises: without them the
+    closed-form points are used."""
+    try:
+        import scipy.interpolate  # noqa: F401  (theory._kernels imports it lazily, at first use)
+
+        from ..theory import criticality  # noqa: F401
+    except Exception:  # pragma: no cover - a broken SciPy: the fallback points still work
+        pass
 
 
 @functools.lru_cache(maxsize=256)

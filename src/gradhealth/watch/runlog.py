@@ -23,7 +23,7 @@ from typing import Any
 from ..detectors.base import StepStats, safe_text, update_many
 from ..errors import ParameterError
 from ..events import Event
-from ._advice import with_remedy
+from ._advice import preload, with_remedy
 from ._assemble import Measured, step_stats, store_rows
 
 __all__ = ["RunLog", "WatchWarning", "appending_store", "SETTLE_EVERY", "SETTLE_WITHIN_S"]
@@ -145,6 +145,7 @@ class RunLog:
         self._events_before = 0     # events of the sessions before a resume (in the store)
         self._done: list[tuple] = []   # completed steps not yet settled (complete(), settle())
         self._done_since = 0.0
+        preload()   # (the first event's prescription must not import inside a training step)
 
     # ------------------------------------------------------------------ the store
 
