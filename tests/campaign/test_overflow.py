@@ -159,3 +159,30 @@ def test_a_standalone_guard_whose_check_fails_warns_once():
     finally:
         guards.bad_grads = orig
         guard.remove()
+
+
+def test_a_poisoned_optimizer_state_is_reported_after_the_step_events_that_caused_it():
+    # a NaN in the batch: the step's non-finite gradient event (with the replay's "the input
+    # batch already contains non-finite values") is the cause and comes first; the optimizer
+    # state it poisoned (Adam's moments, found at the post-step hook) follows it
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(model, opt) as w:
+            for s in range(4):
+                x = torch.randn(16, 4)
+                if s == 2:
+                    x[0, 0] = float("nan")
+                loss = nn.functional.cross_entropy(model(x), torch.randint(0, 3, (16,)))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                w.observe(loss)
+    at2 = [e for e in w.events if e.step == 2]
+    state = [k for k, e in enumerate(at2) if "optimizer state" in e.message]
+    grads = [k for k, e in enumerate(at2) if e.kind == "nonfinite" and "gradients" in e.message]
+    assert state and grads, [(e.kind, e.message[:60]) for e in at2]
+    assert max(grads) < min(state)
+    assert "input batch" in at2[min(grads)].message

@@ -57,6 +57,8 @@ class StepRecord:
     skipped: bool = False
     skip_reason: str | None = None
     skipped_pos: set[int] = field(default_factory=set)   # positions whose optimizer step was skipped
+    late: list = field(default_factory=list)   # events found after its measurements (a non-finite
+    #                                            optimizer state): emitted after the detectors'
     fp_end: tuple | None = None       # (params, positions, samples) at the end of the backward
     fp_sampled: bool = False          # fp_end holds a subset of the gradients (see instruments)
     fp_changed: bool | None = None    # the fingerprints moved between backward end and pre-hook

@@ -327,16 +327,18 @@ class RunLog:
                     stats, measured = step_stats(rec, table, layer_of, loss, info)
                 except Exception as exc:
                     self.internal("statistics", exc)
+                    self.emit(rec.late)
                     continue
-                steps.append((stats, measured, rec.t))
+                steps.append((stats, measured, rec.t, rec.late))
             if steps:
                 self.record(steps)
 
-    def record(self, steps: list[tuple[StepStats, Measured, float]]) -> None:
-        """Completed steps ``(stats, measured, wall time)``, in step order: the detectors (over
-        all of them at once, :func:`~gradhealth.detectors.base.update_many`), then per step its
-        events (with remedies), the history and the store rows."""
-        seq = [s for s, _, _ in steps]
+    def record(self, steps: list[tuple[StepStats, Measured, float, list[Event]]]) -> None:
+        """Completed steps ``(stats, measured, wall time, late events)``, in step order: the
+        detectors (over all of them at once, :func:`~gradhealth.detectors.base.update_many`),
+        then per step its events (with remedies; the step's late events after the detectors'),
+        the history and the store rows."""
+        seq = [s for s, _, _, _ in steps]
         det = self.config.detectors
         try:
             per_step, self._det_state = update_many(det, seq, self._det_state)
@@ -349,9 +351,9 @@ class RunLog:
                     self.internal("detectors", exc)
                     events = []
                 per_step.append(events)
-        for (stats, measured, t), events in zip(steps, per_step):
+        for (stats, measured, t, late), events in zip(steps, per_step):
             self.history.append(stats)
-            self.emit([self.with_remedy(e) for e in events])
+            self.emit([self.with_remedy(e) for e in events] + late)
             if self.store is not None:
                 row, rows = store_rows(stats, measured, t - self._t0)
                 try:

@@ -506,7 +506,8 @@ class Watcher:
         if rec is not None and (rec.detail or rec.overflow or rec.nf_bad):
             bad = self._inst.nonfinite_state(opt)   # detail steps and bad steps only (one sync)
             if bad and not self._policy.state_bad:
-                self._emit([self._log.with_remedy(self._policy.state_event(rec, bad, self._map.param_names))])
+                # (after the step's own events, the cause: emitted when the record settles)
+                rec.late.append(self._log.with_remedy(self._policy.state_event(rec, bad, self._map.param_names)))
             self._policy.state_bad = bool(bad)
 
     # ------------------------------------------------------------------ reading back
