@@ -47,7 +47,7 @@ import torch
 
 from gradhealth.watch import never, watch
 
-from .bench_watch import DEFAULT_WORKLOADS, WINDOW, WORKLOADS, Workload, train_step
+from .bench_watch import DEFAULT_WORKLOADS, WINDOW, WORKLOADS, Workload, checked_args, train_step
 
 CONFIGS = ("bare", "bare/2", "floor", "every=1", "every=10")
 
@@ -138,15 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="20 rounds x 5 blocks (a smoke run; noisy)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, metavar="PATH")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    keys = args.workloads.split(",")
-    bad = [k for k in keys if k not in WORKLOADS]
-    if bad:
-        ap.error(f"unknown workload(s) {', '.join(bad)}; known: {', '.join(WORKLOADS)}")
-    for name in ("rounds", "blocks", "threads"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            ap.error(f"--{name} must be a whole number >= 1, got {v}")
+    args, keys = checked_args(ap, argv, counts=("rounds", "blocks", "threads"))
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; configurations interleaved step by "
           "step on identical model copies; ratio = median over blocks of the paired block ratios", flush=True)

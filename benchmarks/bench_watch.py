@@ -325,11 +325,22 @@ def parse(argv):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: on a shared machine, 2+ threads turn "
                          "other processes' load into large, uneven stalls)")
-    args = ap.parse_args(argv)
-    keys = args.workloads.split(",") if args.workloads else DEFAULT_WORKLOADS
+    return checked_args(ap, argv)
+
+
+def checked_args(ap: argparse.ArgumentParser, argv, counts: tuple[str, ...] = ()) -> tuple[argparse.Namespace, list]:
+    """``(args, workload keys)`` of ``argv`` (``sys.argv[1:]`` when None); an unknown workload
+    in ``--workloads`` (default :data:`DEFAULT_WORKLOADS`), or an option of ``counts`` given
+    below 1, is refused with the parser's usage message and exit code 2."""
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    keys = args.workloads.split(",") if args.workloads else list(DEFAULT_WORKLOADS)
     bad = [k for k in keys if k not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload(s) {', '.join(bad)}; known: {', '.join(WORKLOADS)}")
+    for name in counts:
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name} must be a whole number >= 1, got {v}")
     return args, keys
 
 

@@ -42,7 +42,7 @@ from gradhealth.watch import _readback, _record, never, runlog, watch
 from gradhealth.watch import watcher as watcher_mod
 from gradhealth.watch.instruments import Instruments
 
-from .bench_watch import DEFAULT_WORKLOADS, WORKLOADS, run_block
+from .bench_watch import DEFAULT_WORKLOADS, WORKLOADS, checked_args, run_block
 
 _TOP = ("_on_root_pre", "_on_root_post", "_on_backward_end", "_on_pre_step", "_on_post_step", "observe",
         "_output_hook")
@@ -158,23 +158,16 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="profiles per workload; the median of each phase")
     ap.add_argument("--workloads", default=",".join(w for w in DEFAULT_WORKLOADS if w != "mlp24x1024"))
     ap.add_argument("--json", default=None, metavar="PATH")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    keys = args.workloads.split(",")
-    bad = [k for k in keys if k not in WORKLOADS]
-    if bad:
-        ap.error(f"unknown workload(s) {', '.join(bad)}; known: {', '.join(WORKLOADS)}")
-    for name in ("steps", "every", "repeats"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be a whole number >= 1, got {getattr(args, name)}")
+    args, keys = checked_args(ap, argv, counts=("steps", "every", "repeats"))
     torch.set_num_threads(1)
     out = []
     for key in keys:
         runs = [profile(key, args.steps, args.every) for _ in range(args.repeats)]
-        keys = set().union(*(r["phases_ms"] for r in runs))
+        phases = set().union(*(r["phases_ms"] for r in runs))
         med = dict(runs[0])
-        med["phases_ms"] = {k: statistics.median(r["phases_ms"].get(k, 0.0) for r in runs) for k in keys}
+        med["phases_ms"] = {k: statistics.median(r["phases_ms"].get(k, 0.0) for r in runs) for k in phases}
         med["spread_ms"] = {k: [min(r["phases_ms"].get(k, 0.0) for r in runs),
-                                max(r["phases_ms"].get(k, 0.0) for r in runs)] for k in keys}
+                                max(r["phases_ms"].get(k, 0.0) for r in runs)] for k in phases}
         med["step_ms"] = statistics.median(r["step_ms"] for r in runs)
         print_profile(med)
         out.append(med)
