@@ -30,6 +30,7 @@ from typing import Any, Iterable
 from .._checks import check_choice, check_real
 from ..errors import StoreError
 from ..events import Event, jsonable
+from .blocks import LayerBlock
 from .schema import (
     DB_NAME,
     DDL,
@@ -46,6 +47,7 @@ __all__ = ["RunStore", "StoreWarning"]
 _OWNER = "RunStore"
 _STEP_NAMES = frozenset(c for c, _ in STEP_COLUMNS)
 _LAYER_STAT_NAMES = frozenset(c for c, _ in LAYER_STAT_COLUMNS)
+_LAYER_STAT_ORDER = tuple(c for c, _ in LAYER_STAT_COLUMNS)
 _TIME_KEY = "time_grad"   # key of a layer row that carries its per-time-step gradient norms
 
 
@@ -167,6 +169,13 @@ class RunStore:
         to the ``time_grads`` table."""
         self._put("layer_stats", rows if isinstance(rows, list) else list(rows))
 
+    def append_layer_block(self, block: LayerBlock) -> None:
+        """Append the layer rows of a :class:`~gradhealth.store.blocks.LayerBlock` (the
+        watcher's path: the same rows as :meth:`append_layer_stats` with one vectorised
+        encoding instead of one dict per layer)."""
+        if len(block):
+            self._put("layer_block", block)
+
     def append_events(self, events: Iterable[Event]) -> None:
         """Append :class:`~gradhealth.events.Event` objects (order is kept)."""
         self._put("events", list(events))
@@ -260,7 +269,7 @@ class RunStore:
     def _keep_in_memory(self, op: str, payload: Any) -> None:
         if op == "events":
             self.pending_events.extend(payload)
-        elif op in ("steps", "layer_stats"):
+        elif op in ("steps", "layer_stats", "layer_block"):
             self.dropped_rows += len(payload)
 
     def _fail(self, exc: BaseException, during: str) -> None:
@@ -449,6 +458,14 @@ class RunStore:
         if series:
             conn.executemany("INSERT OR REPLACE INTO time_grads (step, layer, norms) VALUES (?, ?, ?)",
                              series)
+
+    def _write_layer_block(self, conn: sqlite3.Connection, block: LayerBlock) -> None:
+        conn.executemany(self._upsert_sql("layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS, _LAYER_STAT_ORDER),
+                         block.encoded())
+        if block.time_grad:
+            conn.executemany("INSERT OR REPLACE INTO time_grads (step, layer, norms) VALUES (?, ?, ?)",
+                             [(int(block.step[r]), int(block.layer[r]), encode_norms(v))
+                              for r, v in block.time_grad.items()])
 
     def _write_events(self, conn: sqlite3.Connection, events: list[Event]) -> None:
         rows = []

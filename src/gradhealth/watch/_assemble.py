@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..detectors.base import LayerTable, StepStats
+from ..store.blocks import COLUMN_INDEX, LayerBlock
 from ._record import StepRecord
 
-__all__ = ["run_meta", "Measured", "step_stats", "store_rows", "forward_depth", "model_info"]
+__all__ = ["run_meta", "Measured", "step_stats", "step_row", "layer_block", "store_rows", "forward_depth",
+           "model_info"]
 
 
 @dataclass(frozen=True)
@@ -240,41 +242,83 @@ def _num(x):
     return None if x is None else float(x)
 
 
-def store_rows(s: StepStats, m: Measured, seconds: float) -> tuple[dict, list[dict]]:
-    """The run store's ``steps`` row and ``layer_stats`` rows of one step.
+def step_row(s: StepStats, m: Measured, seconds: float) -> dict:
+    """The run store's ``steps`` row of one step (NULL, None, where nothing was measured)."""
+    nfc = int(np.maximum(s.nonfinite_grad, 0).sum()) if (s.nonfinite_grad >= 0).any() else None
+    return {"step": s.step, "loss": _num(s.loss), "lr": _num(s.lr), "skipped": int(s.skipped),
+            "nonfinite_count": nfc, "time": seconds,
+            "global_grad_norm": None if not m.grads else s.global_grad_norm,
+            "global_grad_norm_clipped": s.global_grad_norm_clipped if m.clipped else None}
 
-    NULL (None) where nothing was measured; a layer with nothing measured gets no row. A
-    recurrent layer's row on a step that measured its per-time-step gradient norms (detail
-    steps) carries them as ``time_grad`` (the store keeps them in its ``time_grads`` table).
+
+def layer_block(steps: Sequence[tuple[StepStats, Measured]]) -> LayerBlock:
+    """The run store's ``layer_stats`` rows of ``steps``, as one :class:`LayerBlock`.
+
+    NULL where nothing was measured; a layer with nothing measured gets no row. A recurrent
+    layer's row on a step that measured its per-time-step gradient norms (detail steps)
+    carries them (the store keeps them in its ``time_grads`` table). Steps with the same
+    number of layers (all of them, unless the model grew) are stacked and masked together.
+    """
+    blocks, run = [], []
+    for item in steps:
+        if run and len(item[0].layers) != len(run[0][0].layers):
+            blocks.append(_block(run))
+            run = []
+        run.append(item)
+    if run:
+        blocks.append(_block(run))
+    return LayerBlock.concat(blocks)
+
+
+def _block(steps: Sequence[tuple[StepStats, Measured]]) -> LayerBlock:
+    """:func:`layer_block` of steps with one layer count ``L``: ``(n, L)`` stacks, one mask."""
+    n, L = len(steps), len(steps[0][0].layers)
+    col = COLUMN_INDEX
+
+    def stack(get) -> np.ndarray:
+        return np.stack([get(s, m) for s, m in steps]).reshape(n * L)
+
+    values = np.empty((n * L, len(col)))
+    measured = np.empty((n * L, len(col)), dtype=bool)
+    grad, nfg = stack(lambda s, m: s.grad_norm), stack(lambda s, m: s.nonfinite_grad)
+    ratio = stack(lambda s, m: s.update_ratio)
+    act = stack(lambda s, m: m.act)
+    for name, v, meas in (
+            ("grad_norm", grad, np.isfinite(grad) | (nfg > 0)),
+            ("param_norm", stack(lambda s, m: s.param_norm), stack(lambda s, m: s.nonfinite_param) >= 0),
+            ("update_ratio", ratio, np.isfinite(ratio)),
+            ("nonfinite", nfg, nfg >= 0),
+            ("out_grad_norm", stack(lambda s, m: s.out_grad_norm), stack(lambda s, m: m.out_grad)),
+            ("act_std", stack(lambda s, m: s.act_std), act)):
+        values[:, col[name]] = v
+        measured[:, col[name]] = meas
+    for name in ("dead_frac", "sat_frac"):
+        v = stack(lambda s, m, name=name: getattr(s, name))
+        values[:, col[name]] = v
+        measured[:, col[name]] = act & np.isfinite(v)
+    keep = measured.any(axis=1)
+    series = {}
+    for k, (s, _) in enumerate(steps):
+        if s.time_grad:
+            index = s.layers.position
+            for name, v in s.time_grad.items():
+                if name in index:
+                    series[k * L + index[name]] = v
+                    keep[k * L + index[name]] = True
+    rows = np.flatnonzero(keep)
+    step = np.repeat(np.fromiter((s.step for s, _ in steps), dtype=np.int64, count=n), L)[rows]
+    layer = np.tile(np.arange(L, dtype=np.int64), n)[rows]
+    new = {int(r): k for k, r in enumerate(rows.tolist())}
+    return LayerBlock(step, layer, values[rows], measured[rows], {new[r]: v for r, v in series.items()})
+
+
+def store_rows(s: StepStats, m: Measured, seconds: float) -> tuple[dict, list[dict]]:
+    """The ``steps`` row and the ``layer_stats`` rows (as dicts) of one step: :func:`step_row`
+    and :func:`layer_block`'s rows.
 
     Args:
         s: the step's statistics.
         m: what it measured (:func:`step_stats`).
         seconds: wall-clock time of the step since the watcher started.
     """
-    nfc = int(np.maximum(s.nonfinite_grad, 0).sum()) if (s.nonfinite_grad >= 0).any() else None
-    row = {"step": s.step, "loss": _num(s.loss), "lr": _num(s.lr), "skipped": int(s.skipped),
-           "nonfinite_count": nfc, "time": seconds,
-           "global_grad_norm": None if not m.grads else s.global_grad_norm,
-           "global_grad_norm_clipped": s.global_grad_norm_clipped if m.clipped else None}
-    rows = []
-    measured_grad = np.isfinite(s.grad_norm) | (s.nonfinite_grad > 0)
-    index = s.layers.position
-    time_grad = {index[n]: v for n, v in s.time_grad.items() if n in index} if s.time_grad else {}
-    for i in range(len(s.layers)):
-        vals = {"grad_norm": s.grad_norm[i] if measured_grad[i] else None,
-                "param_norm": s.param_norm[i] if (s.nonfinite_param[i] >= 0) else None,
-                "update_ratio": s.update_ratio[i] if np.isfinite(s.update_ratio[i]) else None,
-                "nonfinite": int(s.nonfinite_grad[i]) if s.nonfinite_grad[i] >= 0 else None,
-                "out_grad_norm": s.out_grad_norm[i] if m.out_grad[i] else None,
-                "act_std": s.act_std[i] if m.act[i] else None,
-                "dead_frac": s.dead_frac[i] if (m.act[i] and np.isfinite(s.dead_frac[i])) else None,
-                "sat_frac": s.sat_frac[i] if (m.act[i] and np.isfinite(s.sat_frac[i])) else None}
-        if i in time_grad:
-            vals["time_grad"] = time_grad[i]
-        elif all(v is None for v in vals.values()):
-            continue
-        vals["step"] = s.step
-        vals["layer"] = i
-        rows.append(vals)
-    return row, rows
+    return step_row(s, m, seconds), layer_block([(s, m)]).rows()

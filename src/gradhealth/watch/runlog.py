@@ -24,7 +24,7 @@ from ..detectors.base import StepStats, safe_text, update_many
 from ..errors import ParameterError
 from ..events import Event
 from ._advice import preload, with_remedy
-from ._assemble import Measured, step_stats, store_rows
+from ._assemble import Measured, layer_block, step_row, step_stats
 
 __all__ = ["RunLog", "WatchWarning", "appending_store", "SETTLE_EVERY", "SETTLE_WITHIN_S"]
 
@@ -351,18 +351,16 @@ class RunLog:
                     self.internal("detectors", exc)
                     events = []
                 per_step.append(events)
-        for (stats, measured, t, late), events in zip(steps, per_step):
+        for (stats, _, _, late), events in zip(steps, per_step):
             self.history.append(stats)
             self.emit([self.with_remedy(e) for e in events] + late)
-            if self.store is not None:
-                row, rows = store_rows(stats, measured, t - self._t0)
-                try:
-                    self.store.append_steps([row])
-                    if rows:
-                        self.store.append_layer_stats(rows)
-                except Exception as exc:  # pragma: no cover - never raises by contract
-                    self.internal("store", exc)
-                self._check_store()
+        if self.store is not None:
+            try:
+                self.store.append_steps([step_row(s, m, t - self._t0) for s, m, t, _ in steps])
+                self.store.append_layer_block(layer_block([(s, m) for s, m, _, _ in steps]))
+            except Exception as exc:
+                self.internal("store", exc)
+            self._check_store()
 
     def _check_store(self) -> None:
         """The store stopped writing (dead writer, disk full, lock held too long): one
