@@ -147,3 +147,59 @@ def test_probe_of_a_hostile_model_prints_no_raw_control_sequence():
         out = render_text(res, width=width)
         assert _unsafe(out) == [] and not _forged(out)
         assert "x\\x1b[2J" in out
+
+
+# Values of the wrong type in every kind of column, and raw escapes in every text column: each
+# view of the run (in process, so any exception is a test failure) shows a message, never a
+# traceback, and prints no raw control character.
+CRAFTED_MORE = {
+    "text_in_layer_grad_norm": "UPDATE layer_stats SET grad_norm = 'zz' WHERE step = 1;",
+    "blob_in_layer_stats": "UPDATE layer_stats SET grad_norm = x'00ff', nan_mask = 'q';",
+    "text_step_key": "UPDATE layer_stats SET step = 'two' WHERE step = 2;",
+    "text_in_loss": "UPDATE steps SET loss = 'abc';",
+    "blob_in_loss": "UPDATE steps SET loss = x'00ff';",
+    "blob_in_global_norm": "UPDATE steps SET global_grad_norm = x'00ff';",
+    "text_nan_mask": "UPDATE steps SET nan_mask = 'm';",
+    "blob_event_kind": "INSERT INTO events (step, kind, layer, severity, message) VALUES "
+                       "(1, x'1b5b324a', NULL, 'error', 'm');",
+    "blob_event_message": "INSERT INTO events (step, kind, layer, severity, message) VALUES "
+                          "(1, 'nonfinite', x'00', x'1b5b324a', x'1b5b324aff');",
+    "escape_event_kind": "INSERT INTO events (step, kind, layer, severity, message) VALUES "
+                         "('s', 'spike' || char(27) || '[2J', 7, 'error' || char(27) || '[1m', 'm');",
+    "invalid_utf8_text": "INSERT INTO events (step, kind, layer, severity, message) VALUES "
+                         "(1, CAST(x'ff1b' AS TEXT), CAST(x'c3' AS TEXT), 'error', CAST(x'fe' AS TEXT));",
+    "blob_layer_name": "UPDATE layers SET name = x'1b5b324a', type = x'00', n_params = 'many';",
+    "text_event_since": "UPDATE events SET since = 'then', step = x'01';",
+}
+
+
+def _views(run_dir, tmp_path):
+    yield ["summary", str(run_dir)]
+    yield ["events", str(run_dir)]
+    yield ["events", str(run_dir), "--json"]
+    yield ["top", str(run_dir), "--once"]
+    yield ["report", str(run_dir), "--out", str(tmp_path / "r.html")]
+    yield ["export", str(run_dir), "--to", "tensorboard", "--logdir", str(tmp_path / "tb")]
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED_MORE))
+def test_every_view_of_a_mistyped_store_is_a_message(tmp_path, case, capsys):
+    from gradhealth.cli import main
+    from gradhealth.store import load_run
+
+    run_dir = _crafted(tmp_path, CRAFTED_MORE[case])
+    for argv in _views(run_dir, tmp_path):
+        code = main(argv)
+        out = capsys.readouterr()
+        assert code in (0, 1, 2), argv
+        assert _unsafe(out.out + out.err) == [], (argv, out.out, out.err)
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "\x1b" not in html
+    for mode in (True, "columns"):
+        run = load_run(run_dir, layer_stats=mode)
+        for e in run.events:   # the reader hands out the types it documents
+            assert isinstance(e.kind, str) and isinstance(e.message, str) and isinstance(e.severity, str)
+            assert e.step is None or type(e.step) is int
+        for r in run.steps + run.layer_stats:
+            assert all(v is None or type(v) in (int, float) for v in r.values()), r
+        assert all(isinstance(d["name"], str) for d in run.layers)

@@ -76,7 +76,7 @@ def run(args) -> int:
         print(f"{prog}: error: cannot write {visible(str(out))!r} ({exc.strerror or exc}). Fix: "
               "pass --out a path in a writable directory.", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{report.verdict}: {visible(report.headline)}")
+    print(f"{visible(report.verdict)}: {visible(report.headline)}")
     for p in report.problems:
         print(f"note: {visible(p)}", file=sys.stderr)
     print(f"wrote {visible(str(out))}")

@@ -67,7 +67,17 @@ def read_snapshot(run_dir, n_events: int = 6) -> Snapshot:
     """Read the newest state of a run store, read-only; never raises."""
     import json
 
-    from ..store.schema import DB_NAME, LAYER_STAT_COLUMNS, STEP_COLUMNS, decode_value
+    from ..store.schema import (
+        DB_NAME,
+        LAYER_STAT_COLUMNS,
+        STEP_COLUMNS,
+        decode_text,
+        decode_value,
+        read_int,
+        read_text,
+        sql_int,
+        sql_number,
+    )
 
     db = Path(run_dir) / DB_NAME
     if Path(run_dir).is_file() and Path(run_dir).name == DB_NAME:
@@ -78,6 +88,7 @@ def read_snapshot(run_dir, n_events: int = 6) -> Snapshot:
         conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
     except sqlite3.Error as exc:
         return Snapshot("error", str(exc))
+    conn.text_factory = decode_text
     try:
         conn.execute("BEGIN")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -86,11 +97,13 @@ def read_snapshot(run_dir, n_events: int = 6) -> Snapshot:
         snap = Snapshot("ok")
         for k, v in conn.execute("SELECT key, value FROM meta"):
             try:
-                snap.meta[k] = json.loads(v)
+                snap.meta[read_text(k)] = json.loads(read_text(v))
             except ValueError:
-                snap.meta[k] = v
+                snap.meta[read_text(k)] = read_text(v)
+        # values of the wrong type (a crafted store) read as not recorded: see store.schema
         names = [c for c, _ in STEP_COLUMNS]
-        row = conn.execute(f"SELECT step, {', '.join(names)}, nan_mask FROM steps "
+        row = conn.execute(f"SELECT step, {', '.join(sql_number(n) for n in names)}, "
+                           f"ifnull({sql_int('nan_mask')}, 0) FROM steps WHERE typeof(step) = 'integer' "
                            "ORDER BY step DESC LIMIT 1").fetchone()
         snap.n_steps = conn.execute("SELECT count(*) FROM steps").fetchone()[0]
         if row is not None:
@@ -98,12 +111,15 @@ def read_snapshot(run_dir, n_events: int = 6) -> Snapshot:
             snap.step.update({n: decode_value(row[1 + i], i, row[-1]) for i, n in enumerate(names)})
             gbit = [c for c, _ in LAYER_STAT_COLUMNS].index("grad_norm")
             layer_rows = dict((li, decode_value(v, gbit, m)) for li, v, m in conn.execute(
-                "SELECT layer, grad_norm, nan_mask FROM layer_stats WHERE step = ?", (row[0],)))
-            snap.layers = [(name, layer_rows.get(idx)) for idx, name in
+                f"SELECT layer, {sql_number('grad_norm')}, ifnull({sql_int('nan_mask')}, 0) "
+                "FROM layer_stats WHERE step = ?", (row[0],)))
+            snap.layers = [(read_text(name), layer_rows.get(idx)) for idx, name in
                            conn.execute("SELECT idx, name FROM layers ORDER BY idx")
                            if idx in layer_rows]
-        snap.events = conn.execute("SELECT step, severity, kind, layer, message FROM events "
-                                   "ORDER BY id DESC LIMIT ?", (n_events,)).fetchall()[::-1]
+        snap.events = [(read_int(st), read_text(sev), read_text(kind), None if layer is None else read_text(layer),
+                        read_text(msg)) for st, sev, kind, layer, msg in conn.execute(
+                            "SELECT step, severity, kind, layer, message FROM events "
+                            "ORDER BY id DESC LIMIT ?", (n_events,)).fetchall()[::-1]]
         return snap
     except sqlite3.Error as exc:
         # "database is locked" while the writer creates it, or a damaged file: say so, retry
@@ -176,7 +192,7 @@ def render(snap: Snapshot, run_dir: str, width: int = 100):
     if snap.events:
         parts.append(Text("newest events:", style="bold"))
         for step, sev, kind, layer, msg in snap.events:
-            e = Text(f"  {step if step is not None else '-':>6} {sev:<8} {kind:<12} ",
+            e = Text(f"  {step if step is not None else '-':>6} {visible(sev):<8} {visible(kind):<12} ",
                      style="red" if sev in ("error", "critical") else "")
             e.append(visible(layer) if layer is not None else "(model)", style="bold")
             e.append(" " + visible(msg)[: max(20, width - 40)])

@@ -104,7 +104,8 @@ def summarize(run: "Run", events: Sequence[Event] | None = None, worst: int = 5)
         last global norm, non-finite and skipped step counts), ``n_events``,
         ``n_pathologies``, ``healthy``, ``first`` (the first pathology: step, since, kind,
         layer, severity, message, remedy), ``counts`` (per kind), ``severities``,
-        ``worst_layers`` and ``remedies``.
+        ``worst_layers``, ``remedies`` and ``notes`` (what the reader could not read:
+        ``Run.notes``).
     """
     evs = list(run.events if events is None else events)
     bad = [e for e in evs if is_pathology(e)]
@@ -174,6 +175,7 @@ def summarize(run: "Run", events: Sequence[Event] | None = None, worst: int = 5)
         "severities": dict(Counter(e.severity for e in evs).most_common()),
         "worst_layers": layers[:worst],
         "remedies": remedies[:worst],
+        "notes": [str(n) for n in getattr(run, "notes", ()) or ()],
     }
     return jsonable(out)
 
@@ -302,6 +304,8 @@ def render_summary(summary: dict):
     else:
         head.append("no steps recorded")
     parts.append(head)
+    for n in summary.get("notes", ()):
+        parts.append(Text(f"note: {safe_text(n)}", style="yellow"))
     if summary["healthy"]:
         line = Text("healthy: no pathology found", style="bold green")
         if summary["n_events"]:

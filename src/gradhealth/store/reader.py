@@ -16,15 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError, StoreError
-from ..events import Event, jsonable
+from ..events import SEVERITIES, Event, jsonable
 from .schema import (
     DB_NAME,
     LAYER_STAT_COLUMNS,
     SCHEMA_VERSION,
     STEP_COLUMNS,
     decode_norms,
+    decode_text,
     decode_value,
     loads_evidence,
+    read_int,
+    read_text,
+    sql_int,
+    sql_mistyped,
+    sql_number,
 )
 
 __all__ = ["Run", "LayerColumns", "load_run", "to_pandas", "to_records"]
@@ -234,6 +240,7 @@ def _connect(db: Path) -> sqlite3.Connection:
     for mode in ("rw", "ro"):
         try:
             conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode={mode}", uri=True, timeout=5.0)
+            conn.text_factory = decode_text
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return conn
         except sqlite3.Error as exc:
@@ -287,37 +294,87 @@ def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
             raise StoreError(f"{str(db)!r} is an SQLite file but not a gradhealth run (schema "
                              f"version {version}, tables {sorted(tables)}).")
         run = Run(run_dir=root)
-        for key, value in conn.execute("SELECT key, value FROM meta"):
-            try:
-                run.meta[key] = json.loads(value)
-            except ValueError:
-                run.meta[key] = value
-        run.layers = [{"index": i, "name": n, "type": t, "n_params": p} for i, n, t, p in
-                      conn.execute("SELECT idx, name, type, n_params FROM layers ORDER BY idx")]
-        after = _check_after(after_step)
-        run.steps = _rows(conn, "steps", ("step",), STEP_COLUMNS, "step", after)
-        if layer_stats == "columns":
-            run.columns = _columns(conn, _check_fields(fields), _check_max_steps(max_steps))
-        elif layer_stats:
-            run.layer_stats = _rows(conn, "layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS,
-                                    "step, layer", after)
-        if "time_grads" in tables:
-            run.time_grads, bad = _time_grads(conn, after)
-            if bad:
-                run.notes.append(f"{bad} per-time-step gradient row(s) could not be decoded and are "
-                                 "left out")
-        run.events = [
-            Event(step=s, kind=k, layer=l, severity=sev, message=m,
-                  evidence=loads_evidence(ev), remedy=r or "", since=since)
-            for s, k, l, sev, m, ev, r, since in conn.execute(
-                "SELECT step, kind, layer, severity, message, evidence, remedy, since "
-                "FROM events ORDER BY id")]
+        _read_tables(conn, run, tables, layer_stats, fields, max_steps, after_step)
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{str(db)!r} cannot be read as a gradhealth run ({exc}).") from None
     finally:
         conn.close()
     return run
+
+
+def _read_tables(conn, run: Run, tables: set, layer_stats, fields, max_steps, after_step) -> None:
+    """Fill ``run`` from an open read transaction. Values of the wrong type (a crafted or
+    damaged store) are read as not recorded, or shown as a placeholder, and counted in
+    ``run.notes``; rows without a usable key are left out and counted too."""
+    damage = _Damage()
+    for key, value in conn.execute("SELECT key, value FROM meta"):
+        if not isinstance(value, str):
+            damage.values += 1
+            value = read_text(value)
+        try:
+            run.meta[read_text(key)] = json.loads(value)
+        except ValueError:
+            run.meta[read_text(key)] = value
+    for i, n, t, p in conn.execute("SELECT idx, name, type, n_params FROM layers ORDER BY idx"):
+        damage.values += (not isinstance(n, str)) + (not isinstance(t, _TEXT_TYPES)) + (
+            p is not None and type(p) is not int)
+        run.layers.append({"index": i, "name": read_text(n), "type": None if t is None else read_text(t),
+                           "n_params": read_int(p)})
+    after = _check_after(after_step)
+    run.steps = _rows(conn, "steps", ("step",), STEP_COLUMNS, "step", after, damage)
+    if layer_stats == "columns":
+        run.columns = _columns(conn, _check_fields(fields), _check_max_steps(max_steps), damage)
+    elif layer_stats:
+        run.layer_stats = _rows(conn, "layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS,
+                                "step, layer", after, damage)
+    if "time_grads" in tables:
+        run.time_grads, bad = _time_grads(conn, after)
+        if bad:
+            run.notes.append(f"{bad} per-time-step gradient row(s) could not be decoded and are "
+                             "left out")
+    run.events = [_event(row, damage) for row in conn.execute(
+        "SELECT step, kind, layer, severity, message, evidence, remedy, since FROM events ORDER BY id")]
+    run.notes.extend(damage.notes())
+
+
+@dataclass
+class _Damage:
+    """What a crafted or damaged store held that the reader could not take as it is."""
+
+    values: int = 0       # values of the wrong type, read as not recorded / a placeholder
+    rows: int = 0         # rows without an integer key, left out
+    severities: int = 0   # events whose severity is not one of SEVERITIES, read as "error"
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.values:
+            out.append(f"{self.values} stored value(s) had the wrong type (text or bytes where a number "
+                       "belongs, or the reverse) and are read as not recorded")
+        if self.rows:
+            out.append(f"{self.rows} stored row(s) had no integer step or layer and are left out")
+        if self.severities:
+            out.append(f"{self.severities} event(s) had an unknown severity and are shown as errors")
+        return out
+
+
+_TEXT_TYPES = (str, type(None))
+
+
+def _event(row, damage: _Damage) -> Event:
+    step, kind, layer, sev, msg, ev, remedy, since = row
+    typed = (type(step) is int or step is None, isinstance(kind, str), isinstance(layer, _TEXT_TYPES),
+             isinstance(sev, str), isinstance(msg, str), isinstance(ev, _TEXT_TYPES),
+             isinstance(remedy, _TEXT_TYPES), type(since) is int or since is None)
+    damage.values += typed.count(False)
+    severity = read_text(sev)
+    if severity not in SEVERITIES:   # shown, not hidden: an unknown severity counts as an error
+        damage.severities += 1
+        severity = "error"
+    return Event(step=read_int(step), kind=read_text(kind), layer=None if layer is None else read_text(layer),
+                 severity=severity, message=read_text(msg),
+                 evidence=loads_evidence(ev if isinstance(ev, str) else None), remedy=read_text(remedy),
+                 since=read_int(since))
 
 
 def _check_fields(fields) -> tuple[str, ...]:
@@ -364,26 +421,22 @@ def _sample_where(conn, fields: tuple[str, ...], max_steps: int | None) -> tuple
     return where, tuple(picked), (len(picked), len(steps))
 
 
-def _columns(conn, fields: tuple[str, ...], max_steps: int | None = None) -> LayerColumns:
+def _columns(conn, fields: tuple[str, ...], max_steps: int | None = None,
+             damage: _Damage | None = None) -> LayerColumns:
     """``layer_stats`` straight into arrays (all rows, or a sample: :func:`load_run`)."""
     import numpy as np
 
     pos = {c: i for i, c in enumerate(_LAYER_FIELDS)}
-    # one value per field, and one integer whose bit k says field k is NULL: a row is all
-    # numbers (no None), so the rows become one float64 matrix without a dict per row
-    sel = "".join(f"ifnull({f}, 0.0), " for f in fields)
-    nulls = " | ".join(f"(({f} IS NULL) << {k})" for k, f in enumerate(fields)) or "0"
     where, params, sampled = _sample_where(conn, fields, max_steps)
-    cur = conn.execute(f"SELECT step, layer, {sel}{nulls}, nan_mask FROM layer_stats{where} "
-                       "ORDER BY step, layer", params)
-    chunks = []
-    while True:
-        part = cur.fetchmany(65536)
-        if not part:
-            break
-        chunks.append(np.array(part, dtype=np.float64))
-    width = 4 + len(fields)
-    a = np.concatenate(chunks) if chunks else np.zeros((0, width))
+    try:   # the fast query; a value of the wrong type (a crafted store) fails the float conversion
+        a = _column_matrix(conn, fields, where, params, guarded=False)
+    except (TypeError, ValueError):
+        a = _column_matrix(conn, fields, where, params, guarded=True)
+    keyed = (a[:, 0] >= 0) & (a[:, 1] >= 0)
+    if damage is not None:
+        damage.values += int(a[keyed, -3].sum())
+        damage.rows += int((~keyed).sum())
+    a = a[keyed]
     mask = a[:, -1].astype(np.int64)
     null_bits = a[:, -2].astype(np.int64)
     out = LayerColumns(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64))
@@ -396,13 +449,39 @@ def _columns(conn, fields: tuple[str, ...], max_steps: int | None = None) -> Lay
     return out
 
 
+def _column_matrix(conn, fields: tuple[str, ...], where: str, params: tuple, guarded: bool):
+    """The selected ``layer_stats`` rows as one float64 matrix: step, layer, one value per field
+    (0 where NULL), the number of mistyped values, the NULL bits, the NaN mask.
+
+    One value per field and one integer whose bit k says field k is NULL: a row is all numbers
+    (no None), so the rows become one matrix without a dict per row. ``guarded`` reads keys and
+    values that are not numbers (a crafted store) as -1 / NULL and counts them (about 1.8x
+    slower, so it is only the fallback).
+    """
+    import numpy as np
+
+    num, key = (sql_number, sql_int) if guarded else ((lambda c: c), (lambda c: c))
+    sel = "".join(f"ifnull({num(f)}, 0.0), " for f in fields)
+    nulls = " | ".join(f"(({num(f)} IS NULL) << {k})" for k, f in enumerate(fields)) or "0"
+    bad = sql_mistyped((*fields, "nan_mask")) if guarded else "0"
+    cur = conn.execute(f"SELECT ifnull({key('step')}, -1), ifnull({key('layer')}, -1), {sel}{bad}, {nulls}, "
+                       f"ifnull({key('nan_mask')}, 0) FROM layer_stats{where} ORDER BY step, layer", params)
+    chunks = []
+    while True:
+        part = cur.fetchmany(65536)
+        if not part:
+            break
+        chunks.append(np.array(part, dtype=np.float64))
+    return np.concatenate(chunks) if chunks else np.zeros((0, 5 + len(fields)))
+
+
 def _time_grads(conn, after: int | None = None) -> tuple[list[dict], int]:
     out, bad = [], 0
     where, params = _after_where(after)
     for step, layer, blob in conn.execute(f"SELECT step, layer, norms FROM time_grads{where} ORDER BY step, layer",
                                           params):
         norms = decode_norms(blob)
-        if norms is None:
+        if norms is None or type(step) is not int or type(layer) is not int:
             bad += 1
             continue
         out.append({"step": step, "layer": layer, "norms": norms})
@@ -423,21 +502,39 @@ def _check_after(after_step) -> int | None:
 
 
 def _rows(conn, table: str, keys: tuple[str, ...], cols, order: str,
-          after: int | None = None) -> list[dict[str, Any]]:
+          after: int | None = None, damage: _Damage | None = None) -> list[dict[str, Any]]:
     names = [c for c, _ in cols]
     where, params = _after_where(after)
-    sql = f"SELECT {', '.join((*keys, *names, 'nan_mask'))} FROM {table}{where} ORDER BY {order}"
+    every = (*keys, *names, "nan_mask")
+    # the guarded SQL (values of the wrong type read as NULL, and counted) costs about 45% more
+    # than the plain one: use it only when one such value is there (the check costs about 12%)
+    odd = " OR ".join(f"typeof({c}) IN ('text', 'blob')" for c in every)
+    glue = " AND " if where else " WHERE "
+    guarded = conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table}{where}{glue}({odd}))", params).fetchone()[0]
+    num, key = (sql_number, sql_int) if guarded else ((lambda c: c), (lambda c: c))
+    picked = (*(key(k) for k in keys), *(num(c) for c in names), f"ifnull({key('nan_mask')}, 0)",
+              sql_mistyped(every) if guarded else "0")
+    sql = f"SELECT {', '.join(picked)} FROM {table}{where} ORDER BY {order}"
     nk = len(keys)
     out = []
+    bad_values = bad_rows = 0
     for r in conn.execute(sql, params):
-        mask = r[-1]
+        mask, bad = r[-2], r[-1]
+        if bad:
+            if None in r[:nk]:
+                bad_rows += 1
+                continue
+            bad_values += bad
         d = dict(zip(keys, r[:nk]))
         if mask:
             for i, name in enumerate(names):
                 d[name] = decode_value(r[nk + i], i, mask)
         else:
-            d.update(zip(names, r[nk:-1]))
+            d.update(zip(names, r[nk:-2]))
         out.append(d)
+    if damage is not None:
+        damage.values += bad_values
+        damage.rows += bad_rows
     return out
 
 

@@ -182,6 +182,52 @@ def _positions(cols: tuple[tuple[str, str], ...]) -> dict[str, tuple[str, int]]:
     return p
 
 
+# -- reading values a crafted store may hold --------------------------------------------------
+# SQLite keeps whatever a writer puts in a column (text or a BLOB in a REAL column, a BLOB where
+# text belongs). gradhealth never writes such values, so a store that holds them was damaged or
+# crafted; readers take them as "not recorded" (numbers) or a visible placeholder (text), count
+# them, and say so, instead of handing a str to code that expects a float.
+
+def sql_number(col: str) -> str:
+    """SQL for ``col`` when it holds a number (integer or real), else NULL."""
+    return f"(CASE WHEN typeof({col}) IN ('integer', 'real') THEN {col} END)"
+
+
+def sql_int(col: str) -> str:
+    """SQL for ``col`` when it holds an integer, else NULL."""
+    return f"(CASE WHEN typeof({col}) = 'integer' THEN {col} END)"
+
+
+def sql_mistyped(cols) -> str:
+    """SQL counting the values of ``cols`` in one row that are text or a BLOB (neither a number
+    nor NULL)."""
+    return " + ".join(f"(typeof({c}) IN ('text', 'blob'))" for c in cols) or "0"
+
+
+def read_text(value: Any, default: str = "") -> str:
+    """A text column's value as ``str``: a BLOB becomes ``<N bytes>``, NULL ``default``, a
+    number its decimal form. (Control characters are kept: printing is where they are made
+    visible, :func:`gradhealth._text.safe_text`.)"""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return default
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
+def read_int(value: Any) -> int | None:
+    """An integer column's value, or None when it is not an integer."""
+    return value if type(value) is int else None
+
+
+def decode_text(raw: bytes) -> str:
+    """``sqlite3.Connection.text_factory`` for stores: text that is not valid UTF-8 is decoded
+    with replacement characters instead of raising ``OperationalError`` mid-query."""
+    return raw.decode("utf-8", "replace")
+
+
 def decode_value(v: Any, bit: int, mask: int) -> Any:
     """Inverse of the NaN encoding for one column."""
     if v is None and mask & (1 << bit):
