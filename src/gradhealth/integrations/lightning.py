@@ -30,8 +30,8 @@ Three things make it work as in a plain loop:
   ``optimizer.step`` (on the torch optimizer, under gradhealth's own guard) so that the closure
   runs first and the step, with its hooks, after it. The result is the same update for every
   optimizer that calls its closure once at the start of ``step`` (SGD, Adam, AdamW, ...);
-  ``torch.optim.LBFGS`` re-evaluates the closure and is left alone (its statistics are then one
-  iteration late).
+  ``torch.optim.LBFGS`` re-evaluates the closure and keeps it: the watcher's step pre-hook runs
+  the first evaluation before it measures, as for any ``optimizer.step(closure)``.
 - **The steps.** gradhealth's step is the optimizer step (``trainer.global_step``): with
   ``accumulate_grad_batches=N`` the N forward/backward passes of a window are one step, as in a
   plain loop with accumulation. ``training_step`` should call ``self(...)`` (the module's

@@ -322,26 +322,7 @@ class StepGuard:
     def _step(self, inner: Callable, args: tuple, kwargs: dict):
         if not self._active:
             return inner(*args, **kwargs)
-        closure = kwargs.get("closure", args[0] if args else None)
-        loss = None
-        if closure is not None:
-            # The gradients only exist once the closure ran: run it here, then hand the
-            # optimizer a closure that returns this loss on its first call (and re-evaluates
-            # on later calls, which LBFGS makes), so the closure is not run twice.
-            with torch.enable_grad():
-                loss = closure()
-            pending = [True]
-
-            def cached_closure():
-                if pending[0]:
-                    pending[0] = False
-                    return loss
-                return closure()
-
-            if "closure" in kwargs:
-                kwargs = {**kwargs, "closure": cached_closure}
-            else:
-                args = (cached_closure,) + tuple(args[1:])
+        loss, closure, args, kwargs = run_closure_first(args, kwargs)
         index = self.steps
         self.steps += 1
         if "grad_scaler" in kwargs or getattr(self.optimizer, "found_inf", None) is not None:
@@ -393,6 +374,35 @@ class StepGuard:
                 "(gradhealth.remedies.clip_grad_norm_), or find the first non-finite layer with "
                 "gradhealth.watch(...).", diagnosis=info)
         return loss
+
+
+def run_closure_first(args: tuple, kwargs: dict, at: int = 0) -> tuple[Any, Any, tuple, dict]:
+    """Run the closure of an ``optimizer.step(closure)`` call now, before the step, so that the
+    gradients it computes can be checked; ``(loss, closure, args, kwargs)`` with the closure
+    replaced by one that returns this loss on its first call (and re-evaluates on later calls,
+    which LBFGS makes), so the closure is not run twice. ``(None, None, args, kwargs)`` when the
+    call has no closure, or when its closure already ran this way (a guard, then the watcher's
+    step hook): the first caller does the work. ``at``: the closure's position in ``args`` (1 in
+    a step pre-hook, whose ``args`` start with the optimizer)."""
+    closure = kwargs.get("closure", args[at] if len(args) > at else None)
+    if closure is None or getattr(closure, "_gradhealth_ran", False):
+        return None, None, args, kwargs
+    with torch.enable_grad():
+        loss = closure()
+    pending = [True]
+
+    def cached_closure():
+        if pending[0]:
+            pending[0] = False
+            return loss
+        return closure()
+
+    cached_closure._gradhealth_ran = True   # type: ignore[attr-defined]
+    if "closure" in kwargs:
+        kwargs = {**kwargs, "closure": cached_closure}
+    else:
+        args = (*args[:at], cached_closure, *args[at + 1:])
+    return loss, closure, args, kwargs
 
 
 def skip_nonfinite(optimizer: Any, max_consecutive_skips: int | None = 10,

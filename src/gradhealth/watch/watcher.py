@@ -45,6 +45,7 @@ from torch.utils import _pytree as pytree
 from ..detectors.base import LayerTable, StepStats
 from ..errors import NonFiniteError, ParameterError
 from ..events import Event
+from ..remedies.guards import run_closure_first
 from ..store import writer as _store_writer  # noqa: F401  (imported first: see atexit below)
 from . import _compile, _registry
 from ._assemble import forward_depth, model_info, run_meta
@@ -295,7 +296,7 @@ class Watcher:
             return False
         self._opts.add(opt)
         if register:
-            self._hooks.add(opt.register_step_pre_hook(self._on_pre_step))
+            self._hooks.add(opt.register_step_pre_hook(self._pre_step))
             self._hooks.add(opt.register_step_post_hook(self._on_post_step))
         self._policy.install(opt, self._on_guard_skip)
         return True
@@ -453,7 +454,7 @@ class Watcher:
             except Exception as exc:
                 self._internal("optimizer", exc)
                 return None
-        return self._on_pre_step(opt, args, kwargs)
+        return self._pre_step(opt, args, kwargs)
 
     def _on_global_post(self, opt, args, kwargs):
         if not self._active or id(opt) not in self._opts.ids:
@@ -479,6 +480,14 @@ class Watcher:
         self._log.write_layers(self._map.rows()[old:])
         self._log.model_info = model_info(self._map.table)
         self._emit([structure_event(self.step, n_new, list(self._map.table.names[old:]))])
+
+    def _pre_step(self, opt, args, kwargs):
+        """The step pre-hook. ``step(closure)`` computes its gradients inside ``step``, after
+        this hook: the closure runs here first (as under the guard), so the statistics are this
+        step's, not the previous one's. Not isolated: the closure is the user's code."""
+        _, closure, args, kwargs = run_closure_first(args, kwargs, at=1)   # args[0] is opt
+        self._on_pre_step(opt, args, kwargs)
+        return None if closure is None else (args, kwargs)
 
     @hook_method("optimizer", passthrough=(NonFiniteError,))
     def _on_pre_step(self, opt, args, kwargs):
