@@ -67,7 +67,8 @@ def nonfinite(*, max_listed: int = 8) -> Detector:
         events: list[Event] = []
         base_ev: dict[str, Any] = {"lr": stats.lr, "grad_norm": stats.global_grad_norm}
         if origin:
-            base_ev.update({"origin_module": o_layer, "origin_direction": origin.get("direction")})
+            base_ev.update({"origin_module": o_layer, "origin_direction": origin.get("direction"),
+                           "origin_cause": origin.get("cause")})
         for key in ("param", "grad", "loss"):
             if key not in active or key in state:
                 continue

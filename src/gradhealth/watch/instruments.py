@@ -71,11 +71,11 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from ..stats.tensors import dense_values, global_norms, is_dtensor, local, tensor_norms
 from ._record import ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad, UpdateNorms
 from .hooks import CopyInertHook, HookSet, LayerMap, act_stats
+from .replay import tensor_leaves
 
 __all__ = ["Instruments", "shielded", "hook_method", "SAMPLE_AFTER", "SAMPLE_SIZE", "TRUST_AFTER", "RECHECK_EVERY",
            "VERSIONS_UP_TO"]
@@ -484,7 +484,7 @@ class Instruments:
                 self._after_conv = is_conv
             t = out
             if not isinstance(t, torch.Tensor):
-                leaves = [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
+                leaves = tensor_leaves(out)
                 t = leaves[0] if leaves else None
             if t is None or not t.is_floating_point():
                 return None

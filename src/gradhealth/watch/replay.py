@@ -33,6 +33,7 @@ run again during the replay.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -128,8 +129,7 @@ class ReplayReport:
 def tensor_summary(t: Any) -> dict:
     """NaN/Inf counts and max |finite value| of a tensor (or of the tensors inside a
     structure), for evidence. Slow path only (syncs)."""
-    leaves = [x for x in pytree.tree_leaves(t) if isinstance(x, torch.Tensor)
-              and (x.is_floating_point() or x.is_complex())]
+    leaves = [x for x in tensor_leaves(t) if x.is_floating_point() or x.is_complex()]
     if not leaves:
         return {}
     n_nan = n_inf = numel = 0
@@ -150,8 +150,23 @@ def tensor_summary(t: Any) -> dict:
     return {"numel": numel, "nan": n_nan, "inf": n_inf, "max_abs_finite": max_abs}
 
 
-def _tensors(x) -> list[torch.Tensor]:
-    return [t for t in pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
+def tensor_leaves(x: Any, _depth: int = 0) -> list[torch.Tensor]:
+    """The tensors inside ``x``, in a fixed order: pytree's leaves (tuples, lists, dicts,
+    namedtuples, registered classes such as HF ``ModelOutput``), and inside dataclass instances
+    too, which pytree keeps as opaque leaves (a model returning ``@dataclass Out(logits, aux)``,
+    a batch passed as a dataclass). The watcher's output hooks and the replay both walk outputs
+    with it, so their leaf indices agree."""
+    out = []
+    for leaf in pytree.tree_leaves(x):
+        if isinstance(leaf, torch.Tensor):
+            out.append(leaf)
+        elif _depth < 16 and dataclasses.is_dataclass(leaf) and not isinstance(leaf, type):
+            out.extend(tensor_leaves([getattr(leaf, f.name, None) for f in dataclasses.fields(leaf)],
+                                     _depth + 1))
+    return out
+
+
+_tensors = tensor_leaves
 
 
 def _float_tensors(x) -> list[torch.Tensor]:

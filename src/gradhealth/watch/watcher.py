@@ -40,7 +40,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from ..detectors.base import LayerTable, StepStats
 from ..errors import NonFiniteError, ParameterError
@@ -63,7 +62,7 @@ from .config import (
 from .guard import NonFinitePolicy
 from .hooks import HookSet, LayerMap, WeakMethodHook, discover_layers, module_names
 from .instruments import Instruments, hook_method
-from .replay import Capture, ReplayReport
+from .replay import Capture, ReplayReport, tensor_leaves
 from .runlog import RunLog, WatchWarning
 
 __all__ = ["Watcher", "WatchWarning", "default_detail_schedule"]
@@ -408,7 +407,7 @@ class Watcher:
         if cap is None and not logged:
             return
         # (a plain tensor, the usual output, without the pytree walk)
-        leaves = [output] if type(output) is torch.Tensor else pytree.tree_leaves(output)
+        leaves = [output] if type(output) is torch.Tensor else tensor_leaves(output)
         if cap is not None:
             cap.outputs = leaves   # references: the replay compares them with the re-run
         for i, t in enumerate(leaves):
