@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["safe_text", "safe_markup", "UNSAFE"]
+__all__ = ["safe_text", "safe_markup", "quoted", "UNSAFE"]
 
 #: Every code point of Unicode categories Cc, Cf, Zl, Zp and Cs (Unicode 14, generated with
 #: ``unicodedata``; tests/test_text.py checks it against the running Python's table).
@@ -69,6 +69,19 @@ def safe_text(value: Any, *, keep_newlines: bool = False) -> str:
     if keep_newlines:
         return UNSAFE.sub(lambda m: m.group(0) if m.group(0) in "\n\t" else _escape(m), s)
     return UNSAFE.sub(_escape, s)
+
+
+def quoted(value: Any) -> str:
+    """:func:`safe_text` in quotes, for a name inside a sentence: ``'fc1\\x1b[2J'`` shows one
+    backslash per escape (``repr(safe_text(x))`` would double every one of them).
+
+    >>> print(quoted("fc1\x1b[2J"))
+    'fc1\\x1b[2J'
+    >>> print(quoted("it's"))
+    "it's"
+    """
+    s = safe_text(value)
+    return f'"{s}"' if "'" in s and '"' not in s else f"'{s}'"
 
 
 def safe_markup(value: Any) -> str:

@@ -203,3 +203,11 @@ def test_every_view_of_a_mistyped_store_is_a_message(tmp_path, case, capsys):
         for r in run.steps + run.layer_stats:
             assert all(v is None or type(v) in (int, float) for v in r.values()), r
         assert all(isinstance(d["name"], str) for d in run.layers)
+
+
+def test_event_messages_escape_a_name_once(hostile_run):
+    _, w = hostile_run
+    named = [e for e in w.events if "x\\x1b[2J" in e.message]
+    assert named, [e.message for e in w.events]
+    for e in w.events:   # one backslash per escape, as safe_text shows it; never a doubled one
+        assert "\\\\" not in e.message, e.message

@@ -45,7 +45,7 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from .._text import safe_text
+    from .._text import quoted, safe_text
     from ..integrations import export
 
     try:
@@ -66,7 +66,7 @@ def run(args) -> int:
                 return 2
             run_id = export.to_mlflow(args.run_dir, tracking_uri=args.tracking_uri, experiment=args.experiment,
                                       run_name=args.run_name)
-            print(f"logged MLflow run {safe_text(run_id)} in experiment {safe_text(args.experiment)!r}")
+            print(f"logged MLflow run {safe_text(run_id)} in experiment {quoted(args.experiment)}")
     except ImportError as exc:
         print(f"gradhealth export: error: {safe_text(exc)}", file=sys.stderr)
         return 2

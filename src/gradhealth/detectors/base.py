@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._text import safe_text
+from .._text import quoted, safe_text
 from ..events import Event
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "theil_sen_slope_uniform",
     "median",
     "safe_text",
+    "quoted",
     "MAD_TO_SIGMA",
 ]
 
@@ -338,7 +339,7 @@ def _member(d: Detector, stats: StepStats, s: Any) -> tuple[list[Event], Any]:
         if not isinstance(s, _Failed):
             events.append(Event(
                 step=stats.step, kind="internal", layer=None, severity="warning",
-                message=(f"gradhealth's detector {safe_text(d.name)!r} failed at step {stats.step} "
+                message=(f"gradhealth's detector {quoted(d.name)} failed at step {stats.step} "
                          f"({type(exc).__name__}: {safe_text(exc)}); the other detectors go on, "
                          "but its events are missing while it fails."),
                 evidence={"site": "detector", "detector": d.name,

@@ -31,6 +31,7 @@ from .base import (
     StepStats,
     median,
     pairs,
+    quoted,
     safe_text,
     same_table_rows,
     theil_sen_slope,
@@ -141,7 +142,7 @@ def _describe(verdict: str, what: str, tr: dict, worst: str | None, step: int) -
     """``(severity, message)`` of an exploding / vanishing event on signal ``what``."""
     g = tr["growth_per_layer"]
     sev = "error" if (tr["gsc"] >= 1e6 or tr["gsc"] <= 1e-6) else "warning"
-    where = f" in {safe_text(worst)!r}" if (what == "time" and worst) else ""
+    where = f" in {quoted(worst)}" if (what == "time" and worst) else ""
     unit = "time step" if what == "time" else "layer"
     if verdict == "exploding":
         desc = (f"The backward signal{where} grows {_fmt(g)}x per {unit} going back "
@@ -468,12 +469,12 @@ def update_ratio(*, collapse: float = 1e-3, max_ratio: float = 1.0, patience: in
             others = f" ({len(names) - 1} more layers likewise)" if len(names) > 1 else ""
             if cond == "collapse":
                 below = f"{_fmt(med / r[worst])}x" if r[worst] > 0 else "infinitely far"
-                msg = (f"Layer {safe_text(name)!r} has stopped learning: its update/weight ratio "
+                msg = (f"Layer {quoted(name)} has stopped learning: its update/weight ratio "
                        f"{_fmt(r[worst])} is {below} below the median of the weight layers "
                        f"({_fmt(med)}) at step {stats.step}{others}.")
                 since = counts[name][1]
             else:
-                msg = (f"Layer {safe_text(name)!r} moved by {_fmt(r[worst])}x its own norm in one step "
+                msg = (f"Layer {quoted(name)} moved by {_fmt(r[worst])}x its own norm in one step "
                        f"at step {stats.step} (update/weight ratio > {max_ratio}){others}.")
                 since = stats.step
             events.append(Event(step=stats.step, kind="update_ratio", layer=name,

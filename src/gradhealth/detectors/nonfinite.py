@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..events import Event
-from .base import Detector, StepStats, safe_text
+from .base import Detector, StepStats, quoted
 
 __all__ = ["nonfinite"]
 
@@ -85,7 +85,7 @@ def nonfinite(*, max_listed: int = 8) -> Detector:
                     layer = o_layer      # None when the batch or the loss function is to blame
                 else:
                     layer = names[0]
-                shown = ", ".join(repr(safe_text(n)) for n in names[:3])
+                shown = ", ".join(quoted(n) for n in names[:3])
                 more = f" and {len(names) - 3} more" if len(names) > 3 else ""
                 msg = (f"Non-finite {what} (NaN/Inf) in {len(names)} of {len(stats.layers)} layers "
                        f"at step {stats.step}: {shown}{more}.")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..events import Event
-from .base import Detector, StepStats, robust_center_scale, safe_text
+from .base import Detector, StepStats, quoted, robust_center_scale
 
 __all__ = ["grad_spikes", "loss_spikes", "first_riser"]
 
@@ -96,7 +96,7 @@ def _riser_text(name, lead, factor) -> tuple[str, dict]:
     if name is None:
         return "", {}
     when = "at this step" if lead == 0 else f"{lead} step{'s' if lead != 1 else ''} before"
-    return (f"; {safe_text(name)!r} rose first ({when}; now {factor:.3g}x its earlier median)",
+    return (f"; {quoted(name)} rose first ({when}; now {factor:.3g}x its earlier median)",
             {"rose_first": name, "rose_first_steps_before": lead, "rose_first_factor": factor})
 
 
@@ -149,7 +149,7 @@ def grad_spikes(*, window: int = 50, warmup: int = 30, z: float = 6.0, min_facto
                     if growth.size and np.isfinite(growth.max()) and growth.max() > 0:
                         layer = stats.layers.names[int(np.argmax(growth))]
                 factor = 10 ** (lg - med)
-                where = f"; the largest growth is in {safe_text(layer)!r}" if layer else ""
+                where = f"; the largest growth is in {quoted(layer)}" if layer else ""
                 rose, rose_ev = _riser_text(*first_riser(_log_rows(hist), stats.layers.names))
                 events.append(Event(
                     step=stats.step, kind="grad_spike", layer=layer, severity="warning",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..events import Event
-from .base import Detector, StepStats, safe_text, same_table_rows, with_quiet
+from .base import Detector, StepStats, quoted, same_table_rows, with_quiet
 
 __all__ = ["dead_units", "saturation"]
 
@@ -73,7 +73,7 @@ def dead_units(*, threshold: float = 0.5, patience: int = 2) -> Detector:
     """
 
     def describe(layer, frac, step, first):
-        return (f"{100 * frac:.0f}% of the units of {safe_text(layer)!r} are dead (output 0 for the "
+        return (f"{100 * frac:.0f}% of the units of {quoted(layer)} are dead (output 0 for the "
                 f"whole batch, so no gradient flows through them) since step {first}.")
 
     return _fraction_detector("dead_frac", "dead_units", threshold, patience, "dead_units", describe)
@@ -89,7 +89,7 @@ def saturation(*, threshold: float = 0.5, patience: int = 2) -> Detector:
     """
 
     def describe(layer, frac, step, first):
-        return (f"{100 * frac:.0f}% of the outputs of {safe_text(layer)!r} are saturated (derivative "
+        return (f"{100 * frac:.0f}% of the outputs of {quoted(layer)} are saturated (derivative "
                 f"~0, the gradient through them vanishes) since step {first}.")
 
     return _fraction_detector("sat_frac", "saturated", threshold, patience, "saturation", describe)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..detectors.base import safe_text
+from .._text import quoted
 from ..errors import ParameterError
 from ..events import Event
 
@@ -79,7 +79,7 @@ def learning_rate(opt) -> float | None:
 
 def structure_event(step: int, n_new: int, new_layers: list[str]) -> Event:
     """The ``internal`` info event of a model that grew parameters mid-run."""
-    shown = ", ".join(repr(safe_text(n)) for n in new_layers[:5])
+    shown = ", ".join(quoted(n) for n in new_layers[:5])
     return Event(step=step, kind="internal", layer=None, severity="info",
                  message=(f"The model changed structure at step {step}: {n_new} new parameters"
                           + (f" in {len(new_layers)} new layers ({shown})" if new_layers else "")

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .._text import safe_text
+from .._text import quoted
 from ..events import Event
 from ..remedies.guards import OVERFLOW_NORM
 from ._compile import eager_stance, named_buffers, unwrap
@@ -187,7 +187,7 @@ def _buffers_text(ev: dict) -> str:
     if ev.get("buffers_not_restored"):
         n = len(ev["buffers_not_restored"])
         parts.append(f"{n} large buffer{'s' if n != 1 else ''} changed in place NOT restored "
-                     f"({', '.join(repr(safe_text(x)) for x in ev['buffers_not_restored'][:3])})")
+                     f"({', '.join(quoted(x) for x in ev['buffers_not_restored'][:3])})")
     return "".join("; " + p for p in parts)
 
 
@@ -407,7 +407,7 @@ class NonFinitePolicy:
         """The optimizer state holds NaN/Inf after a step (every later update is NaN)."""
         params = sorted({names[p] for p, _ in bad})
         keys = sorted({k for _, k in bad})
-        shown = ", ".join(repr(safe_text(n)) for n in params[:3]) + (" ..." if len(params) > 3 else "")
+        shown = ", ".join(quoted(n) for n in params[:3]) + (" ..." if len(params) > 3 else "")
         cause = ("its gradients were not finite" if any(v > 0 for v in rec.nf.values())
                  else "its gradient norm overflowed float32" if rec.overflow else "an earlier step")
         return Event(step=rec.step, kind="overflow", layer=None, severity="critical",

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from ..detectors.base import safe_text
+from .._text import quoted
 from ..stats.tensors import is_dtensor
 from ._state import preserved
 
@@ -254,7 +254,7 @@ def _name(names: dict[int, str], mod: torch.nn.Module) -> str:
 
 
 def _label(name: str) -> str:
-    return "the model (root module)" if name == "" else repr(safe_text(name))
+    return "the model (root module)" if name == "" else quoted(name)
 
 
 def input_check(captures: list[Capture], step: int) -> ReplayReport | None:
