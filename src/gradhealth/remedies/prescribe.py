@@ -73,6 +73,7 @@ _SATURATING = frozenset({"sigmoid", "hard_sigmoid", "tanh", "hard_tanh", "softsi
 # Activations whose torch.nn.init gain is defined and whose He init is exactly critical.
 _RELU_FAMILY = {"relu", "leaky_relu", "relu6"}
 
+from ._causes import cause_remedies  # noqa: E402
 from ._critical import critical_sigma_w2_or_none  # noqa: E402  (re-exported: old import path)
 
 
@@ -424,61 +425,12 @@ def _rule_signal(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -
         _arch_remedies(b, ev, direction)
 
 
-def _replay_cause(ev: Mapping) -> tuple[str | None, str | None]:
-    """(cause, module) of the forensic replay behind a non-finite event, when it found one:
-    ``origin_cause``/``origin_module`` (the detector's event) or ``replay`` (the guard's)."""
-    rep = ev.get("replay")
-    if isinstance(rep, Mapping) and isinstance(rep.get("cause"), str):
-        mod = rep.get("module")
-        return rep["cause"], mod if isinstance(mod, str) else None
-    cause, mod = ev.get("origin_cause"), ev.get("origin_module")
-    return (cause if isinstance(cause, str) else None), (mod if isinstance(mod, str) else None)
-
-
-def _cause_remedies(b: _Builder, ev: Mapping) -> bool:
-    """The remedy for the cause the replay found, first; True when clipping cannot help (the
-    NaN is made in the forward or by the loss itself, not by a large gradient)."""
-    cause, mod = _replay_cause(ev)
-    inside = f" in {mod!r}" if mod else " in the model's forward()"
-    if cause == "loss_gradient":
-        b.add("make the loss numerically stable",
-              "# the loss's own gradient is NaN/Inf: use F.cross_entropy / F.log_softmax + nll_loss, "
-              "BCEWithLogitsLoss, or add an eps inside sqrt/log/division in the loss",
-              "the replay found the model's output finite and the gradient of the loss w.r.t. it "
-              "non-finite: the loss function makes the NaN, so clipping the gradient cannot remove it")
-        return True
-    if cause == "functional_code":
-        b.add("guard the domain of the functional operation",
-              f"# a functional op (not a module){inside} makes NaN/Inf: e.g. "
-              "torch.sqrt(x.clamp_min(1e-12)), torch.log(x.clamp_min(1e-12)), x / (y + 1e-8)",
-              "the replay traced the first non-finite value to code that is not a module; "
-              "clipping acts after the backward and cannot fix the operation itself")
-        return True
-    if cause == "nonfinite_params":
-        b.add("roll back to the last good parameters",
-              'gradhealth.watch(model, optimizer, on_nonfinite="rollback")',
-              "the parameters were already non-finite before the step: only restoring them "
-              "(or a checkpoint) recovers the run")
-    elif cause == "not_reproduced":
-        b.add("re-run the step: the fault did not reproduce",
-              "# transient: the step re-ran finite. Suspect a non-deterministic kernel, a race or "
-              "the hardware; torch.use_deterministic_algorithms(True) narrows it down",
-              "the replay re-ran the forward and backward of the step and found them finite")
-    elif cause == "op_output":
-        b.add("keep the module's forward in range",
-              f"# the forward of {mod!r} overflows on finite inputs: lower the learning rate, "
-              "normalise its input, or compute it in float32",
-              "the replay found finite inputs and parameters and a non-finite output")
-        return True
-    return False
-
-
 def _rule_nonfinite(b: _Builder, ev: Mapping, act: str | None, layer: str | None) -> None:
     """nonfinite (and guard, which is read as nonfinite): the replay's cause first, then skip,
     clip (when a large gradient can be the cause), lower the learning rate."""
     gn, lr = _num(ev, "grad_norm"), _num(ev, "lr")
     where = f" first at {layer}" if layer else ""
-    no_clip = _cause_remedies(b, ev)
+    no_clip = cause_remedies(b, ev)
     if b.kind == "nonfinite":
         b.add("skip steps with non-finite gradients (optimizer state untouched)",
               f"{_R}skip_nonfinite(optimizer, max_consecutive_skips=10)",

@@ -218,6 +218,7 @@ class NonFinitePolicy:
         self.snapshot: Snapshot | None = None
         self.episode = False   # inside a run of non-finite logged steps (warn once per run)
         self.state_bad = False  # the optimizer state was found non-finite (said once)
+        self.buffers_bad = False  # a model buffer was found non-finite (said once)
         self.replays: list[ReplayReport] = []
         self.replaying = False  # the watcher's hooks stand still while a replay runs
         # skip/rollback: the buffers before each iteration's forward (restored on a skipped step)
@@ -242,7 +243,8 @@ class NonFinitePolicy:
         for o in optimizers:
             g = self.guards.get(id(o))
             guards.append(None if g is None else [g.steps, g.skipped_steps, g.consecutive_skips])
-        return {"guards": guards, "episode": self.episode, "state_bad": self.state_bad}
+        return {"guards": guards, "episode": self.episode, "state_bad": self.state_bad,
+                "buffers_bad": self.buffers_bad}
 
     def load_state_dict(self, state: dict, optimizers: list) -> None:
         for o, counters in zip(optimizers, state.get("guards", [])):
@@ -251,6 +253,7 @@ class NonFinitePolicy:
                 g.steps, g.skipped_steps, g.consecutive_skips = (int(c) for c in counters)
         self.episode = bool(state.get("episode", False))
         self.state_bad = bool(state.get("state_bad", False))
+        self.buffers_bad = bool(state.get("buffers_bad", False))
 
     def guarding(self, opt) -> bool:
         """Whether ``opt``'s steps are checked by an active guard."""
@@ -417,6 +420,22 @@ class NonFinitePolicy:
                               f"update of them is NaN; {cause}."),
                      evidence={"optimizer_state": True, "params": params[:50], "keys": keys,
                                "n_state_tensors": len(bad)})
+
+    def buffer_event(self, rec, names: list[str]) -> Event:
+        """Model buffers (BatchNorm running statistics) hold NaN/Inf after a step."""
+        owners = sorted({n.rpartition(".")[0] for n in names})
+        shown = ", ".join(quoted(n) for n in names[:3]) + (" ..." if len(names) > 3 else "")
+        return Event(step=rec.step, kind="nonfinite", layer=owners[0] if len(owners) == 1 else None,
+                     severity="error",
+                     message=(f"{len(names)} model buffer{'s' if len(names) != 1 else ''} ({shown}) "
+                              f"{'hold' if len(names) != 1 else 'holds'} NaN/Inf at step {rec.step}: training "
+                              "mode normalises with each batch's own statistics, so the loss can look fine, "
+                              "but in model.eval() that layer outputs NaN, or a constant (an infinite variance). "
+                              "A batch of huge or non-finite values "
+                              "reached a normalisation layer."),
+                     evidence={"buffers": names[:50], "n_buffers": len(names), "modules": owners[:50]},
+                     remedy=("# reset the running statistics (m.reset_running_stats() on each BatchNorm) "
+                             "and find the batch: assert x.abs().max() < 1e6 before model(x)"))
 
     def skip_event(self, rec, n_bad: int, info: dict, optimizers: list) -> Event:
         """Act on a step the guard skipped (``"rollback"``: restore the snapshot) and say so."""

@@ -73,6 +73,7 @@ import torch
 from torch import nn
 
 from ..stats.tensors import dense_values, global_norms, is_dtensor, local, tensor_norms
+from ._compile import named_buffers
 from ._record import ActStats, ClipSamples, GradNorms, LossScale, OutGrad, ParamNorms, StepRecord, TimeGrad, UpdateNorms
 from .hooks import CopyInertHook, HookSet, LayerMap, act_stats
 from .replay import tensor_leaves
@@ -407,6 +408,19 @@ class Instruments:
         wide = torch.float32 if any(v.device.type == "mps" for v in vals) else torch.float64
         finite = torch.isfinite(tensor_norms(vals, math.inf, dtype=wide)).tolist()
         return [(pos, k) for (pos, k, _), ok in zip(items, finite) if not ok]
+
+    def nonfinite_buffers(self) -> list[str]:
+        """Names of the model's floating-point buffers holding NaN/Inf (BatchNorm's running
+        statistics after a batch of huge values: the gradients stay finite, training mode uses
+        the batch's statistics, and only ``model.eval()`` shows NaN). One fused reduction and one
+        host read; detail steps and bad steps only."""
+        items = [(n, local(b)) for n, b in named_buffers(self._host.model)
+                 if isinstance(b, torch.Tensor) and b.is_floating_point() and b.numel()]
+        if not items:
+            return []
+        wide = torch.float32 if any(b.device.type == "mps" for _, b in items) else torch.float64
+        finite = torch.isfinite(tensor_norms([b for _, b in items], math.inf, dtype=wide)).tolist()
+        return [n for (n, _), ok in zip(items, finite) if not ok]
 
     # ------------------------------------------------------------------ parameters and updates
 

@@ -517,6 +517,10 @@ class Watcher:
                 # (after the step's own events, the cause: emitted when the record settles)
                 rec.late.append(self._log.with_remedy(self._policy.state_event(rec, bad, self._map.param_names)))
             self._policy.state_bad = bool(bad)
+            bufs = self._inst.nonfinite_buffers()
+            if bufs and not self._policy.buffers_bad:
+                rec.late.append(self._policy.buffer_event(rec, bufs))   # (its remedy is its own)
+            self._policy.buffers_bad = bool(bufs)
 
     # ------------------------------------------------------------------ reading back
 
