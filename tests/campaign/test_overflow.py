@@ -186,3 +186,29 @@ def test_a_poisoned_optimizer_state_is_reported_after_the_step_events_that_cause
     assert state and grads, [(e.kind, e.message[:60]) for e in at2]
     assert max(grads) < min(state)
     assert "input batch" in at2[min(grads)].message
+
+
+def test_an_infinite_second_moment_is_said_to_freeze_the_parameters():
+    """One batch of 1e15-scaled inputs under Adam: the gradients are finite, exp_avg_sq
+    overflows to inf, and from then on Adam's update m / sqrt(v) is exactly 0 -- the
+    parameters freeze (not NaN). Oracle: the parameters themselves after the outlier."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(m, opt) as w:
+            for s in range(50):
+                x = torch.randn(32, 8, generator=g) * (1e15 if s == 40 else 1.0)
+                loss = m(x).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                w.observe(loss)
+                if s == 41:
+                    frozen = m[0].weight.detach().clone()
+    assert torch.equal(frozen, m[0].weight) and bool(torch.isfinite(m[0].weight).all())
+    state = [e for e in w.events if e.evidence.get("optimizer_state")]
+    assert len(state) == 1 and state[0].step == 40
+    assert "stop learning" in state[0].message and "'exp_avg_sq'" in state[0].message

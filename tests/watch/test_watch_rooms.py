@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from gradhealth.detectors.base import LayerTable
-from gradhealth.watch._assemble import forward_depth, model_info, step_stats, store_rows
+from gradhealth.watch._assemble import forward_depth, layer_block, model_info, step_row, step_stats
 from gradhealth.watch._readback import ReadbackQueue, to_host
 from gradhealth.watch._record import ActStats, ClipSamples, GradNorms, Loss, OutGrad, StepRecord, decode_clip
 
@@ -18,6 +18,12 @@ from gradhealth.watch._record import ActStats, ClipSamples, GradNorms, Loss, Out
 def _table(n=3):
     return LayerTable(tuple(f"l{i}" for i in range(n)), ("Linear",) * n, ("weight",) * n, ("",) * n,
                       ("",) * n, (-1,) * n, (1,) * n)
+
+
+
+def store_rows(s, m, seconds):
+    """The steps row and the layer rows (dicts) one step writes: step_row and layer_block's rows."""
+    return step_row(s, m, seconds), layer_block([(s, m)]).rows()
 
 
 def test_not_measured_is_null_and_measured_nan_is_a_number():

@@ -44,6 +44,8 @@ from .schema import (
 
 __all__ = ["RunStore", "StoreWarning"]
 
+_TIME_GRADS_SQL = "INSERT OR REPLACE INTO time_grads (step, layer, norms) VALUES (?, ?, ?)"
+
 _OWNER = "RunStore"
 _STEP_NAMES = frozenset(c for c, _ in STEP_COLUMNS)
 _LAYER_STAT_NAMES = frozenset(c for c, _ in LAYER_STAT_COLUMNS)
@@ -456,14 +458,13 @@ class RunStore:
         self._upsert(conn, "layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS,
                      _LAYER_STAT_NAMES, stats)
         if series:
-            conn.executemany("INSERT OR REPLACE INTO time_grads (step, layer, norms) VALUES (?, ?, ?)",
-                             series)
+            conn.executemany(_TIME_GRADS_SQL, series)
 
     def _write_layer_block(self, conn: sqlite3.Connection, block: LayerBlock) -> None:
         conn.executemany(self._upsert_sql("layer_stats", ("step", "layer"), LAYER_STAT_COLUMNS, _LAYER_STAT_ORDER),
                          block.encoded())
         if block.time_grad:
-            conn.executemany("INSERT OR REPLACE INTO time_grads (step, layer, norms) VALUES (?, ?, ?)",
+            conn.executemany(_TIME_GRADS_SQL,
                              [(int(block.step[r]), int(block.layer[r]), encode_norms(v))
                               for r, v in block.time_grad.items()])
 

@@ -3,7 +3,7 @@
 Nothing here touches a tensor, the model or the watcher: the inputs are a read-back
 :class:`~gradhealth.watch._record.StepRecord`, the layer table and the layer of each
 parameter position. :func:`step_stats` also returns :class:`Measured`, the explicit "was it
-measured at this step" masks, so :func:`store_rows` writes NULL for "not measured" and a
+measured at this step" masks, so :func:`layer_block` writes NULL for "not measured" and a
 number (NaN included) for "measured" without looking at the raw record again.
 
 Per-layer numbers combine the parameters of a layer in quadrature: the layer's gradient norm
@@ -24,7 +24,7 @@ from ..detectors.base import LayerTable, StepStats
 from ..store.blocks import COLUMN_INDEX, LayerBlock
 from ._record import StepRecord
 
-__all__ = ["run_meta", "Measured", "step_stats", "step_row", "layer_block", "store_rows", "forward_depth",
+__all__ = ["run_meta", "Measured", "step_stats", "step_row", "layer_block", "forward_depth",
            "model_info"]
 
 
@@ -310,15 +310,3 @@ def _block(steps: Sequence[tuple[StepStats, Measured]]) -> LayerBlock:
     layer = np.tile(np.arange(L, dtype=np.int64), n)[rows]
     new = {int(r): k for k, r in enumerate(rows.tolist())}
     return LayerBlock(step, layer, values[rows], measured[rows], {new[r]: v for r, v in series.items()})
-
-
-def store_rows(s: StepStats, m: Measured, seconds: float) -> tuple[dict, list[dict]]:
-    """The ``steps`` row and the ``layer_stats`` rows (as dicts) of one step: :func:`step_row`
-    and :func:`layer_block`'s rows.
-
-    Args:
-        s: the step's statistics.
-        m: what it measured (:func:`step_stats`).
-        seconds: wall-clock time of the step since the watcher started.
-    """
-    return step_row(s, m, seconds), layer_block([(s, m)]).rows()

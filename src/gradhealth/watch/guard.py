@@ -407,7 +407,7 @@ class NonFinitePolicy:
                                "float32_limit": OVERFLOW_NORM})
 
     def state_event(self, rec, bad: list[tuple[int, str]], names: list[str]) -> Event:
-        """The optimizer state holds NaN/Inf after a step (every later update is NaN)."""
+        """The optimizer state holds NaN/Inf after a step (later updates are NaN, or zero)."""
         params = sorted({names[p] for p, _ in bad})
         keys = sorted({k for _, k in bad})
         shown = ", ".join(quoted(n) for n in params[:3]) + (" ..." if len(params) > 3 else "")
@@ -415,9 +415,10 @@ class NonFinitePolicy:
                  else "its gradient norm overflowed float32" if rec.overflow else "an earlier step")
         return Event(step=rec.step, kind="overflow", layer=None, severity="critical",
                      message=(f"The optimizer state became non-finite at step {rec.step}: "
-                              f"{', '.join(map(repr, keys))} of {len(params)} parameter tensor"
-                              f"{'s' if len(params) != 1 else ''} ({shown}) hold NaN/Inf, so every later "
-                              f"update of them is NaN; {cause}."),
+                              f"{', '.join(map(quoted, keys))} of {len(params)} parameter tensor"
+                              f"{'s' if len(params) != 1 else ''} ({shown}) hold NaN/Inf, so later updates "
+                              "of them are NaN, or zero where only a second moment is infinite (Adam "
+                              f"divides by it: those parameters stop learning for good); {cause}."),
                      evidence={"optimizer_state": True, "params": params[:50], "keys": keys,
                                "n_state_tensors": len(bad)})
 
