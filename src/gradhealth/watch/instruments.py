@@ -392,35 +392,32 @@ class Instruments:
             for p in rec.post:
                 rec.nf.setdefault(p, 0)
 
-    def nonfinite_state(self, opt) -> list[tuple[int, str]]:
-        """``(parameter position, state key)`` of every optimizer-state tensor holding NaN/Inf
-        (Adam's ``exp_avg_sq`` after an overflowing step). One fused reduction per device/dtype
-        and one host read; called on detail steps and after a bad step only."""
+    def nonfinite_after_step(self, opt) -> tuple[list[tuple[int, str]], list[str]]:
+        """What holds NaN/Inf after ``opt``'s step, in one fused reduction per device/dtype and
+        one host read (detail steps and bad steps only):
+
+        * ``(parameter position, state key)`` of every optimizer-state tensor (Adam's
+          ``exp_avg_sq`` after an overflowing step);
+        * the names of the model's floating-point buffers (BatchNorm's running statistics after
+          a batch of huge values: the gradients stay finite, training mode uses the batch's own
+          statistics, and only ``model.eval()`` shows it).
+        """
         ppos = self._host._map.param_pos
         items = [(ppos[id(p)], k, v) for p, st in opt.state.items() if id(p) in ppos
                  for k, v in st.items()
                  if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() and v.dim()]
-        if not items:
-            return []
-        vals = [local(v) for _, _, v in items]
-        # the max |entry| of each state tensor (stats.tensor_norms: fused per device/dtype), in
-        # float64 so that no finite float64 state reads as inf (MPS has no float64)
+        bufs = [(n, b) for n, b in named_buffers(self._host.model)
+                if isinstance(b, torch.Tensor) and b.is_floating_point() and b.numel()]
+        if not items and not bufs:
+            return [], []
+        vals = [local(v) for _, _, v in items] + [local(b) for _, b in bufs]
+        # the max |entry| of each tensor (stats.tensor_norms: fused per device/dtype), in float64
+        # so that no finite float64 value reads as inf (MPS has no float64)
         wide = torch.float32 if any(v.device.type == "mps" for v in vals) else torch.float64
         finite = torch.isfinite(tensor_norms(vals, math.inf, dtype=wide)).tolist()
-        return [(pos, k) for (pos, k, _), ok in zip(items, finite) if not ok]
-
-    def nonfinite_buffers(self) -> list[str]:
-        """Names of the model's floating-point buffers holding NaN/Inf (BatchNorm's running
-        statistics after a batch of huge values: the gradients stay finite, training mode uses
-        the batch's statistics, and only ``model.eval()`` shows NaN). One fused reduction and one
-        host read; detail steps and bad steps only."""
-        items = [(n, local(b)) for n, b in named_buffers(self._host.model)
-                 if isinstance(b, torch.Tensor) and b.is_floating_point() and b.numel()]
-        if not items:
-            return []
-        wide = torch.float32 if any(b.device.type == "mps" for _, b in items) else torch.float64
-        finite = torch.isfinite(tensor_norms([b for _, b in items], math.inf, dtype=wide)).tolist()
-        return [n for (n, _), ok in zip(items, finite) if not ok]
+        n = len(items)
+        return ([(pos, k) for (pos, k, _), ok in zip(items, finite[:n]) if not ok],
+                [name for (name, _), ok in zip(bufs, finite[n:]) if not ok])
 
     # ------------------------------------------------------------------ parameters and updates
 

@@ -512,12 +512,11 @@ class Watcher:
         rec = self._it.record
         self._inst.finish_updates(rec, opt)
         if rec is not None and (rec.detail or rec.overflow or rec.nf_bad):
-            bad = self._inst.nonfinite_state(opt)   # detail steps and bad steps only (one sync)
+            bad, bufs = self._inst.nonfinite_after_step(opt)   # detail and bad steps only (one sync)
             if bad and not self._policy.state_bad:
                 # (after the step's own events, the cause: emitted when the record settles)
                 rec.late.append(self._log.with_remedy(self._policy.state_event(rec, bad, self._map.param_names)))
             self._policy.state_bad = bool(bad)
-            bufs = self._inst.nonfinite_buffers()
             if bufs and not self._policy.buffers_bad:
                 rec.late.append(self._policy.buffer_event(rec, bufs))   # (its remedy is its own)
             self._policy.buffers_bad = bool(bufs)
