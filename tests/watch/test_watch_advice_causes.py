@@ -80,3 +80,32 @@ def test_prescribe_puts_the_replay_cause_first(kind, evidence, first):
 def test_without_a_replay_cause_the_advice_is_unchanged():
     rx = prescribe("nonfinite", {"lr": 0.1})
     assert "skip_nonfinite" in rx[0].code and "clip_grad_norm_" in rx[1].code
+
+
+def test_what_to_change_starts_with_the_cause_not_its_consequences(tmp_path):
+    """A NaN batch at step 2 under "warn": the update spreads NaN into the parameters, which a
+    later step reports as a critical event with its own remedy. The summary's first remedy is
+    still the one for the batch (the earliest condition), not the consequence's."""
+    from gradhealth.report.run_view import summarize
+    from gradhealth.store import load_run
+    from gradhealth.watch._advice import DATA_REMEDY
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(m, opt, run_dir=tmp_path / "run") as w:
+            for s in range(8):
+                x = torch.randn(8, 4)
+                if s == 2:
+                    x[1, 1] = float("nan")
+                loss = m(x).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                w.observe(loss)
+    later = [e for e in w.events if e.step > 2 and e.kind == "nonfinite"]
+    assert later and later[0].severity == "critical"      # the consequence, more severe
+    rx = summarize(load_run(tmp_path / "run"))["remedies"]
+    assert rx[0]["remedy"] == DATA_REMEDY, rx

@@ -138,7 +138,13 @@ def summarize(run: "Run", events: Sequence[Event] | None = None, worst: int = 5)
         d["kinds"] = dict(d["kinds"].most_common())
     remedies: list[dict] = []
     seen: set[str] = set()
-    for e in sorted(bad, key=lambda e: (-SEVERITY_RANK.get(e.severity, 1), _event_order(e))):
+    # What to change: the earliest condition first (a NaN batch at step 2 comes before the
+    # non-finite parameters it left at step 4, whatever their severities), then severity.
+    def began(e):
+        s = e.since if e.since is not None else e.step
+        return (math.inf if s is None else s, -SEVERITY_RANK.get(e.severity, 1), _event_order(e))
+
+    for e in sorted(bad, key=began):
         if e.remedy and e.remedy not in seen:
             seen.add(e.remedy)
             remedies.append({"remedy": e.remedy, "kind": e.kind, "layer": e.layer})
