@@ -70,3 +70,18 @@ def _rows(cols):
 def test_a_clean_store_has_no_notes(tmp_path):
     run = load_run(_store(tmp_path), layer_stats="columns")
     assert run.notes == []
+
+
+@pytest.mark.parametrize("extra", ["", "UPDATE layer_stats SET grad_norm = 'zz' WHERE step = 0 AND layer = 0;"])
+@pytest.mark.parametrize("mode", [True, "columns"])
+def test_a_key_that_is_not_an_integer_drops_its_row(tmp_path, mode, extra):
+    run_dir = _store(tmp_path)
+    _damage(run_dir, "UPDATE layer_stats SET step = 2.5 WHERE step = 2 AND layer = 1;" + extra)
+    run = load_run(run_dir, layer_stats=mode)
+    cols = run.layer_columns()           # raised TypeError on a None step
+    keys = set(zip(cols.step.tolist(), cols.layer.tolist()))
+    assert (2, 1) not in keys and len(keys) == 14
+    assert any("1 stored row(s)" in n for n in run.notes), run.notes
+    if mode is True:
+        pytest.importorskip("pandas")
+        assert len(run.to_pandas()["layer_stats"]) == 14

@@ -69,12 +69,13 @@ def test_the_remedy_fixes_the_cause(fault, marker, on_nonfinite):
     ({"replay": {"cause": "functional_code", "module": ""}}, "functional op"),
     ({"replay": {"cause": "nonfinite_params", "module": "fc"}}, "rollback"),
     ({"origin_cause": "not_reproduced"}, "transient"),
+    ({"origin_cause": "nonfinite_input"}, "data pipeline"),
 ])
 def test_prescribe_puts_the_replay_cause_first(kind, evidence, first):
     rx = prescribe(kind, dict(evidence, lr=0.1))
     assert first in rx[0].code
     clip = any("clip_grad_norm_" in r.code for r in rx)
-    assert clip == (first not in ("loss", "functional op"))
+    assert clip == (first not in ("loss", "functional op", "data pipeline"))
 
 
 def test_without_a_replay_cause_the_advice_is_unchanged():
@@ -109,3 +110,15 @@ def test_what_to_change_starts_with_the_cause_not_its_consequences(tmp_path):
     assert later and later[0].severity == "critical"      # the consequence, more severe
     rx = summarize(load_run(tmp_path / "run"))["remedies"]
     assert rx[0]["remedy"] == DATA_REMEDY, rx
+
+
+def test_early_warnings_do_not_push_a_critical_remedy_out_of_the_summary():
+    from gradhealth.events import Event
+    from gradhealth.report.run_view import summarize
+
+    class _Run:
+        events = [Event(s, "grad_spike", f"l{s}", "warning", "m", {}, f"fix{s}") for s in range(5)]
+        events.append(Event(100, "nonfinite", None, "critical", "NaN", {}, "skip it"))
+
+    rx = [r["remedy"] for r in summarize(_Run())["remedies"]]
+    assert rx[0] == "fix0" and rx[1] == "skip it", rx       # the earliest, then the most severe

@@ -66,3 +66,37 @@ def test_the_default_schedule_reports_it_at_a_detail_step():
 def test_a_healthy_batchnorm_run_has_no_buffer_event():
     m, w, bad_from = _run(None)
     assert bad_from is None and _buffer_events(w) == []
+
+
+class _Masked(nn.Module):
+    """A -inf causal mask (non-finite by design, from the start) beside a BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("causal_mask", torch.full((4, 4), float("-inf")).triu(1))
+        self.fc, self.bn, self.out = nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        att = torch.softmax(x[:, :4].unsqueeze(1).expand(-1, 4, -1) + self.causal_mask, -1)
+        return self.out(self.bn(self.fc((att @ x[:, :4].unsqueeze(-1)).squeeze(-1))))
+
+
+def test_a_buffer_non_finite_by_design_is_not_reported_and_hides_nothing():
+    torch.manual_seed(0)
+    m = _Masked()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(m, opt, detail_every=1) as w:
+            for s in range(6):
+                x = torch.randn(16, 4) * (1e25 if s == 4 else 1.0)
+                loss = m(x).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                w.observe(loss)
+    assert not bool(torch.isfinite(m.bn.running_var).all())       # the real fault happened
+    evs = _buffer_events(w)
+    assert [e.step for e in evs] == [4], [(e.step, e.message) for e in evs]
+    assert evs[0].evidence["buffers"] == ["bn.running_var"] or "bn.running_var" in evs[0].evidence["buffers"]
+    assert all("causal_mask" not in b for e in evs for b in e.evidence["buffers"])

@@ -76,3 +76,74 @@ def test_lbfgs_sees_the_first_closure_evaluation():
         assert h.global_grad_norm == pytest.approx(want[h.step], rel=1e-5)
     assert len(calls) > 3                    # LBFGS re-evaluates; the first call is not repeated
     assert all(calls.count(s) <= 5 for s in range(3))
+
+
+class _SAM(torch.optim.Optimizer):
+    """A sharpness-aware step (after davda54/sam): perturb the weights along the gradient, call
+    the closure for the gradient there, restore, then step. Its closure must not be run early."""
+
+    def __init__(self, params, rho=0.05, lr=0.1):
+        super().__init__(params, {"rho": rho, "lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        ps = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.norm(torch.stack([p.grad.norm() for p in ps]))
+        eps = [p.grad * (self.defaults["rho"] / (norm + 1e-12)) for p in ps]
+        for p, e in zip(ps, eps):
+            p.add_(e)
+        with torch.enable_grad():
+            closure()
+        for p, e in zip(ps, eps):
+            p.sub_(e)
+            p.sub_(self.defaults["lr"] * p.grad)
+
+
+class _Scaled(torch.optim.SGD):
+    def step(self, scale=1.0):   # a custom step whose first argument is not a closure
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        return super().step()
+
+
+def _sam_weights(watched):
+    model = _model()
+    opt = _SAM(model.parameters())
+    g = torch.Generator().manual_seed(2)
+    ctx = gradhealth.watch(model, opt) if watched else None
+    for _ in range(3):
+        x = torch.randn(16, 6, generator=g)
+
+        def closure(x=x):
+            opt.zero_grad()
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            return loss
+
+        closure()
+        opt.step(closure)
+    if ctx is not None:
+        ctx.remove()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_an_optimizer_with_its_own_step_is_left_alone():
+    """Oracle: the same SAM run without the watcher (the old behaviour ran SAM's closure early
+    and changed its update)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        watched, bare = _sam_weights(True), _sam_weights(False)
+    assert all(torch.equal(a, b) for a, b in zip(watched, bare))
+
+
+@pytest.mark.parametrize("on_nonfinite", ["warn", "skip"])
+def test_a_step_argument_that_is_not_a_closure_is_not_called(on_nonfinite):
+    model = _model()
+    opt = _Scaled(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradhealth.watch(model, opt, on_nonfinite=on_nonfinite):
+            model(torch.randn(4, 6)).sum().backward()
+            opt.step(0.5)      # raised TypeError: 'float' object is not callable

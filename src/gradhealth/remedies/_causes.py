@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .._text import quoted
+
 __all__ = ["cause_remedies"]
 
 
@@ -24,7 +26,15 @@ def cause_remedies(b: Any, ev: Mapping) -> bool:
     """The remedy for the cause the replay found, first; True when clipping cannot help (the
     NaN is made in the forward or by the loss itself, not by a large gradient)."""
     cause, mod = _replay_cause(ev)
-    inside = f" in {mod!r}" if mod else " in the model's forward()"
+    inside = f" in {quoted(mod)}" if mod else " in the model's forward()"
+    where = f"the forward of {quoted(mod)}" if mod else "the model's own forward()"
+    if cause == "nonfinite_input":
+        b.add("check the data pipeline",
+              "# the batch itself holds NaN/Inf: check the data pipeline, e.g. "
+              "assert torch.isfinite(x).all() before model(x)",
+              "the replay found non-finite values in the batch before any layer ran; the model "
+              "is not to blame, and clipping the gradient cannot remove them")
+        return True
     if cause == "loss_gradient":
         b.add("make the loss numerically stable",
               "# the loss's own gradient is NaN/Inf: use F.cross_entropy / F.log_softmax + nll_loss, "
@@ -46,12 +56,14 @@ def cause_remedies(b: Any, ev: Mapping) -> bool:
               "(or a checkpoint) recovers the run")
     elif cause == "not_reproduced":
         b.add("re-run the step: the fault did not reproduce",
-              "# transient: the step re-ran finite. Suspect a non-deterministic kernel, a race or "
-              "the hardware; torch.use_deterministic_algorithms(True) narrows it down",
-              "the replay re-ran the forward and backward of the step and found them finite")
+              "# transient or not replayable: the re-run was finite or could not run. Suspect a "
+              "non-deterministic kernel, a race, the hardware, or in-place gradient edits; "
+              "torch.use_deterministic_algorithms(True) narrows it down",
+              "the replay did not reproduce the fault: the re-run step was finite, or its backward "
+              "could not be replayed (no output gradient kept)")
     elif cause == "op_output":
         b.add("keep the module's forward in range",
-              f"# the forward of {mod!r} overflows on finite inputs: lower the learning rate, "
+              f"# {where} overflows on finite inputs: lower the learning rate, "
               "normalise its input, or compute it in float32",
               "the replay found finite inputs and parameters and a non-finite output")
         return True

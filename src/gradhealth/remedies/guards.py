@@ -53,7 +53,8 @@ from .._checks import check_int
 from ..errors import NonFiniteError, ParameterError
 from ..stats.tensors import is_dtensor
 
-__all__ = ["nonfinite_grads", "bad_grads", "OVERFLOW_NORM", "StepGuard", "skip_nonfinite"]
+__all__ = ["nonfinite_grads", "bad_grads", "OVERFLOW_NORM", "StepGuard", "skip_nonfinite", "run_closure_first",
+           "closure_runs_first"]
 
 
 def _grad_values(g: torch.Tensor) -> torch.Tensor:
@@ -322,7 +323,9 @@ class StepGuard:
     def _step(self, inner: Callable, args: tuple, kwargs: dict):
         if not self._active:
             return inner(*args, **kwargs)
-        loss, closure, args, kwargs = run_closure_first(args, kwargs)
+        loss = closure = None
+        if closure_runs_first(self.optimizer):   # (a SAM-like step calls its closure itself, later)
+            loss, closure, args, kwargs = run_closure_first(args, kwargs)
         index = self.steps
         self.steps += 1
         if "grad_scaler" in kwargs or getattr(self.optimizer, "found_inf", None) is not None:
@@ -376,6 +379,16 @@ class StepGuard:
         return loss
 
 
+def closure_runs_first(optimizer: Any) -> bool:
+    """Whether ``optimizer.step(closure)`` evaluates the closure first, once, before it updates
+    anything: true of ``torch.optim``'s own ``step`` methods (SGD, Adam, AdamW, ..., LBFGS's
+    first evaluation), so running the closure before the step changes nothing. A ``step`` written
+    elsewhere (SAM perturbs the weights before it calls the closure; a subclass may take other
+    arguments) is left alone."""
+    step = getattr(type(optimizer), "step", None)
+    return str(getattr(step, "__module__", "")).startswith("torch.optim.")
+
+
 def run_closure_first(args: tuple, kwargs: dict, at: int = 0) -> tuple[Any, Any, tuple, dict]:
     """Run the closure of an ``optimizer.step(closure)`` call now, before the step, so that the
     gradients it computes can be checked; ``(loss, closure, args, kwargs)`` with the closure
@@ -385,7 +398,7 @@ def run_closure_first(args: tuple, kwargs: dict, at: int = 0) -> tuple[Any, Any,
     step hook): the first caller does the work. ``at``: the closure's position in ``args`` (1 in
     a step pre-hook, whose ``args`` start with the optimizer)."""
     closure = kwargs.get("closure", args[at] if len(args) > at else None)
-    if closure is None or getattr(closure, "_gradhealth_ran", False):
+    if not callable(closure) or getattr(closure, "_gradhealth_ran", False):
         return None, None, args, kwargs
     with torch.enable_grad():
         loss = closure()

@@ -89,6 +89,27 @@ def _event_order(e: Event):
     return (math.inf if e.step is None else e.step)
 
 
+def _ranked_remedies(bad: list[Event]) -> list[dict]:
+    """What to change: the earliest condition's remedy first (a NaN batch at step 2 comes before
+    the non-finite parameters it left at step 4, whatever their severities), then the rest by
+    severity (a critical NaN at step 100 is not pushed out by early warnings); each once."""
+    def began(e):
+        s = e.since if e.since is not None else e.step
+        return (math.inf if s is None else s, -SEVERITY_RANK.get(e.severity, 1), _event_order(e))
+
+    ranked = sorted(bad, key=lambda e: (-SEVERITY_RANK.get(e.severity, 1), _event_order(e)))
+    head = min((e for e in bad if e.remedy), key=began, default=None)
+    if head is not None:
+        ranked = [head] + [e for e in ranked if e is not head]
+    out: list[dict] = []
+    seen: set[str] = set()
+    for e in ranked:
+        if e.remedy and e.remedy not in seen:
+            seen.add(e.remedy)
+            out.append({"remedy": e.remedy, "kind": e.kind, "layer": e.layer})
+    return out
+
+
 def summarize(run: "Run", events: Sequence[Event] | None = None, worst: int = 5) -> dict:
     """The diagnosis of a run as plain, JSON-safe data.
 
@@ -136,18 +157,7 @@ def summarize(run: "Run", events: Sequence[Event] | None = None, worst: int = 5)
                                    math.inf if d["first_step"] is None else d["first_step"]))
     for d in layers:
         d["kinds"] = dict(d["kinds"].most_common())
-    remedies: list[dict] = []
-    seen: set[str] = set()
-    # What to change: the earliest condition first (a NaN batch at step 2 comes before the
-    # non-finite parameters it left at step 4, whatever their severities), then severity.
-    def began(e):
-        s = e.since if e.since is not None else e.step
-        return (math.inf if s is None else s, -SEVERITY_RANK.get(e.severity, 1), _event_order(e))
-
-    for e in sorted(bad, key=began):
-        if e.remedy and e.remedy not in seen:
-            seen.add(e.remedy)
-            remedies.append({"remedy": e.remedy, "kind": e.kind, "layer": e.layer})
+    remedies = _ranked_remedies(bad)
     steps = list(getattr(run, "steps", []) or [])
     last = steps[-1] if steps else {}
 

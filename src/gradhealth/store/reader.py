@@ -432,7 +432,8 @@ def _columns(conn, fields: tuple[str, ...], max_steps: int | None = None,
         a = _column_matrix(conn, fields, where, params, guarded=False)
     except (TypeError, ValueError):
         a = _column_matrix(conn, fields, where, params, guarded=True)
-    keyed = (a[:, 0] >= 0) & (a[:, 1] >= 0)
+    # keys that are not integers: -1 from the guarded query; a REAL key (2.5) from either
+    keyed = (a[:, 0] >= 0) & (a[:, 1] >= 0) & (a[:, 0] == np.floor(a[:, 0])) & (a[:, 1] == np.floor(a[:, 1]))
     if damage is not None:
         damage.values += int(a[keyed, -3].sum())
         damage.rows += int((~keyed).sum())
@@ -508,7 +509,8 @@ def _rows(conn, table: str, keys: tuple[str, ...], cols, order: str,
     every = (*keys, *names, "nan_mask")
     # the guarded SQL (values of the wrong type read as NULL, and counted) costs about 45% more
     # than the plain one: use it only when one such value is there (the check costs about 12%)
-    odd = " OR ".join(f"typeof({c}) IN ('text', 'blob')" for c in every)
+    odd = " OR ".join([*(f"typeof({k}) != 'integer'" for k in keys),
+                       *(f"typeof({c}) IN ('text', 'blob')" for c in (*names, "nan_mask"))])
     glue = " AND " if where else " WHERE "
     guarded = conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table}{where}{glue}({odd}))", params).fetchone()[0]
     num, key = (sql_number, sql_int) if guarded else ((lambda c: c), (lambda c: c))
@@ -520,11 +522,10 @@ def _rows(conn, table: str, keys: tuple[str, ...], cols, order: str,
     bad_values = bad_rows = 0
     for r in conn.execute(sql, params):
         mask, bad = r[-2], r[-1]
-        if bad:
-            if None in r[:nk]:
-                bad_rows += 1
-                continue
-            bad_values += bad
+        if guarded and None in r[:nk]:   # a key that is not an integer (text, a BLOB, 2.5, NULL)
+            bad_rows += 1
+            continue
+        bad_values += bad
         d = dict(zip(keys, r[:nk]))
         if mask:
             for i, name in enumerate(names):

@@ -218,7 +218,7 @@ class NonFinitePolicy:
         self.snapshot: Snapshot | None = None
         self.episode = False   # inside a run of non-finite logged steps (warn once per run)
         self.state_bad = False  # the optimizer state was found non-finite (said once)
-        self.buffers_bad = False  # a model buffer was found non-finite (said once)
+        self.buffers_bad: set[str] = set()  # model buffers found non-finite (each said once)
         self.replays: list[ReplayReport] = []
         self.replaying = False  # the watcher's hooks stand still while a replay runs
         # skip/rollback: the buffers before each iteration's forward (restored on a skipped step)
@@ -244,7 +244,7 @@ class NonFinitePolicy:
             g = self.guards.get(id(o))
             guards.append(None if g is None else [g.steps, g.skipped_steps, g.consecutive_skips])
         return {"guards": guards, "episode": self.episode, "state_bad": self.state_bad,
-                "buffers_bad": self.buffers_bad}
+                "buffers_bad": sorted(self.buffers_bad)}
 
     def load_state_dict(self, state: dict, optimizers: list) -> None:
         for o, counters in zip(optimizers, state.get("guards", [])):
@@ -253,7 +253,8 @@ class NonFinitePolicy:
                 g.steps, g.skipped_steps, g.consecutive_skips = (int(c) for c in counters)
         self.episode = bool(state.get("episode", False))
         self.state_bad = bool(state.get("state_bad", False))
-        self.buffers_bad = bool(state.get("buffers_bad", False))
+        bad = state.get("buffers_bad", [])
+        self.buffers_bad = {str(b) for b in bad} if isinstance(bad, (list, tuple)) else set()
 
     def guarding(self, opt) -> bool:
         """Whether ``opt``'s steps are checked by an active guard."""
@@ -424,9 +425,9 @@ class NonFinitePolicy:
 
     def buffer_event(self, rec, names: list[str]) -> Event:
         """Model buffers (BatchNorm running statistics) hold NaN/Inf after a step."""
-        owners = sorted({n.rpartition(".")[0] for n in names})
+        owners = sorted({n.rpartition(".")[0] for n in names})   # "" is the model itself
         shown = ", ".join(quoted(n) for n in names[:3]) + (" ..." if len(names) > 3 else "")
-        return Event(step=rec.step, kind="nonfinite", layer=owners[0] if len(owners) == 1 else None,
+        return Event(step=rec.step, kind="nonfinite", layer=owners[0] if len(owners) == 1 and owners[0] else None,
                      severity="error",
                      message=(f"{len(names)} model buffer{'s' if len(names) != 1 else ''} ({shown}) "
                               f"{'hold' if len(names) != 1 else 'holds'} NaN/Inf at step {rec.step}: training "

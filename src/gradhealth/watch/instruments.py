@@ -161,6 +161,14 @@ class Instruments:
         self._blind = False                    # gradients changed behind the version counters (.data)
         self._ver_rec: StepRecord | None = None   # the last record whose version counters were taken
         self.depth_seen: dict[int, int] = {}   # layer index -> order of its first forward (detail steps)
+        # buffers already non-finite when the watch began hold it by design (a causal mask of
+        # -inf, a quantisation observer's +-inf bounds): never reported
+        self.buffer_baseline: set[str] = set()
+        try:
+            named = self._float_buffers()
+            self.buffer_baseline = {named[i][0] for i in self._nonfinite(named)}
+        except Exception:   # (a buffer of an exotic tensor type: report against no baseline)
+            pass
         self.depth_known = False               # the forward order is fixed after the first detail step
         self._after_conv = False
         self._ident: list[int] = []
@@ -398,26 +406,35 @@ class Instruments:
 
         * ``(parameter position, state key)`` of every optimizer-state tensor (Adam's
           ``exp_avg_sq`` after an overflowing step);
-        * the names of the model's floating-point buffers (BatchNorm's running statistics after
-          a batch of huge values: the gradients stay finite, training mode uses the batch's own
-          statistics, and only ``model.eval()`` shows it).
+        * the names of the model's floating-point buffers that were finite when the watch began
+          (BatchNorm's running statistics after a batch of huge values: the gradients stay
+          finite, training mode uses the batch's own statistics, and only ``model.eval()``
+          shows it).
         """
         ppos = self._host._map.param_pos
         items = [(ppos[id(p)], k, v) for p, st in opt.state.items() if id(p) in ppos
                  for k, v in st.items()
                  if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() and v.dim()]
-        bufs = [(n, b) for n, b in named_buffers(self._host.model)
+        bufs = [(n, b) for n, b in self._float_buffers() if n not in self.buffer_baseline]
+        bad = self._nonfinite([*((k, v) for _, k, v in items), *bufs])
+        n = len(items)
+        return ([items[i][:2] for i in bad if i < n], [bufs[i - n][0] for i in bad if i >= n])
+
+    def _float_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, b) for name, b in named_buffers(self._host.model)
                 if isinstance(b, torch.Tensor) and b.is_floating_point() and b.numel()]
-        if not items and not bufs:
-            return [], []
-        vals = [local(v) for _, _, v in items] + [local(b) for _, b in bufs]
-        # the max |entry| of each tensor (stats.tensor_norms: fused per device/dtype), in float64
-        # so that no finite float64 value reads as inf (MPS has no float64)
+
+    @staticmethod
+    def _nonfinite(named: list) -> list:
+        """Indices into ``named`` (``(name, tensor)`` pairs) of the tensors holding NaN/Inf: one
+        fused max-|entry| reduction per device/dtype, in float64 so that no finite float64 value
+        reads as inf (MPS has no float64), and one host read."""
+        if not named:
+            return []
+        vals = [local(t) for _, t in named]
         wide = torch.float32 if any(v.device.type == "mps" for v in vals) else torch.float64
         finite = torch.isfinite(tensor_norms(vals, math.inf, dtype=wide)).tolist()
-        n = len(items)
-        return ([(pos, k) for (pos, k, _), ok in zip(items, finite[:n]) if not ok],
-                [name for (name, _), ok in zip(bufs, finite[n:]) if not ok])
+        return [i for i, ok in enumerate(finite) if not ok]
 
     # ------------------------------------------------------------------ parameters and updates
 

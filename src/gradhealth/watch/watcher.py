@@ -44,7 +44,7 @@ from torch import nn
 from ..detectors.base import LayerTable, StepStats
 from ..errors import NonFiniteError, ParameterError
 from ..events import Event
-from ..remedies.guards import run_closure_first
+from ..remedies.guards import closure_runs_first, run_closure_first
 from ..store import writer as _store_writer  # noqa: F401  (imported first: see atexit below)
 from . import _compile, _registry
 from ._assemble import forward_depth, model_info, run_meta
@@ -483,8 +483,11 @@ class Watcher:
     def _pre_step(self, opt, args, kwargs):
         """The step pre-hook. ``step(closure)`` computes its gradients inside ``step``, after
         this hook: the closure runs here first (as under the guard), so the statistics are this
-        step's, not the previous one's. Not isolated: the closure is the user's code."""
-        _, closure, args, kwargs = run_closure_first(args, kwargs, at=1)   # args[0] is opt
+        step's, not the previous one's (torch.optim's own ``step`` only: :func:`closure_runs_first`).
+        Not isolated: the closure is the user's code."""
+        closure = None
+        if (args[1:] or kwargs) and closure_runs_first(opt):
+            _, closure, args, kwargs = run_closure_first(args, kwargs, at=1)   # args[0] is opt
         self._on_pre_step(opt, args, kwargs)
         return None if closure is None else (args, kwargs)
 
@@ -517,9 +520,10 @@ class Watcher:
                 # (after the step's own events, the cause: emitted when the record settles)
                 rec.late.append(self._log.with_remedy(self._policy.state_event(rec, bad, self._map.param_names)))
             self._policy.state_bad = bool(bad)
-            if bufs and not self._policy.buffers_bad:
-                rec.late.append(self._policy.buffer_event(rec, bufs))   # (its remedy is its own)
-            self._policy.buffers_bad = bool(bufs)
+            new = [b for b in bufs if b not in self._policy.buffers_bad]   # each said once
+            if new:
+                rec.late.append(self._policy.buffer_event(rec, new))   # (its remedy is its own)
+            self._policy.buffers_bad = set(bufs)
 
     # ------------------------------------------------------------------ reading back
 
