@@ -65,7 +65,6 @@ class Snapshot:
 
 def read_snapshot(run_dir, n_events: int = 6) -> Snapshot:
     """Read the newest state of a run store, read-only; never raises."""
-    import json
 
     from ..store.schema import (
         DB_NAME,
@@ -74,6 +73,7 @@ def read_snapshot(run_dir, n_events: int = 6) -> Snapshot:
         decode_text,
         decode_value,
         read_int,
+        read_meta,
         read_text,
         sql_int,
         sql_number,
@@ -95,11 +95,7 @@ def read_snapshot(run_dir, n_events: int = 6) -> Snapshot:
         if not {"meta", "layers", "steps", "layer_stats", "events"} <= tables:
             return Snapshot("creating")
         snap = Snapshot("ok")
-        for k, v in conn.execute("SELECT key, value FROM meta"):
-            try:
-                snap.meta[read_text(k)] = json.loads(read_text(v))
-            except ValueError:
-                snap.meta[read_text(k)] = read_text(v)
+        snap.meta = read_meta(conn)[0]
         # values of the wrong type (a crafted store) read as not recorded: see store.schema
         names = [c for c, _ in STEP_COLUMNS]
         row = conn.execute(f"SELECT step, {', '.join(sql_number(n) for n in names)}, "

@@ -8,7 +8,6 @@ to the run it reads.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from .schema import (
     decode_value,
     loads_evidence,
     read_int,
+    read_meta,
     read_text,
     sql_int,
     sql_mistyped,
@@ -308,14 +308,8 @@ def _read_tables(conn, run: Run, tables: set, layer_stats, fields, max_steps, af
     damaged store) are read as not recorded, or shown as a placeholder, and counted in
     ``run.notes``; rows without a usable key are left out and counted too."""
     damage = _Damage()
-    for key, value in conn.execute("SELECT key, value FROM meta"):
-        if not isinstance(value, str):
-            damage.values += 1
-            value = read_text(value)
-        try:
-            run.meta[read_text(key)] = json.loads(value)
-        except ValueError:
-            run.meta[read_text(key)] = value
+    meta, damage.values = read_meta(conn)
+    run.meta.update(meta)
     for i, n, t, p in conn.execute("SELECT idx, name, type, n_params FROM layers ORDER BY idx"):
         damage.values += (not isinstance(n, str)) + (not isinstance(t, _TEXT_TYPES)) + (
             p is not None and type(p) is not int)

@@ -222,6 +222,22 @@ def read_int(value: Any) -> int | None:
     return value if type(value) is int else None
 
 
+def read_meta(conn) -> tuple[dict, int]:
+    """The ``meta`` table as ``{key: value}`` (JSON values decoded, other text kept as is), and
+    how many of its values were not text (read with :func:`read_text`)."""
+    meta: dict = {}
+    bad = 0
+    for key, value in conn.execute("SELECT key, value FROM meta"):
+        if not isinstance(value, str):
+            bad += 1
+            value = read_text(value)
+        try:
+            meta[read_text(key)] = json.loads(value)
+        except ValueError:
+            meta[read_text(key)] = value
+    return meta, bad
+
+
 def decode_text(raw: bytes) -> str:
     """``sqlite3.Connection.text_factory`` for stores: text that is not valid UTF-8 is decoded
     with replacement characters instead of raising ``OperationalError`` mid-query."""
