@@ -275,3 +275,26 @@ def test_fused_optimizer_with_grad_scaler_leaves_overflow_to_the_scaler():
     assert guard.skipped_steps == 0
     for a, b in zip(m1.parameters(), m0.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_also_check_skips_on_another_optimizers_bad_gradient_and_never_raises_into_training():
+    """``also_check`` (the watcher's other optimizers): a NaN there skips this optimizer's
+    step too; a raising ``also_check`` lets the step through and reports to ``on_error``,
+    never into the loop. Oracle: the parameters before the step (bitwise)."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([a], lr=0.1)
+    a.grad, b.grad = torch.ones(3), torch.tensor([1.0, float("nan")])
+    seen = []
+    g = StepGuard(opt, on_skip=seen.append, also_check=lambda: [b])
+    opt.step()
+    assert torch.equal(a.detach(), torch.ones(3)) and g.skipped_steps == 1
+    assert [d["nonfinite"][0]["nan"] for d in seen] == [1]
+    g.remove()
+    errors = []
+
+    def broken():
+        raise RuntimeError("boom")
+    g = StepGuard(opt, also_check=broken, on_error=errors.append)
+    opt.step()   # goes through, unchecked
+    assert torch.equal(a.detach(), torch.full((3,), 0.9)) and len(errors) == 1
+    g.remove()

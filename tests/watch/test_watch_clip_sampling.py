@@ -245,3 +245,33 @@ def test_a_model_of_many_tensors_keeps_the_sampled_fingerprints(monkeypatch):
     assert all(sampled[SAMPLE_AFTER:])
     for s, h in enumerate(w.history):
         np.testing.assert_allclose(reported_linear(w, h), want[s], rtol=1e-5)
+
+
+@pytest.mark.parametrize("clip", ["global", "embedding only"])
+def test_a_gradient_zero_at_its_samples_still_gives_its_pre_clip_norm(clip):
+    """An embedding whose batches touch a few rows has a gradient that is zero at the four
+    fixed sample places (rows 0, 33, 66, 99): no clip coefficient can be read from zeros, and
+    the watcher reported the clipped norm as the pre-clip one (100-290x low under a global
+    clip). Now a blind tensor takes the common coefficient of a uniform clip at once, and is
+    sampled at its largest entry from the next step on (a clip of that tensor alone is then
+    exact from the second step). Oracle: the norms of the gradients before the clip."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(100, 8), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    want_emb, want_all = [], []
+    with watch(m, opt, detail_every=never()) as w:
+        for _ in range(6):
+            idx = torch.randint(5, 10, (4, 3), generator=g)
+            m(idx).pow(2).mean().backward()
+            want_emb.append(float(m[0].weight.grad.double().norm()))
+            want_all.append(math.sqrt(sum(float(p.grad.double().square().sum()) for p in m.parameters())))
+            torch.nn.utils.clip_grad_norm_(m.parameters() if clip == "global" else m[0].parameters(), 0.01)
+            opt.step()
+            opt.zero_grad()
+    first = 0 if clip == "global" else 1
+    emb = w.layers.names.index("0")
+    for s in list(w.history)[first:]:
+        assert s.grad_norm[emb] == pytest.approx(want_emb[s.step], rel=1e-4)
+        assert s.global_grad_norm == pytest.approx(want_all[s.step], rel=1e-4)
+        assert s.global_grad_norm_clipped < s.global_grad_norm

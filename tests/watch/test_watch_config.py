@@ -51,6 +51,11 @@ def test_config_is_frozen_and_normalised():
     ({"rollback_lr_factor": 0.0}, "rollback_lr_factor"), ({"rollback_storage": "tape"}, "rollback_storage"),
     ({"rollback_storage": "disk"}, "rollback_storage"), ({"history_size": 0}, "history_size"),
     ({"scaler": object()}, "scaler"), ({"detectors": [1]}, "detectors"),
+    # yes/no options take a bool, never a truthy string ("no" used to turn replay on)
+    ({"replay": "no"}, "replay"), ({"replay": "false"}, "replay"), ({"update_ratio": "off"}, "update_ratio"),
+    ({"forward_stats": None}, "forward_stats"), ({"forward_stats": 0}, "forward_stats"),
+    # meta is the store's metadata: a dict of named values (a list raised a raw TypeError)
+    ({"meta": [1, 2]}, "meta"), ({"meta": "hello"}, "meta"), ({"meta": 5}, "meta"), ({"meta": {1: 2}}, "meta"),
 ])
 def test_each_rule_names_its_option(kw, name):
     with pytest.raises(ParameterError) as exc:
@@ -102,3 +107,60 @@ def test_a_callable_schedule_is_asked_once_per_step():
     assert asked["every"] == [s for s in range(8) if s != 4]   # (a detail step is logged anyway)
     assert [s.step for s in w.history] == [0, 3, 4, 6]
     assert [s.step for s in w.history if s.full] == [4]
+
+
+def test_numpy_integers_are_integers_for_the_schedules_too():
+    """every / detail_every took only a Python int, while history_size and the other integer
+    options took np.int64 as well. Oracle: the schedule of the same Python int."""
+    import numpy as np
+
+    c = WatchConfig(every=np.int64(5), detail_every=np.int32(7), history_size=np.int64(3))
+    assert [s for s in range(30) if c.every(s)] == [s for s in range(30) if s % 5 == 0]
+    assert [s for s in range(30) if c.detail_every(s)] == [s for s in range(30) if s % 7 == 0]
+    with pytest.raises(ParameterError) as exc:
+        WatchConfig(every=np.int64(0))
+    assert exc.value.param == "every"
+    assert WatchConfig(replay=np.bool_(False)).replay is False
+
+
+def test_an_empty_optimizer_list_is_refused():
+    """optimizer=[] was taken and then nothing was ever measured (not even a NaN step), while
+    optimizer=None adopts the optimizer: an empty list is an error that says so."""
+    model = nn.Linear(2, 2)
+    for empty in ([], ()):
+        with pytest.raises(ParameterError) as exc:
+            watch(model, empty)
+        assert exc.value.param == "optimizer" and "None" in exc.value.fix
+    assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+@pytest.mark.parametrize("bad, rule", [(10 ** 400, "float range"), ("1.0", "scalar"), (torch.ones(2), "scalar")],
+                         ids=["huge-int", "str", "two-elements"])
+def test_observe_refuses_what_is_not_a_loss(bad, rule):
+    """observe(10**400) raised a raw OverflowError from float()."""
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, opt) as w:
+        with pytest.raises(ParameterError) as exc:
+            w.observe(bad)
+    assert exc.value.param == "loss" and rule in str(exc.value)
+
+
+def test_a_sparse_scalar_loss_is_observed_as_its_value():
+    """A 0-dim sparse loss was taken, then a hook failed and the whole step's statistics were
+    lost from the history. Oracle: the dense value, and every step logged."""
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    with watch(model, opt) as w:
+        for _ in range(3):
+            loss = model(torch.randn(4, 2)).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            seen.append(float(loss.detach()))
+            w.observe(loss.detach().to_sparse())
+    assert [s.step for s in w.history] == [0, 1, 2]
+    assert [s.loss for s in w.history] == pytest.approx(seen, rel=1e-6)
+    assert not [e for e in w.events if e.kind == "internal"]

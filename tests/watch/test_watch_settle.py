@@ -118,3 +118,81 @@ def test_a_step_that_waited_long_enough_is_settled_at_the_next_step_end(monkeypa
     # looks (not due) and 2 s old at that step's end (due): settled then, although far fewer
     # than SETTLE_EVERY are waiting
     assert seen == [0, 1, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("policy", ["warn", "skip"])
+def test_reading_right_after_the_step_shows_that_step(policy):
+    """The events, history and summary read right after ``optimizer.step()`` (and
+    ``observe``) lagged one step: the step's iteration ended only at the next forward, so a
+    NaN step warned at once but ``w.events`` was empty and ``summary()`` said "1 skipped" with
+    no such step in the history. Oracle: the same run read at ``state_dict()`` (which ends the
+    step), and the loop's own step count."""
+    def run(read_at_once: bool):
+        torch.manual_seed(0)
+        m = nn.Linear(2, 1)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        w = watch(m, opt, on_nonfinite=policy)
+        seen = []
+        for s in range(3):
+            x = torch.randn(3, 2)
+            if s == 2:
+                x[0, 0] = float("nan")
+            loss = m(x).sum()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            w.observe(loss)
+            if read_at_once:
+                seen.append(([(e.step, e.kind) for e in w.events], [h.step for h in w.history], w.summary()))
+        w.state_dict()
+        return w, seen
+
+    ref, _ = run(False)
+    w, seen = run(True)
+    events, history, summary = seen[-1]
+    assert events == [(e.step, e.kind) for e in ref.events] and any(k == "nonfinite" for _, k in events)
+    assert history == [0, 1, 2]
+    assert summary.startswith("3 steps watched")
+    assert [h for _, h, _ in seen] == [[0], [0, 1], [0, 1, 2]]
+    np.testing.assert_equal([(h.step, h.loss) for h in w.history], [(h.step, h.loss) for h in ref.history])
+    w.remove()
+
+
+def test_a_read_before_observe_waits_for_the_loss():
+    """A loop that reads the watcher between ``optimizer.step()`` and ``observe(loss)`` must
+    not end the step early (the loss would land on the next step). Oracle: the losses the
+    loop computed, each at its own step."""
+    torch.manual_seed(0)
+    m = nn.Linear(2, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    losses = []
+    with watch(m, opt) as w:
+        for _ in range(4):
+            loss = m(torch.randn(3, 2)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            len(w.events)
+            w.observe(loss)
+            losses.append(float(loss.detach()))
+    assert [h.step for h in w.history] == [0, 1, 2, 3]
+    assert [h.loss for h in w.history] == pytest.approx(losses, rel=1e-6)
+
+
+def test_a_read_between_two_optimizers_steps_waits_for_the_second():
+    """Two optimizers step one after the other: a read after the first must not end the
+    iteration (the second would count as a step of its own). Oracle: the loop's step count."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    o1 = torch.optim.SGD(m[0].parameters(), lr=0.1)
+    o2 = torch.optim.SGD(m[1].parameters(), lr=0.1)
+    with watch(m, [o1, o2]) as w:
+        for _ in range(3):
+            m(torch.randn(3, 2)).pow(2).mean().backward()
+            o1.step()
+            len(w.history)
+            o2.step()
+            o1.zero_grad()
+            o2.zero_grad()
+    assert w.step == 3 and [h.step for h in w.history] == [0, 1, 2]

@@ -316,3 +316,72 @@ def test_grad_scaler_norms_are_unscaled_and_not_taken_for_clipping(fused):
     got = [h.global_grad_norm for h in w.history]
     assert got == pytest.approx(true, rel=1e-4)
     assert all(math.isnan(h.global_grad_norm_clipped) for h in w.history)  # nothing was clipped
+
+
+@pytest.mark.parametrize("which", ["all", "one layer"])
+def test_float64_layers_keep_their_output_gradient_norms(which):
+    """A float64 model (or one float64 layer) lost every output-gradient norm: the norm was
+    asked for in float32, which torch refuses for a float64 tensor ("should be convertible
+    without narrowing"), so each detail step raised an internal event. Oracle: the norms of
+    the output gradients kept by the test's own hooks."""
+    model = small()
+    if which == "all":
+        model = model.double()
+    else:
+        model[2].double()
+        model.insert(2, _Cast(torch.float64))
+        model.insert(4, _Cast(torch.float32))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs = {}
+
+    def keep(k):
+        def hook(m, a, o):
+            o.retain_grad()
+            outs[k] = o
+        return hook
+    hs = [m.register_forward_hook(keep(k)) for k, m in enumerate(model) if not isinstance(m, _Cast)]
+    dtype = torch.float64 if which == "all" else torch.float32
+    with watch(model, opt) as w:
+        model(torch.randn(16, 6, dtype=dtype)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    for h in hs:
+        h.remove()
+    assert not [e for e in w.events if e.kind == "internal"]
+    s = w.history[0]
+    for k, o in outs.items():
+        i = w.layers.names.index(str(k))
+        assert s.out_grad_norm[i] == pytest.approx(float(o.grad.norm()), rel=1e-5)
+
+
+class _Cast(nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x):
+        return x.to(self.dtype)
+
+
+def test_a_tied_weight_counts_where_its_norm_goes():
+    """A weight shared by two layers was counted in both layers' n_params while its gradient
+    norm goes to the first owner only (layer '2' showed 72 parameters and the norm of its 8
+    bias entries). Oracle: the model's unique parameter count, and each layer's norm computed
+    from the parameters its n_params counts."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8))
+    m[2].weight = m[0].weight
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with watch(m, opt) as w:
+        m(torch.randn(5, 8)).pow(2).mean().backward()
+        g0 = layer_norm([m[0].weight.grad, m[0].bias.grad])
+        g2 = layer_norm([m[2].bias.grad])
+        opt.step()
+        opt.zero_grad()
+    t = w.layers
+    n = dict(zip(t.names, t.n_params))
+    assert sum(t.n_params) == sum(p.numel() for p in m.parameters())   # (parameters() is unique)
+    assert n == {"0": 72, "1": 0, "2": 8}
+    s = w.history[0]
+    assert s.grad_norm[t.names.index("0")] == pytest.approx(g0, rel=1e-5)
+    assert s.grad_norm[t.names.index("2")] == pytest.approx(g2, rel=1e-5)

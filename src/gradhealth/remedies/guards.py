@@ -207,6 +207,9 @@ class StepGuard:
         model: optional module whose ``named_parameters()`` name the parameters in ``info``.
         on_error: called with the exception if the guard's own check ever raises (the step
             then goes through unchecked); default: one ``RuntimeWarning``.
+        also_check: optional callable returning more parameters whose gradients are checked
+            with the optimizer's own (the watcher passes those of the other optimizers of one
+            training step: parameters split over two optimizers, one bad gradient skips both).
 
     Attributes:
         steps: calls to ``optimizer.step()`` seen by the guard.
@@ -216,7 +219,8 @@ class StepGuard:
 
     def __init__(self, optimizer: Any, max_consecutive_skips: int | None = 10,
                  on_skip: Callable[[dict], Any] | None = None, *, model: torch.nn.Module | None = None,
-                 on_error: Callable[[BaseException], Any] | None = None):
+                 on_error: Callable[[BaseException], Any] | None = None,
+                 also_check: Callable[[], Any] | None = None):
         owner = "StepGuard"
         if not (hasattr(optimizer, "step") and hasattr(optimizer, "param_groups")):
             raise ParameterError("optimizer", owner, "a torch.optim.Optimizer (with step and param_groups)",
@@ -232,6 +236,7 @@ class StepGuard:
         self.max_consecutive_skips = max_consecutive_skips
         self.on_skip = on_skip
         self.on_error = on_error
+        self.also_check = also_check
         self.steps = 0
         self.skipped_steps = 0
         self.consecutive_skips = 0
@@ -301,6 +306,11 @@ class StepGuard:
         for gi, group in enumerate(self.optimizer.param_groups):
             for pi, p in enumerate(group["params"]):
                 out.append((self._names.get(id(p), f"group{gi}.param{pi}"), p))
+        if self.also_check is not None:
+            mine = {id(p) for _, p in out}
+            for k, p in enumerate(self.also_check()):
+                if id(p) not in mine:
+                    out.append((self._names.get(id(p), f"also.param{k}"), p))
         return out
 
     def _failed(self, exc: BaseException) -> None:
@@ -335,8 +345,8 @@ class StepGuard:
             # scaler's normal back-off, not a NaN.
             self.consecutive_skips = 0
             return inner(*args, **kwargs)
-        params = self._params()
         try:
+            params = self._params()
             # The one host sync per step (see the module docstring).
             bad = bool(bad_grads(p for _, p in params))
             report = _nonfinite_report(params) if bad else ([], [])

@@ -65,6 +65,7 @@ class StepRecord:
     versions: tuple | None = None     # (gradients, their version counters) at the end of the backward
     touched: bool | None = None       # a gradient was replaced or changed in place before the step
     clip_uniform: bool | None = None  # one clip coefficient for every tensor (None: not decoded)
+    clip_blind: list | None = None    # positions whose samples were all zero (no coefficient)
     scale_end: torch.Tensor | None = None
     origin: Any = None                # the ReplayReport of this step, if one ran
     upd_buffers: dict[int, tuple] = field(default_factory=dict)  # id(opt) -> (params, copies before)
@@ -231,6 +232,10 @@ def _decode_unclipped(rec: StepRecord, pos: list[int], e32: np.ndarray, rest: li
     e = e32.reshape(len(pos), 4)
     has = (np.isfinite(e) & (e != 0)).any(axis=1)
     uniform = bool(has.any())
+    if not has.all():
+        # (unchanged samples: no clip, so every tensor is unscaled, the blind ones too)
+        _blind(rec, pos, has)
+        has = np.ones_like(has) if uniform else has
     rec.clip_uniform = uniform if rec.clip_uniform is None else False
     if not uniform:
         if rest is not None:
@@ -261,6 +266,10 @@ def _decode_general(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float
     inexact = bool(bad.any())
     if inexact:
         rec.clip_exact = False
+    if not has.all():
+        _blind(rec, pos, has)
+        if rest is None:   # the blind tensors take the common coefficient, as unsampled ones do
+            rest = list(pos)
     segs = np.flatnonzero(has)
     vals = r[segs]
     m0 = _median(vals) if vals.size else math.nan
@@ -296,6 +305,13 @@ def _decode_general(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float
         rec.clipped = True
 
 
+def _blind(rec: StepRecord, pos: list[int], has: np.ndarray) -> None:
+    """Note the sampled positions without a usable (finite, non-zero) sample: the
+    instruments sample them at their largest entry from the next fingerprint on."""
+    blind = np.asarray(pos)[~has].tolist()
+    rec.clip_blind = blind if rec.clip_blind is None else rec.clip_blind + blind
+
+
 @dataclass(slots=True)
 class Iteration:
     """The state of the training iteration in progress (reset when it ends)."""
@@ -304,6 +320,7 @@ class Iteration:
     pending_loss: tuple[int, Any] | None = None    # observe() on an unlogged step
     captures: list = field(default_factory=list)
     stepped: bool = False
+    n_stepped: int = 0                           # optimizer steps taken (several optimizers)
     primary_stepped: bool = False
     forward: bool = False
     bwd_queued: int = 0                          # 1: queued, 2: re-queued behind later callbacks

@@ -129,15 +129,27 @@ class WatchConfig:
             raise ParameterError("scaler", OWNER, "a torch.amp.GradScaler or None", type(s).__name__,
                                  "pass the GradScaler you call scaler.step(optimizer) with.")
         put(self, "detectors", _as_detector(self.detectors))
-        put(self, "replay", bool(self.replay))
-        put(self, "update_ratio", bool(self.update_ratio))
-        put(self, "forward_stats", bool(self.forward_stats))
+        for name in ("replay", "update_ratio", "forward_stats"):
+            put(self, name, _check_flag(getattr(self, name), name))
+        if self.meta is not None and not (isinstance(self.meta, dict) and all(isinstance(k, str) for k in self.meta)):
+            got = "a dict with non-string keys" if isinstance(self.meta, dict) else type(self.meta).__name__
+            raise ParameterError("meta", OWNER, "a dict with string keys or None", got,
+                                 "pass meta={'lr': 1e-3, 'seed': 0}.")
 
     @property
     def guarded(self) -> bool:
         """Whether a :class:`~gradhealth.remedies.StepGuard` checks every step (all policies
         but ``"warn"``)."""
         return self.on_nonfinite in ("skip", "rollback", "raise")
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    """A yes/no option: a bool (``np.bool_`` too), never a truthy string ("no" is not False)."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ParameterError(name, OWNER, "True or False", value, f"pass {name}=True or {name}=False.")
 
 
 def resolve_config(config: "WatchConfig | None", options: dict) -> "WatchConfig":
@@ -170,6 +182,10 @@ def as_optimizers(optimizer) -> list:
     """``watch``'s ``optimizer`` argument as a list (None: empty), each one checked."""
     opts = [] if optimizer is None else (list(optimizer) if isinstance(optimizer, (list, tuple))
                                          else [optimizer])
+    if optimizer is not None and not opts:
+        raise ParameterError("optimizer", OWNER, "a torch.optim.Optimizer, a list of them, or None",
+                             f"an empty {type(optimizer).__name__}",
+                             "pass the optimizer, or None to adopt the first one that steps the model.")
     for o in opts:
         check_optimizer(o)
     return opts
@@ -184,12 +200,18 @@ def as_loss(loss) -> Any:
             raise ParameterError("loss", "Watcher.observe", rule, f"a tensor of shape {tuple(loss.shape)}",
                                  "pass the reduced loss, e.g. watcher.observe(loss) with "
                                  "loss = loss_fn(out, y) (reduction='mean'), or loss.mean().")
+        if loss.layout != torch.strided:   # (a sparse 0-dim loss: its one value, dense)
+            loss = loss.to_dense()
         return loss.detach()
     if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
         raise ParameterError("loss", "Watcher.observe", rule, type(loss).__name__,
                              "pass loss (a 0-dim tensor) or loss.item().")
     try:
         return float(loss)
+    except OverflowError:   # an integer beyond float's range (10**400)
+        raise ParameterError("loss", "Watcher.observe", rule + " within float range",
+                             f"an integer of {len(str(abs(int(loss))))} digits",
+                             "pass the loss as a float or a tensor.") from None
     except (TypeError, ValueError):
         raise ParameterError("loss", "Watcher.observe", rule, type(loss).__name__,
                              "pass loss (a 0-dim tensor) or loss.item().") from None

@@ -226,8 +226,10 @@ class NonFinitePolicy:
 
     # ------------------------------------------------------------------ guards
 
-    def install(self, opt, on_skip: Callable[[Any, dict], None]) -> None:
-        """Put a :class:`~gradhealth.remedies.StepGuard` on ``opt`` (skip, rollback, raise)."""
+    def install(self, opt, on_skip: Callable[[Any, dict], None], also: Callable[[], Any] | None = None) -> None:
+        """Put a :class:`~gradhealth.remedies.StepGuard` on ``opt`` (skip, rollback, raise);
+        ``also``: the other optimizers' parameters, checked with ``opt``'s (one bad gradient
+        skips every optimizer of the step)."""
         if not self.config.guarded:
             return
         from ..remedies.guards import StepGuard
@@ -235,7 +237,7 @@ class NonFinitePolicy:
         limit = 0 if self.config.on_nonfinite == "raise" else self.config.max_consecutive_skips
         self.guards[id(opt)] = StepGuard(opt, max_consecutive_skips=limit,
                                          on_skip=lambda info, _o=opt: on_skip(_o, info), model=self.model,
-                                         on_error=lambda exc: self._internal("guard", exc))
+                                         on_error=lambda exc: self._internal("guard", exc), also_check=also)
 
     def state_dict(self, optimizers: list) -> dict:
         """Guard counters per optimizer (in the watcher's order) and the episode flags."""

@@ -187,6 +187,13 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
         conv = list(previous.conv)
         index_of_module = dict(previous.index_of_module)
     n_modules = 0
+    counted: set[int] = set()   # a tied parameter counts in its first owner, where its norm goes
+
+    def n_own(direct: list) -> int:
+        n = sum(p.numel() for p in direct if id(p) not in counted)
+        counted.update(id(p) for p in direct)
+        return n
+
     for name, mod in named_modules(model):
         n_modules += 1
         direct = list(mod.parameters(recurse=False))
@@ -195,7 +202,7 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
             continue
         if id(mod) in index_of_module and modules[index_of_module[id(mod)]] is mod:
             i = index_of_module[id(mod)]
-            nparams[i] = sum(p.numel() for p in direct)
+            nparams[i] = n_own(direct)
             continue
         index_of_module[id(mod)] = len(names)
         names.append(name)
@@ -203,7 +210,7 @@ def discover_layers(model: nn.Module, previous: LayerMap | None = None) -> Layer
         roles.append(_role(mod, direct))
         fams.append(ai[1] if ai else "")
         acts.append(ai[0] if ai else "")
-        nparams.append(sum(p.numel() for p in direct))
+        nparams.append(n_own(direct))
         depth.append(-1)
         modules.append(mod)
         conv.append(isinstance(mod, nn.modules.conv._ConvNd))

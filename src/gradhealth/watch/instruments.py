@@ -151,6 +151,8 @@ class Instruments:
     def __init__(self, host: Host):
         self._host = host
         self._idx_cache: dict[tuple, torch.Tensor] = {}
+        self._argmax: set[int] = set()        # positions sampled at their largest entry (see fingerprint)
+        self._peak: dict[int, torch.Tensor] = {}   # their sample indices at this step
         self._uniform_streak = 0               # logged steps in a row with one common clip coefficient
         self._rotate = 0                       # start of the rotating window of sampled tensors
         self._clip_rec: StepRecord | None = None   # the last record whose fingerprints were taken
@@ -175,8 +177,13 @@ class Instruments:
 
     # ------------------------------------------------------------------ gradients
 
-    def fingerprint(self, params) -> tuple[list, list[int], torch.Tensor | None]:
+    def fingerprint(self, params, at_end: bool = False) -> tuple[list, list[int], torch.Tensor | None]:
         """Four entries of each dense gradient (flat positions 0, n/3, 2n/3, n-1).
+
+        A gradient whose four entries were all zero at an earlier step (an embedding whose
+        batches touch a few rows: no coefficient can be read from zeros) is sampled at its
+        largest entry instead of the first, found on the device at the end of the backward
+        (``at_end``) and sampled at the same place at the pre-hook.
 
         Returns ``(params sampled, their positions, samples)``; ``samples`` is float32, of
         length ``4 * len(params)``, on the first gradient's device.
@@ -201,6 +208,8 @@ class Instruments:
             if idx is None:
                 idx = torch.tensor([0, n // 3, (2 * n) // 3, n - 1], dtype=torch.long, device=gdev)
                 cache[(n, gdev)] = idx
+            if self._argmax and ppos[id(p)] in self._argmax:
+                idx = self._peak_index(ppos[id(p)], g, idx, at_end)
             sm = torch.take(g, idx)
             if dev is None:
                 dev = gdev
@@ -211,12 +220,22 @@ class Instruments:
             pos_l.append(ppos[id(p)])
         return plist, pos_l, (torch.cat(parts) if parts else None)
 
+    def _peak_index(self, pos: int, g: torch.Tensor, idx: torch.Tensor, at_end: bool) -> torch.Tensor:
+        """``idx`` with its first entry moved to ``g``'s largest |entry| (found at the end of
+        the backward, kept for the pre-hook's samples of the same step)."""
+        if at_end or pos not in self._peak:
+            top = torch.argmax(g.detach().abs().reshape(-1)).reshape(1)
+            self._peak[pos] = torch.cat([top, idx[1:]])
+        return self._peak[pos]
+
     def _sampling(self, rec: StepRecord) -> bool:
         """Whether this logged step fingerprints a subset (see the module docstring): the
         previous fingerprinted step's coefficients decide."""
         prev = self._clip_rec
         if prev is not None and prev is not rec:   # (a second backward of one step: no news)
             self._clip_rec = None
+            if prev.clip_blind:   # all-zero samples: their largest entry from now on
+                self._argmax.update(prev.clip_blind)
             if prev.clip_uniform:
                 self._uniform_streak += 1
                 if prev.post:
@@ -259,7 +278,7 @@ class Instruments:
             rec.versions = (grads, [-1 if g is None else g._version for g in grads])
         if not counters or self._blind or self._untouched < TRUST_AFTER or self._since_fp >= RECHECK_EVERY:
             rec.fp_sampled = self._sampling(rec)
-            rec.fp_end = self.fingerprint(self._subset() if rec.fp_sampled else params)
+            rec.fp_end = self.fingerprint(self._subset() if rec.fp_sampled else params, at_end=True)
             self._clip_rec = rec
             self._since_fp = 0
         elif self._ver_rec is not rec:
@@ -527,6 +546,8 @@ class Instruments:
 
     def _outgrad_hook(self, i: int, n: int):
         def hook(g):
-            sq = torch.linalg.vector_norm(g.detach(), dtype=torch.float32).square().reshape(1)
+            # (float32 at least; a float64 gradient is reduced in float64: the norm refuses to narrow)
+            acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+            sq = torch.linalg.vector_norm(g.detach(), dtype=acc).square().reshape(1)
             self._host._get_record().pending.append(OutGrad(sq, layer=i, n=n))
         return hook

@@ -11,6 +11,7 @@ always measured (the state at initialisation is the one most diagnoses need).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -145,7 +146,8 @@ def as_schedule(value, name: str = "every", owner: str = "gradhealth.watch") -> 
     if isinstance(value, bool):
         raise ParameterError(name, owner, "an integer >= 1, 'log', a Schedule or a callable", value,
                              f"pass {name}=1 (every step) or {name}=10.")
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):   # (np.int64 too, as every other integer option)
+        value = int(value)
         if value < 1:
             raise ParameterError(name, owner, "an integer >= 1, 'log', a Schedule or a callable", value,
                                  f"pass {name}=1 (every step) or {name}=10.")

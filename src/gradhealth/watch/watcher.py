@@ -115,6 +115,8 @@ class Watcher:
         self._sched: tuple[int, bool, bool] = (-1, False, False)   # (step, logged, detail), _schedule()
         self._scaler_states = None
         self._skipped_total = 0
+        self._observes = False   # observe() was called (then a read waits for the step's loss)
+        self._seen_end = False   # an iteration ended at the next forward (observe() had its chance)
         self._log.model_info = model_info(self._map.table)
         self._readback = ReadbackQueue()
         self._inst = Instruments(self)
@@ -134,13 +136,13 @@ class Watcher:
     @property
     def events(self) -> list[Event]:
         """Every event so far (detectors, guard, replay, internal errors), in order."""
-        self._log.settle()
+        self._up_to_date()
         return self._log.events
 
     @property
     def history(self) -> deque[StepStats]:
         """The last ``history_size`` logged steps."""
-        self._log.settle()
+        self._up_to_date()
         return self._log.history
 
     @property
@@ -151,7 +153,7 @@ class Watcher:
     @property
     def store(self):
         """The run store (``run_dir`` given), else None."""
-        self._log.settle()
+        self._up_to_date()
         return self._log.store
 
     @property
@@ -190,6 +192,7 @@ class Watcher:
         value = as_loss(loss)
         if not self._active:
             return
+        self._observes = True
         try:
             step = self.step
             if not self._is_logged(step) and self._it.record is None:
@@ -254,7 +257,21 @@ class Watcher:
 
     def summary(self) -> str:
         """A few plain-text lines: steps, skipped steps, and the events by kind."""
+        self._up_to_date()
         return self._log.summary(self.step, self._skipped_total)
+
+    def _up_to_date(self) -> None:
+        """What a reader sees includes the step just taken: an iteration whose optimizers
+        have all stepped, and whose loss was observed (when ``observe`` is used at all; before
+        the first iteration ended, that is not known yet), ends now rather than at the next
+        forward (as at :meth:`state_dict`)."""
+        it, rec = self._it, self._it.record
+        if self._active and it.stepped and it.n_stepped >= len(self._opts.watched) and (
+                # (a loss not coming is known once an iteration ended at a forward without one)
+                ((rec.loss if rec is not None else it.pending_loss) is not None) if self._observes
+                else self._seen_end):
+            self._end_for_checkpoint()
+        self._log.settle()
 
     # ------------------------------------------------------------------ attaching
 
@@ -297,7 +314,8 @@ class Watcher:
         if register:
             self._hooks.add(opt.register_step_pre_hook(self._pre_step))
             self._hooks.add(opt.register_step_post_hook(self._on_post_step))
-        self._policy.install(opt, self._on_guard_skip)
+        self._policy.install(opt, self._on_guard_skip, also=lambda _o=opt: [
+            p for o in self._opts.watched if o is not _o for p in self._opt_params(o)])
         return True
 
     # ------------------------------------------------------------------ faults and events
@@ -374,6 +392,7 @@ class Watcher:
             self._end_iteration()   # a second primary step without a forward in between
             it = self._it
         it.stepped = True
+        it.n_stepped += 1
         if primary:
             it.primary_stepped = True
         if self._is_logged(self.step):
@@ -386,6 +405,7 @@ class Watcher:
 
     @hook_method("forward")
     def _on_root_pre(self, module, args, kwargs):
+        self._seen_end = self._seen_end or self._it.stepped
         self._boundary_at_forward()
         if not self._it.forward:
             self._policy.before_forward()
@@ -594,11 +614,13 @@ class Watcher:
         """StepGuard found non-finite gradients: the optimizer step will not run."""
         if not self._active:
             return
+        already = False
         try:
             rec = self._step_begin(opt)
             if rec is None:   # not a logged step: log it anyway, it is the interesting one
                 rec = self._get_record()
                 rec.stepped = True
+            already = rec.skipped   # another optimizer of this step was skipped already
             if rec.lr is None:
                 rec.lr = learning_rate(opt)
             params = self._opt_params(opt)
@@ -612,6 +634,8 @@ class Watcher:
         n_bad = len(info.get("nonfinite", ())) or sum(1 for v in rec.nf.values() if v > 0)
         if info.get("action", "skip") == "raise" or self.config.on_nonfinite == "raise":
             self._raise(rec, n_bad, info)
+        if already:   # one step, one skip: counted and said once
+            return
         self._skipped_total += 1
         rec.skipped = True
         self._emit([self._log.with_remedy(self._policy.skip_event(rec, n_bad, info, self._opts.watched))])
