@@ -78,3 +78,17 @@ def test_unknown_activation_names_the_usable_ones_and_no_callable(capsys):
     err = capsys.readouterr().err
     assert "tanh" in err and "relu" in err and "derivative=" not in err and "callable" not in err
     assert "trainability_of" in err
+
+
+def test_a_cache_that_is_a_file_and_a_wrong_figure_suffix_are_usage_errors(tmp_path, capsys):
+    """``--cache FILE`` raised FileExistsError after the cells had started; ``--out t.txt``
+    suggested ``--out phase.png`` (the phase command's example)."""
+    f = tmp_path / "afile.txt"
+    f.write_text("x")
+    rc = main(["trainability", "--no-progress", "--cache", str(f), "--sigma-w2", "1", "--depths", "2",
+               "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'cache' parameter" in err and "--no-cache" in err and "Traceback" not in err
+    assert main(["trainability", "--out", str(tmp_path / "t.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "trainability.png" in err and "phase.png" not in err

@@ -284,3 +284,31 @@ def test_cli_follow_refuses_a_bad_interval(nan_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'interval'" in err and "--interval 2" in err and "Traceback" not in err
     assert not (tmp_path / "tb").exists()      # refused before anything was written
+
+
+def test_cli_export_of_what_is_not_a_run_creates_nothing(nan_run, tmp_path, capsys, monkeypatch):
+    """The TensorBoard writer was created before the run was read: exporting a missing folder,
+    an empty one or a corrupt store exited 2 but left a ``tensorboard/`` folder of event files
+    behind (the next try then said "has no run.sqlite" instead of "does not exist"); a file
+    given as the run ended in a NotADirectoryError traceback. Oracle: the file system before
+    and after."""
+    pytest.importorskip("tensorboardX")
+    from gradhealth.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile.txt").write_text("x")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "run.sqlite").write_bytes(b"not sqlite at all" * 10)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for target in ("missing", "empty", "afile.txt", "corrupt", ""):
+        assert main(["export", target, "--to", "tensorboard"]) == 2, target
+        err = capsys.readouterr().err
+        assert "error:" in err and "Traceback" not in err
+    assert main(["export", str(nan_run[0]), "--to", "tensorboard", "--logdir", "afile.txt/tb"]) == 2
+    err = capsys.readouterr().err
+    assert "'logdir'" in err and "Fix:" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # the store file itself names the run: its folder holds the default logdir
+    assert main(["export", str(nan_run[0] / "run.sqlite"), "--to", "tensorboard"]) == 0
+    assert any((nan_run[0] / "tensorboard").iterdir())

@@ -102,3 +102,17 @@ def test_apply_prescription_parses_never_evals():
             apply_prescription(code, model)
     with pytest.raises(ParameterError, match="'inputs' parameter"):
         apply_prescription("gradhealth.remedies.lsuv_(model, inputs)", model)
+
+
+def test_cure_save_to_a_directory_and_a_huge_seed_are_usage_errors(factory, tmp_path, capsys):
+    """``--save DIR`` crashed the error handler itself ('RuntimeError' object has no attribute
+    'strerror'); ``--seed 99999999999999999999`` overflowed inside torch.manual_seed (a
+    ValueError traceback). Both are usage errors now (exit 2, the option named)."""
+    rc = main(["cure", f"{factory}:chaotic", "--save", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'save' parameter" in err and "cured.pt" in err and "Traceback" not in err
+    for cmd in (["cure", f"{factory}:chaotic"], ["probe", f"{factory}:chaotic"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*cmd, "--seed", "99999999999999999999"])
+        assert exc.value.code == 2
+        assert "--seed" in capsys.readouterr().err

@@ -196,3 +196,53 @@ def test_a_read_between_two_optimizers_steps_waits_for_the_second():
             o1.zero_grad()
             o2.zero_grad()
     assert w.step == 3 and [h.step for h in w.history] == [0, 1, 2]
+
+
+def test_steps_reach_the_store_while_training_pauses_and_survive_a_hard_exit(tmp_path):
+    """Completed steps waited in memory for the next step (up to SETTLE_EVERY of them): a
+    process that paused (a long evaluation, a hang) and was then killed left none of them in
+    the store, and ``summary`` called the run healthy with no steps. Now an idle settler
+    settles what waited SETTLE_WITHIN_S. Oracle: the steps the killed process completed (the
+    step whose iteration never ended, the last, is the one in progress)."""
+    run_dir = tmp_path / "run"
+    code = ("import os, time, torch, gradhealth\n"
+            "torch.manual_seed(0)\n"
+            "m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))\n"
+            "opt = torch.optim.SGD(m.parameters(), lr=0.01)\n"
+            f"w = gradhealth.watch(m, opt, run_dir={str(run_dir)!r})\n"
+            "for _ in range(10):\n"
+            "    m(torch.randn(5, 4)).pow(2).mean().backward()\n"
+            "    opt.step()\n"
+            "    opt.zero_grad()\n"
+            "time.sleep(2.5)\n"        # the idle settler's turn, then the store's commit
+            "os._exit(0)\n")           # no atexit, no remove(): as the OOM killer
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert [r["step"] for r in load_run(run_dir).steps] == list(range(9))
+
+
+def test_the_idle_settler_settles_in_process_and_stops_with_the_watcher(monkeypatch):
+    """In process: steps that wait while the loop does something else are settled without a
+    read (the raw deque, not the settling property); remove() stops the thread."""
+    import threading
+    import time
+
+    monkeypatch.setattr(runlog, "SETTLE_WITHIN_S", 0.05)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    w = watch(m, opt, detail_every=never())
+    for _ in range(4):
+        m(torch.randn(5, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    m(torch.randn(5, 4))            # ends step 3: four completed steps wait
+    deadline = time.monotonic() + 10
+    while len(w._log.history) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [s.step for s in w._log.history] == [0, 1, 2, 3]
+    thread = w._log._idle.thread
+    assert thread in threading.enumerate()
+    w.remove()
+    thread.join(timeout=10)
+    assert not thread.is_alive()

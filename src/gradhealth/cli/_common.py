@@ -100,3 +100,20 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError) and exc.msg:
         text = [exc.msg]
     return f"{type(exc).__name__}: {text[0]}" if text and text[0] else type(exc).__name__
+
+
+SEED_MAX = 2 ** 63 - 1
+
+
+def seed_int(text: str) -> int:
+    """argparse ``type`` of ``--seed``: an integer torch.manual_seed takes (0 .. 2**63 - 1);
+    argparse turns the error into a usage message with exit code 2."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}; pass e.g. --seed 0") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..{SEED_MAX}, got {text}; pass e.g. --seed 0")
+    return v

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._common import seed_int
+
 HELP = "apply the top prescription to a copy of a model and show the before/after probe"
 DESCRIPTION = """Probe a model, apply its top prescription(s) that change the model itself
 (re-initialisation, activation swap) to a copy, probe the copy, and print both side by side.
@@ -35,7 +37,7 @@ def add_arguments(parser) -> None:
     add_target_arguments(parser, loss_help="loss the probe differentiates (default: surrogate)")
     parser.add_argument("--top", type=int, default=1, metavar="N",
                         help="apply the first N applicable prescriptions, in rank order (default 1)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_int, default=0,
                         help="seed for the inputs, the probe and the re-initialisation")
     parser.add_argument("--save", metavar="FILE", help="write the cured copy's state_dict here")
     parser.add_argument("--json", action="store_true", help="print before/after as JSON")
@@ -136,11 +138,17 @@ def _save(path: str, cured, res: _Outcome) -> None:
     if not res.chosen:
         raise ParameterError("save", _OWNER, "used when a prescription was applied", path,
                              f"the model is {res.before.verdict} and no prescription changes it; nothing to save.")
+    import os
+
+    if os.path.isdir(path):
+        raise ParameterError("save", _OWNER, "a file path, not a directory", path,
+                             f"pass e.g. --save {os.path.join(path, 'cured.pt')}.")
     try:
         torch.save(cured.state_dict(), path)
     except (OSError, RuntimeError) as exc:  # torch.save: RuntimeError for a missing directory
-        raise ParameterError("save", _OWNER, "a writable file path", path,
-                             f"{exc.strerror or exc}") from None
+        why = getattr(exc, "strerror", None) or "it cannot be written"
+        raise ParameterError("save", _OWNER, "a writable file path in an existing directory", path,
+                             f"choose another path ({why}).") from None
 
 
 def _print_text(res: _Outcome, saved: str | None) -> int:

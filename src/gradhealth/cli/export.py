@@ -54,7 +54,9 @@ def run(args) -> int:
                 print("gradhealth export: error: --tracking-uri and --run-name are for --to mlflow.",
                       file=sys.stderr)
                 return 2
-            logdir = args.logdir or Path(args.run_dir) / "tensorboard"
+            run_path = Path(args.run_dir)
+            # (a run.sqlite given for the run: its folder holds the default logdir)
+            logdir = args.logdir or (run_path.parent if run_path.is_file() else run_path) / "tensorboard"
             if args.follow:
                 return _follow(export, args.run_dir, logdir, args.interval)
             logdir = export.to_tensorboard(args.run_dir, logdir)

@@ -44,8 +44,9 @@ def check_figure_path(path: str, param: str, owner: str):
     p = Path(path)
     ext = p.suffix.lower().lstrip(".")
     if ext not in ("png", "svg", "pdf"):
+        example = owner.split()[-1] if owner.startswith("gradhealth ") else "figure"
         raise ParameterError(param, owner, "a file name ending in .png, .svg or .pdf", path,
-                             "pass e.g. --out phase.png")
+                             f"pass e.g. --{param} {example}.png")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir() or p.is_dir():
         raise ParameterError(param, owner, "a file in an existing directory", path,

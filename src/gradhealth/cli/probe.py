@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ModelError, ParameterError
+from ._common import seed_int
 
 HELP = "probe a model's gradient health on one batch: per-layer table, verdicts, prescriptions"
 DESCRIPTION = """Probe a model's gradient health on one batch.
@@ -44,7 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", metavar="PATTERN", action="append",
                         help="analyse only layers whose qualified name matches this glob "
                              "(repeatable), e.g. 'encoder.layers.0.*'")
-    parser.add_argument("--seed", type=int, default=0, help="seed for inputs, dropout and probes")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed for inputs, dropout and probes")
     parser.add_argument("--device", help="move the model to this device first (e.g. cuda)")
     parser.add_argument("--no-jacobian", action="store_true",
                         help="skip the input-output Jacobian spectrum")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._common import seed_int
+
 HELP = "train nets over a sigma_w2 x depth grid: is the trainable region depth < k xi_c? (measured k)"
 DESCRIPTION = """Train a plain fully connected net for every (sigma_w2, depth) cell on scikit-learn's digits
 and draw the measured train accuracy with the mean-field curves depth = 6 xi_c (Schoenholz et
@@ -41,7 +43,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=0.01, help="learning rate (default: 0.01, momentum 0.9)")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="train accuracy that counts as trainable (default: 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every cell (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of every cell (default: 0)")
     parser.add_argument("--jobs", "-j", type=int, default=None,
                         help="worker processes (default: the number of cores, at most 8)")
     parser.add_argument("--cache", metavar="DIR", help="per-cell cache (default: ~/.cache/gradhealth/trainability)")
@@ -93,6 +95,11 @@ def run(args) -> int:
     jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 8)
     jobs = check_int(jobs, "jobs", owner, min_value=1, max_value=256, fix="pass e.g. --jobs 2.")
     cache = None if args.no_cache else (args.cache or default_cache_dir())
+    if cache is not None and os.path.exists(cache) and not os.path.isdir(cache):
+        from ..errors import ParameterError
+
+        raise ParameterError("cache", owner, "a directory (created when missing)", str(cache),
+                             "pass --cache a folder, or --no-cache.")
     con = console(stderr=args.json)
     todo, _ = pending(spec, RunOptions(cache_dir=cache))
     total = len(spec.cells())

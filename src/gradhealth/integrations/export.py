@@ -218,7 +218,14 @@ def _tb_writer(logdir):
         raise ImportError(f"gradhealth's TensorBoard export needs tensorboardX, which is not installed. "
                           f"Fix: {TENSORBOARD_FIX}.") from None
     logdir = Path(logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:   # under a file, unwritable, a blank path
+        from ..errors import ParameterError
+
+        raise ParameterError("logdir", "gradhealth export", "a directory that can be created or written",
+                             str(logdir), f"pass --logdir a writable directory ({exc.strerror or exc})."
+                             ) from None
     return logdir, SummaryWriter(logdir=str(logdir))
 
 
@@ -273,9 +280,9 @@ def to_tensorboard(run_dir: str | os.PathLike, logdir: str | os.PathLike) -> Pat
         ImportError: tensorboardX is not installed (the message names the install command).
         StoreError: ``run_dir`` is not a readable gradhealth run.
     """
+    exp = build_export(_load(run_dir))   # (first: nothing is created for what is not a run)
     logdir, writer = _tb_writer(logdir)
     try:
-        exp = build_export(_load(run_dir))
         with _quiet_x2num():
             _write_tb(writer, exp)
     finally:

@@ -130,7 +130,7 @@ def _solve_q(kern: Kernel, s, sb2, *, polish: int = 2) -> np.ndarray:
     out[stay] = Q0
     ok &= ~stay & (lo_i < t.size - 1)
     if not np.any(ok):
-        return out.reshape(shape)
+        return _beyond_table(kern, s, sb2, out, float(t[-1])).reshape(shape)
     i, row, b = lo_i[ok], inv[ok], sb2[ok]
     lo, hi = t[i], t[i + 1]
     h0, h1 = h[row, i] - b, h[row, i + 1] - b
@@ -159,7 +159,35 @@ def _solve_q(kern: Kernel, s, sb2, *, polish: int = 2) -> np.ndarray:
     # polished down to the evaluation floor) is the trivial fixed point q* = 0.
     q = np.where(zero | ((b == 0.0) & (q < 1e-150)), 0.0, q)
     out[ok] = q
-    return out.reshape(shape)
+    return _beyond_table(kern, s, sb2, out, float(t[-1])).reshape(shape)
+
+
+def _beyond_table(kern: Kernel, s: np.ndarray, sb2: np.ndarray, out: np.ndarray, top: float) -> np.ndarray:
+    """``out`` with the fixed points above the table's last length ``top`` found: a bounded
+    activation (tanh at ``sigma_w2 = 1e16``) has its ``q*`` near ``sigma_w2 sup phi^2``,
+    beyond any table, and is not ``inf``. The length map is iterated from ``top`` (where the
+    way up from ``Q0`` left the table); lengths that keep growing stay ``inf``."""
+    far = np.flatnonzero(np.isinf(out) & np.isfinite(s) & np.isfinite(sb2))
+    if not far.size:
+        return out
+    q = np.full(far.size, top)
+    live = np.ones(far.size, dtype=bool)   # still iterating
+    found = np.zeros(far.size, dtype=bool)
+    with np.errstate(all="ignore"):
+        for k in range(60):
+            idx = np.flatnonzero(live)
+            if not idx.size:
+                break
+            nxt = s[far[idx]] * kern.V(q[idx]) + sb2[far[idx]]
+            conv = np.isfinite(nxt) & (np.abs(nxt - q[idx]) <= 1e-13 * np.abs(nxt))
+            # a bounded map converges within a few steps of its jump from ``top``; one still
+            # growing after that (or overflowing) diverges
+            grow = ~np.isfinite(nxt) | ((k >= 8) & (nxt > q[idx] * (1 + 1e-9)))
+            q[idx] = nxt
+            found[idx[conv]] = True
+            live[idx[conv | grow]] = False
+    out[far] = np.where(found, q, np.inf)
+    return out
 
 
 def _c_map_funcs(kern: Kernel, q, sw2, rho):

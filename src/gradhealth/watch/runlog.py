@@ -11,8 +11,10 @@ event per site and a :class:`WatchWarning`.
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,6 +147,9 @@ class RunLog:
         self._events_before = 0     # events of the sessions before a resume (in the store)
         self._done: list[tuple] = []   # completed steps not yet settled (complete(), settle())
         self._done_since = 0.0
+        # the training thread and the idle settler (below) take turns; uncontended on the hot path
+        self._lock = threading.RLock()
+        self._idle: _IdleSettler | None = None
         preload()   # (the first event's prescription must not import inside a training step)
 
     # ------------------------------------------------------------------ the store
@@ -181,6 +186,9 @@ class RunLog:
 
     def close(self, final_meta: dict) -> None:
         """Write the final metadata and close the store (idempotent)."""
+        if self._idle is not None:
+            self._idle.stop()
+            self._idle = None
         self.settle()
         if self.store is None:
             return
@@ -217,14 +225,15 @@ class RunLog:
         completed before them (:meth:`settle`)."""
         if not events:
             return
-        if self._done:
-            self.settle()
-        self.events.extend(events)
-        if self.store is not None:
-            try:
-                self.store.append_events(events)
-            except Exception:  # pragma: no cover - never raises by contract
-                pass
+        with self._lock:
+            if self._done:
+                self.settle()
+            self.events.extend(events)
+            if self.store is not None:
+                try:
+                    self.store.append_events(events)
+                except Exception:  # pragma: no cover - never raises by contract
+                    pass
 
     def with_remedy(self, e: Event) -> Event:
         """``e`` with the code of its first prescription as ``remedy``. A model whose
@@ -232,17 +241,26 @@ class RunLog:
         table: then one ``torch.fx`` trace, at the first remedy, finds it, so that watch
         prescribes what probe does (``he_(model, activation='relu')``, not a gain-1 init)."""
         try:
-            if "activation" not in self.model_info and self._model is not None:
-                from ..remedies._plan import traced_activation
-
-                model, self._model = self._model, None          # once
-                act = traced_activation(model)
-                if act:
-                    self.model_info["activation"] = act
+            self._trace_once()
             return with_remedy(e, self.model_info)
         except Exception as exc:
             self.internal("prescribe", exc)
             return e
+
+    def _trace_once(self) -> None:
+        """The model's activation from one ``torch.fx`` trace, when its layer table has none
+        (see :meth:`with_remedy`); at the first remedy, in the training thread only: a trace
+        patches ``nn.Module.__call__`` process-wide and runs the model's Python. A remedy the
+        idle settler writes before that prescribes from the layer table alone."""
+        if self._model is None or (self._idle is not None and threading.current_thread() is self._idle.thread):
+            return
+        model, self._model = self._model, None          # once
+        if "activation" not in self.model_info:
+            from ..remedies._plan import traced_activation
+
+            act = traced_activation(model)
+            if act:
+                self.model_info["activation"] = act
 
     def summary(self, steps: int, skipped: int) -> str:
         """A few plain-text lines: steps, skipped steps, the first 20 events (names escaped)."""
@@ -304,12 +322,15 @@ class RunLog:
         or non-finite step), and before anything reads the events, the history or the store
         or emits an event (so events stay in step order). One batch of a few steps runs in a
         warm cache: on a step of a few milliseconds, cheaper than one step at a time."""
-        done = self._done
-        done.append((rec, table, layer_of, loss, self.model_info))
-        if len(done) == 1:
-            self._done_since = _now()
-        if urgent or len(done) >= SETTLE_EVERY or _now() - self._done_since >= SETTLE_WITHIN_S:
-            self.settle()
+        with self._lock:
+            done = self._done
+            done.append((rec, table, layer_of, loss, self.model_info))
+            if len(done) == 1:
+                self._done_since = _now()
+                if self._idle is None:
+                    self._idle = _IdleSettler(self)
+            if urgent or len(done) >= SETTLE_EVERY or _now() - self._done_since >= SETTLE_WITHIN_S:
+                self.settle()
 
     def settle_due(self) -> None:
         """:meth:`settle` if the oldest waiting step has waited :data:`SETTLE_WITHIN_S` (called
@@ -319,6 +340,12 @@ class RunLog:
 
     def settle(self) -> None:
         """Assemble every completed step not settled yet, then :meth:`record` them (in order)."""
+        if not self._done:
+            return
+        with self._lock:
+            self._settle_locked()
+
+    def _settle_locked(self) -> None:
         while self._done:
             done, self._done = self._done, []
             steps = []
@@ -379,3 +406,40 @@ class RunLog:
         if st is None:
             return 0, 0
         return int(getattr(st, "dropped_rows", 0)), len(getattr(st, "pending_events", ()))
+
+
+class _IdleSettler:
+    """Settles the completed steps of a run that stopped stepping for a while (a long
+    evaluation, a hang, a pause before the process is killed): without it they would wait in
+    memory for the next step, and a process that dies then would leave none of them in the
+    store (``top`` would show nothing new meanwhile). A daemon thread that wakes every
+    :data:`SETTLE_WITHIN_S` and settles only when the oldest waiting step has waited that long
+    and the training thread is not inside the run log itself (it never waits for the lock). It
+    never runs the first prescription's model trace (see :meth:`RunLog._trace_once`)."""
+
+    def __init__(self, log: RunLog):
+        self._stop = threading.Event()
+        ref = weakref.ref(log)
+        self.thread = threading.Thread(target=self._run, args=(ref, self._stop), name="gradhealth-settle",
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @staticmethod
+    def _run(ref, stop: threading.Event) -> None:
+        while not stop.wait(SETTLE_WITHIN_S):
+            log = ref()
+            if log is None:
+                return
+            try:
+                ready = log._done and _now() - log._done_since >= SETTLE_WITHIN_S
+                if ready and log._lock.acquire(blocking=False):
+                    try:
+                        log._settle_locked()
+                    finally:
+                        log._lock.release()
+            except Exception:   # (settle reports its own failures; never let the thread die loud)
+                pass
+            del log
