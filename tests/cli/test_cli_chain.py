@@ -128,3 +128,32 @@ def test_gallery_section_builds(capsys, tmp_path):
     assert len(pngs) == 10
     md = (tmp_path / "index.md").read_text()
     assert "0.7" in md and "| 0.6 |" in md and "1152.92" in md
+
+
+def test_negative_numbers_in_scientific_notation_are_values(capsys):
+    """argparse took ``-1e3`` for an option ("expected one argument"): ``--x-range -1e3 1``
+    could not be entered at all. Oracle: the same command written without the exponent."""
+    from gradhealth.cli import main
+
+    outs = []
+    for xr, w in ((["-1e3", "1"], "-1e-1"), (["-1000", "1"], "-0.1")):
+        assert main(["chain", "--x-range", *xr, "--weight", w, "--json"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+    assert main(["power", "--weight", "-1e-1", "--json"]) == 0
+    a = capsys.readouterr().out
+    assert main(["power", "--weight", "-0.1", "--json"]) == 0
+    assert a == capsys.readouterr().out
+
+
+
+def test_a_non_finite_weight_names_the_option_and_a_fix(capsys):
+    """``--weight nan`` named the library functions (scalar_chain, power_table) and gave no
+    Fix line."""
+    from gradhealth.cli import main
+
+    for cmd in (["chain", "--weight", "nan"], ["power", "--weight", "-inf"], ["chain", "--bias", "inf"]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert f"'{cmd[1][2:]}' parameter of gradhealth {cmd[0]}" in err and "Fix:" in err, err
+        assert "scalar_chain" not in err and "power_table" not in err

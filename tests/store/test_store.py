@@ -371,3 +371,13 @@ def test_newer_schema_is_refused(tmp_path):
     assert not store.ok
     with pytest.raises(StoreError):  # the file was left alone: still refused, not overwritten
         load_run(tmp_path)
+
+
+def test_a_damaged_store_is_refused_with_a_fix(tmp_path):
+    """A corrupt run.sqlite was refused with the SQLite error and no Fix line."""
+    from gradhealth.store import load_run
+
+    (tmp_path / "run.sqlite").write_bytes(b"not sqlite at all" * 64)
+    with pytest.raises(StoreError) as exc:
+        load_run(tmp_path)
+    assert "cannot be read" in str(exc.value) and "Fix:" in str(exc.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from ..errors import GradHealthError
@@ -40,7 +41,13 @@ COMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with exit code 2 and a hint, for every usage error."""
+    """argparse with exit code 2 and a hint, for every usage error; a negative number in
+    scientific notation (``--weight -1e-1``, ``--x-range -1e3 1``) is a value, as ``-0.1`` is
+    (argparse's own pattern knows only ``-1`` and ``-.5``: no option of ours looks like one)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$")
 
     def error(self, message):  # noqa: D401 - argparse API
         self.print_usage(sys.stderr)

@@ -118,9 +118,10 @@ def run(args) -> int:
     was found, 2 usage error)."""
     from ..errors import ParameterError
     from ..theory.chain import scalar_chain
-    from ._common import console, print_json
+    from ._common import check_finite_options, console, print_json
 
     owner = "gradhealth chain"
+    check_finite_options(args, ("weight", "bias", "at"), owner)
     plot_path = check_plot_path(args.plot, owner) if args.plot else None
     lo, hi = args.x_range
     if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:

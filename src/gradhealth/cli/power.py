@@ -36,8 +36,9 @@ def run(args) -> int:
     """Run ``gradhealth power`` on the parsed ``args``; returns the exit code (0 ok, 1 a pathology
     was found, 2 usage error)."""
     from ..theory.chain import FLOAT_LIMITS, power_limits, power_table
-    from ._common import console, print_json
+    from ._common import check_finite_options, console, print_json
 
+    check_finite_options(args, ("weight",), "gradhealth power")
     tab = power_table(args.weight, args.depth)
     limits = [power_limits(args.weight, d) for d in FLOAT_LIMITS]
     if args.json:

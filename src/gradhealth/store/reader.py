@@ -35,6 +35,9 @@ from .schema import (
 
 __all__ = ["Run", "LayerColumns", "load_run", "to_pandas", "to_records"]
 
+_DAMAGED_FIX = (" Fix: check the path; a store damaged by a crash or copied while it was being written "
+                "cannot be repaired by gradhealth (`sqlite3 run.sqlite .recover` may save its rows).")
+
 _LAYER_FIELDS = tuple(c for c, _ in LAYER_STAT_COLUMNS)
 
 
@@ -245,7 +248,7 @@ def _connect(db: Path) -> sqlite3.Connection:
             return conn
         except sqlite3.Error as exc:
             last = exc
-    raise StoreError(f"{str(db)!r} cannot be read as a gradhealth run ({last}).")
+    raise StoreError(f"{str(db)!r} cannot be read as a gradhealth run ({last})." + _DAMAGED_FIX)
 
 
 def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
@@ -297,7 +300,7 @@ def load_run(run_dir: str | os.PathLike, *, layer_stats: bool | str = True,
         _read_tables(conn, run, tables, layer_stats, fields, max_steps, after_step)
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{str(db)!r} cannot be read as a gradhealth run ({exc}).") from None
+        raise StoreError(f"{str(db)!r} cannot be read as a gradhealth run ({exc})." + _DAMAGED_FIX) from None
     finally:
         conn.close()
     return run
