@@ -312,3 +312,17 @@ def test_cli_export_of_what_is_not_a_run_creates_nothing(nan_run, tmp_path, caps
     # the store file itself names the run: its folder holds the default logdir
     assert main(["export", str(nan_run[0] / "run.sqlite"), "--to", "tensorboard"]) == 0
     assert any((nan_run[0] / "tensorboard").iterdir())
+
+
+def test_cli_mlflow_refusing_a_file_store_says_how_to_allow_it(nan_run, tmp_path, monkeypatch, capsys):
+    """MLflow 3.7+ refuses a file: store unless MLFLOW_ALLOW_FILE_STORE is set; the CLI passed
+    MLflow's refusal on without saying how to get past it."""
+    mlflow = pytest.importorskip("mlflow")
+    from gradhealth.cli import main
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    rc = main(["export", str(nan_run[0]), "--to", "mlflow", "--tracking-uri", (tmp_path / "mlruns").as_uri()])
+    err = capsys.readouterr().err
+    if rc == 0:   # (an MLflow that still takes a file store without being asked)
+        pytest.skip(f"mlflow {mlflow.__version__} accepts the file store")
+    assert rc == 2 and "MLFLOW_ALLOW_FILE_STORE=true" in err and "Traceback" not in err

@@ -42,6 +42,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Run ``gradhealth export`` on the parsed ``args``; returns the exit code (0 ok, 2 usage error)."""
+    import os
     import sys
     from pathlib import Path
 
@@ -75,7 +76,13 @@ def run(args) -> int:
     except Exception as exc:
         if not any(c.__name__ == "MlflowException" for c in type(exc).__mro__):   # e.g. a refused file store
             raise
-        print(f"gradhealth export: error: MLflow refused the export: {safe_text(exc)}", file=sys.stderr)
+        fix = ""
+        uri = str(args.tracking_uri or "")
+        if (uri.startswith("file:") or "file" in str(exc).lower()) and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
+            fix = (" Fix: MLflow 3.7+ writes a local file: store only with MLFLOW_ALLOW_FILE_STORE=true "
+                   "(run: MLFLOW_ALLOW_FILE_STORE=true gradhealth export ...), or pass --tracking-uri "
+                   "of a tracking server.")
+        print(f"gradhealth export: error: MLflow refused the export: {safe_text(exc)}{fix}", file=sys.stderr)
         return 2
     return 0
 
