@@ -89,7 +89,7 @@ def check_plot_path(path: str, owner: str):
     ok_ext = ("png", "svg", "pdf", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
     if ext not in ok_ext:
         raise ParameterError("plot", owner, "a file name ending in " + ", ".join("." + e for e in ok_ext[:3]),
-                             path, "pass e.g. --plot chain.png")
+                             path, f"pass e.g. --plot {owner.split()[-1]}.png")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir() or p.is_dir():
         raise ParameterError("plot", owner, "a file in an existing directory", path,

@@ -93,9 +93,13 @@ def run(args) -> int:
 
     if args.top < 1:
         raise ParameterError("top", _OWNER, "an integer >= 1", args.top, "pass --top 1 (the default).")
-    if args.save:
+    if args.save is not None:
+        import os
         from pathlib import Path
 
+        if not args.save.strip() or os.path.isdir(args.save):
+            raise ParameterError("save", _OWNER, "a file path (not blank, not a directory)", args.save,
+                                 "pass e.g. --save cured.pt.")
         parent = Path(args.save).expanduser().resolve().parent
         if not parent.is_dir():  # say so before minutes of probing, not after
             raise ParameterError("save", _OWNER, "a file path in an existing directory", args.save,
@@ -116,7 +120,7 @@ def run(args) -> int:
     after = run_probe(cured) if chosen else before
     res = _Outcome(before, after, chosen, others, summaries)
 
-    if args.save:
+    if args.save is not None:
         _save(args.save, cured, res)
 
     if args.json:

@@ -248,9 +248,12 @@ def run(args) -> int:
     was found, 2 usage error)."""
     from ..probe import probe
     from ._common import console, print_json
+    from .chain import check_plot_path
 
-    if args.device:
+    if args.device is not None:   # ('' is not "no device": it is a wrong one)
         check_device(args.device, _OWNER)
+    if args.plot is not None:     # (checked before the probe runs: a directory or '' is no figure)
+        check_plot_path(args.plot, _OWNER)
     model, inputs, target = load_target(args)
     if args.device:
         try:
@@ -268,7 +271,7 @@ def run(args) -> int:
         print_json(result.to_dict())
     else:
         console().print(result)
-    if args.plot:
+    if args.plot is not None:
         _save_plot(result, args.plot)
     return 0 if result.healthy else 1
 

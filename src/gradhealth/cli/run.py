@@ -259,6 +259,13 @@ def run(args) -> int:
     except _Usage as exc:
         print(f"gradhealth run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.run_dir is not None and not args.run_dir.strip():
+        from ..errors import ParameterError
+
+        print("gradhealth run: error: " + str(ParameterError(
+            "run-dir", "gradhealth run", "a directory path (not blank)", args.run_dir,
+            "pass e.g. --run-dir runs/exp1, or leave it out for the default.")), file=sys.stderr)
+        return EXIT_USAGE
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(target)
     try:
         _check_run_dir(run_dir)
