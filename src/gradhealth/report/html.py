@@ -250,7 +250,7 @@ def _probe_source(result):
     if isinstance(result, (str, os.PathLike)):
         try:
             return load_probe(result)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
             return Report.unreadable(str(result), f"{str(result)!r} is not a readable probe result "
                                      f"JSON ({exc}). Fix: pass the output of `gradhealth probe --json`.")
     return probe_from_dict(result) if isinstance(result, dict) else result

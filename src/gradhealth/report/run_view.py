@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..store import Run
 
 __all__ = ["SEVERITY_RANK", "is_pathology", "summarize", "events_table", "EventsTable", "AtWidth",
-           "render_summary", "StatusLine", "format_value", "fold_tokens"]
+           "render_summary", "worst_layers_table", "StatusLine", "format_value", "fold_tokens"]
 
 #: Severity -> rank; higher is worse.
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
@@ -301,10 +301,9 @@ class EventsTable(AtWidth):
 def render_summary(summary: dict):
     """The diagnosis (from :func:`summarize`) as a rich renderable."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
-    parts = []
+    parts: list = []
     st = summary["steps"]
     head = Text()
     head.append("run ", style="bold")
@@ -345,14 +344,8 @@ def render_summary(summary: dict):
     counts.append(f"  ({summary['n_pathologies']} pathological of {summary['n_events']})", style="dim")
     parts.append(counts)
     if summary["worst_layers"]:
-        t = Table(title="worst layers", title_justify="left", header_style="bold")
-        for c in ("layer", "worst", "events", "kinds", "since step"):
-            t.add_column(c)
-        for d in summary["worst_layers"]:
-            t.add_row(_text(d["layer"]), _text(d["worst_severity"], _SEVERITY_STYLE.get(d["worst_severity"], "")),
-                      _text(d["events"]), _text(", ".join(f"{k} x{v}" for k, v in d["kinds"].items())),
-                      _text(d["first_step"]))
-        parts.append(t)
+        rows = list(summary["worst_layers"])
+        parts.append(AtWidth(lambda width: worst_layers_table(rows, width)))
     if summary["remedies"]:
         parts.append(Text("what to change:", style="bold"))
         for i, r in enumerate(summary["remedies"], 1):
@@ -361,6 +354,50 @@ def render_summary(summary: dict):
             line.append(safe_text(f"  ({r['kind']}" + (f" in {r['layer']})" if r["layer"] else ")")), style="dim")
             parts.append(line)
     return Group(*parts)
+
+
+def worst_layers_table(rows: Sequence[dict], width: int | None = None):
+    """The "worst layers" table of :func:`summarize` (its ``worst_layers``), at most ``width``
+    columns wide: a layer name (and the kinds) too long for its column is folded onto more lines
+    at token boundaries (:func:`fold_tokens`), never cut, so layers that differ only deep inside
+    their names (``encoder.layers.3.attn`` and ``encoder.layers.7.attn``) stay apart."""
+    from rich.table import Table
+    from rich.text import Text
+
+    cells = [[safe_text(d["layer"]), safe_text(d["worst_severity"]), safe_text(d["events"]),
+              safe_text(", ".join(f"{k} x{v}" for k, v in d["kinds"].items())),
+              "-" if d["first_step"] is None else safe_text(d["first_step"])] for d in rows]
+    heads = ("layer", "worst", "events", "kinds", "since step")
+    natural = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    widths = list(natural)
+    if width is not None:
+        rest = width - (3 * len(heads) + 1) - sum(natural[1:3]) - natural[4]  # borders and padding
+        if natural[0] + natural[3] > rest:
+            widths[3] = min(natural[3], max(13, rest // 3))
+            widths[0] = max(8, min(natural[0], rest - widths[3]))
+            widths[3] = max(5, min(natural[3], rest - widths[0]))
+    folded = widths != natural
+    t = Table(title="worst layers", title_justify="left", header_style="bold", show_lines=folded)
+    for h, w in zip(heads, widths):
+        t.add_column(h, width=w if folded else None, overflow="fold", no_wrap=h in ("worst", "events", "since step"))
+    for d, c in zip(rows, cells):  # cells are safe_text already: only fold_tokens' line breaks added
+        t.add_row(Text(fold_tokens(c[0], widths[0])), Text(c[1], _SEVERITY_STYLE.get(d["worst_severity"], "")),
+                  Text(c[2]), Text(_pack([safe_text(f"{k} x{v}") for k, v in d["kinds"].items()], widths[3])),
+                  Text(c[4]))
+    return t
+
+
+def _pack(items: list[str], width: int) -> str:
+    """``items`` joined with ", " into lines of at most ``width`` characters, breaking between
+    items (``vanishing x1,`` / ``nonfinite x2``); an item longer than a line is folded."""
+    lines: list[str] = []
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if lines and len(lines[-1]) + 1 + len(piece) <= width:
+            lines[-1] += " " + piece
+        else:
+            lines.extend(fold_tokens(piece, width).split("\n"))
+    return "\n".join(lines)
 
 
 class StatusLine:
