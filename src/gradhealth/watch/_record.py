@@ -268,7 +268,7 @@ def _decode_general(rec: StepRecord, pos: list[int], v: np.ndarray, scale: float
         rec.clip_exact = False
     if not has.all():
         _blind(rec, pos, has)
-        if rest is None:   # the blind tensors take the common coefficient, as unsampled ones do
+        if rest is None and has.any():   # the blind tensors take the common coefficient, as unsampled ones do
             rest = list(pos)
     segs = np.flatnonzero(has)
     vals = r[segs]
