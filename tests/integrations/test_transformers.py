@@ -115,3 +115,46 @@ def test_without_the_callback_the_nan_step_poisons_the_model(tmp_path, monkeypat
     monkeypatch.setattr(hf, "GradHealthCallback", Inert)
     _, trainer = train(tmp_path)
     assert not all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+class _PlainLM(torch.nn.Module):
+    """A model without **kwargs: the Trainer does not hand it num_items_in_batch, so each
+    micro-batch's loss is its own mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(64, 16)
+        self.out = torch.nn.Linear(16, 64)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.out(torch.tanh(self.emb(input_ids)))
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), labels.reshape(-1))
+        return {"loss": loss, "logits": logits}
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "plain"])
+def test_the_stored_loss_of_an_accumulated_window_is_the_trainers(tmp_path, kind):
+    """With gradient accumulation, a transformers model takes num_items_in_batch and divides
+    each micro-batch's loss by the whole window's token count; the callback averaged those
+    again and stored half the window's loss (with 2 micro-batches). Oracle: the loss the
+    Trainer itself logs for each step (logging_steps=1)."""
+    from gradhealth.integrations.transformers import GradHealthCallback
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64,
+                                                                     n_positions=16))
+    else:
+        model = _PlainLM()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3, report_to=[], use_cpu=True,
+                                          logging_steps=1, save_strategy="no", per_device_train_batch_size=4,
+                                          gradient_accumulation_steps=2, disable_tqdm=True, seed=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(n=32),
+                                   callbacks=[GradHealthCallback(run_dir=tmp_path / "run")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    stored = [r["loss"] for r in load_run(tmp_path / "run").steps]
+    assert len(logged) == len(stored) == 3
+    assert stored == pytest.approx(logged, rel=1e-4)

@@ -22,7 +22,8 @@ does there::
     clip_grad_norm_(max_grad_norm=1.0)   one NaN anywhere makes every gradient NaN here
     on_pre_optimizer_step
     optimizer.step()            the watcher's step pre-hook: statistics, guard, forensic replay
-    on_optimizer_step           observe the step's loss (the mean of its micro-batches' losses)
+    on_optimizer_step           observe the step's loss: the mean of its micro-batches' losses (their
+                                sum when the model took num_items_in_batch: already window-normalised)
     model.zero_grad(); global_step += 1
     on_step_end                 stop the run when the guard raised (control.should_training_stop)
     on_log                      gradhealth/<kind> event counts added to the Trainer's logs (a step's
@@ -185,16 +186,19 @@ class GradHealthCallback(WatchingCallback):
         self._events.reset()
         if opt is not None:
             self._undo.append(wrap_step(opt, lambda inner: stopping(inner, self._stop)))
-        self._undo.append(model.register_forward_hook(self._keep_loss).remove)
+        self._undo.append(model.register_forward_hook(self._keep_loss, with_kwargs=True).remove)
 
     def _stop(self, exc) -> None:
         self.error = exc
 
-    def _keep_loss(self, module, inputs, out):
+    def _keep_loss(self, module, args, kwargs, out):
         if self._collect and module.training:
             loss = _output_loss(out)
             if loss is not None:
-                self._losses.append(loss.detach())
+                # a model the Trainer hands num_items_in_batch (transformers' models: they take
+                # **kwargs) already divides each micro-batch's loss by the whole window's token
+                # count: the window's loss is then their sum, not their mean
+                self._losses.append((loss.detach(), kwargs.get("num_items_in_batch") is not None))
 
     def on_save(self, args, state, control, **kwargs):
         """Write the watcher's state next to the checkpoint the Trainer just saved (JSON, atomically)."""
@@ -222,8 +226,9 @@ class GradHealthCallback(WatchingCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         w = self.watcher
         if w is not None and w.active and self._losses:
-            losses = self._losses
-            w.observe(losses[0] if len(losses) == 1 else sum(losses[1:], losses[0]) / len(losses))
+            losses = [v for v, _ in self._losses]
+            total = losses[0] if len(losses) == 1 else sum(losses[1:], losses[0])
+            w.observe(total if all(n for _, n in self._losses) else total / len(losses))
         self._losses, self._collect = [], True
 
     def on_step_end(self, args, state, control, **kwargs):
