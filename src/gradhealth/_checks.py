@@ -60,7 +60,10 @@ def check_real(value: Any, name: str, owner: str, *, low: float | None = None,
                high: float | None = None, low_inclusive: bool = True,
                high_inclusive: bool = True, fix: str | None = None) -> float:
     """Return ``value`` as float if it is a finite real number inside the given interval."""
-    ok = _is_real(value) and math.isfinite(float(value))
+    try:
+        ok = _is_real(value) and math.isfinite(float(value))
+    except OverflowError:   # an integer beyond float's range (10**400)
+        ok = False
     if ok:
         v = float(value)
         if low is not None:

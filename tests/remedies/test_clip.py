@@ -341,3 +341,54 @@ def test_agc_default_exclusion_finds_a_tied_head():
     g = m.e.weight.grad.clone()
     agc_(m)  # default: exclude the last Linear ('h.*'), which is the tied embedding weight
     torch.testing.assert_close(m.e.weight.grad, g, rtol=0, atol=0)
+
+
+def _norm64(ps) -> float:
+    return math.sqrt(sum(float(p.grad.double().square().sum()) for p in ps))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fn", ["global", "layer"])
+def test_half_precision_clips_stay_within_the_bound_and_are_idempotent(dtype, fn):
+    """The factor was cast to the gradient's dtype: bf16/fp16 results ended above the bound in
+    about half the cases (up to +0.3 % for ordinary gradients, +7-10 % for huge ones, where the
+    factor is a half-precision subnormal), and a second clip changed them again. Oracle: the
+    float64 norm of the gradients after the call, and the bits after a second call."""
+    clip = clip_grad_norm_ if fn == "global" else (lambda ps, m: clip_by_layer_norm_(ps[:1], m))
+    big = torch.finfo(dtype).max
+    cases = [(torch.randn(1000, generator=torch.Generator().manual_seed(s)) * 3, 1.0) for s in range(40)]
+    cases += [(torch.full((10_000,), 6e4 if dtype == torch.float16 else 1e38), 1.0),
+              (torch.full((100,), min(3e38, float(big) * 0.9)), 1.0)]
+    for values, bound in cases:
+        p = nn.Parameter(torch.zeros(values.shape, dtype=dtype))
+        p.grad = values.to(dtype)
+        clip([p], bound)
+        assert _norm64([p]) <= bound
+        once = p.grad.clone()
+        clip([p], bound)
+        assert torch.equal(p.grad, once)
+
+
+def test_a_finite_norm_beyond_float32_is_returned_finite():
+    """Finite float32 gradients whose norm exceeds float32's range were clipped, but the
+    returned norm was inf (the documented sign of non-finite, unchanged gradients).
+    Oracle: the gradients after the call are finite and within the bound."""
+    p = nn.Parameter(torch.zeros(4))
+    p.grad = torch.full((4,), 3e38)
+    total = clip_grad_norm_([p], 1.0, error_if_nonfinite=True)   # no error: the gradients are finite
+    assert total.dtype == torch.float32 and math.isfinite(total.item()) and total.item() > 1e38
+    assert torch.isfinite(p.grad).all() and _norm64([p]) <= 1.0
+    p.grad = torch.full((4,), 3e38)
+    assert math.isfinite(clip_by_layer_norm_([p], 1.0)["0"].item())
+
+
+def test_a_none_among_the_parameters_and_a_huge_bound_are_parameter_errors():
+    p = nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    for fn, name in ((clip_grad_norm_, "parameters"), (clip_by_layer_norm_, "model")):
+        with pytest.raises(ParameterError) as exc:
+            fn([p, None], 1.0)
+        assert exc.value.param == name and "NoneType" in str(exc.value)
+    with pytest.raises(ParameterError) as exc:
+        clip_grad_norm_([p], 10 ** 400)
+    assert exc.value.param == "max_norm"

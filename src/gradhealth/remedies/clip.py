@@ -14,8 +14,9 @@ host, so no device-to-host synchronisation. The returned norms are tensors on th
 :class:`AutoClip`          global norm at a percentile of its history (Seetharaman et al. 2020)
 =========================  ==========================================================
 
-Scaling: where a norm exceeds its bound, the gradients are scaled to ``bound * (1 - 1e-6)``;
-where it does not, the factor is exactly 1. So the result is strictly within the bound
+Scaling: where a norm exceeds its bound, the gradients are scaled to ``bound * (1 - 1e-6)``
+(bf16/fp16 gradients: to ``bound * (1 - 1e-6) * (1 - eps)``, scaled in float32, so their
+rounding stays within the bound); where it does not, the factor is exactly 1. So the result is strictly within the bound
 (up to rounding) and clipping twice changes nothing -- bit for bit. (torch's
 ``max_norm / (norm + 1e-6)`` also shrinks gradients that are already inside the bound,
 and a second call shrinks them again.) The results agree with ``torch.nn.utils`` to a
@@ -68,9 +69,9 @@ def _params_list(parameters: Params, owner: str, param: str = "parameters") -> l
         out = list(parameters)
     except TypeError:
         raise ParameterError(param, owner, rule, type(parameters).__name__, "pass model.parameters().") from None
-    bad = next((p for p in out if not isinstance(p, torch.Tensor)), None)
-    if bad is not None:
-        raise ParameterError(param, owner, rule, f"an iterable holding a {type(bad).__name__}",
+    bad = [p for p in out if not isinstance(p, torch.Tensor)]   # (None is an element too)
+    if bad:
+        raise ParameterError(param, owner, rule, f"an iterable holding a {type(bad[0]).__name__}",
                              "pass model.parameters() (or the model).")
     return out
 
@@ -163,6 +164,14 @@ def _scale(total: torch.Tensor, max_norm) -> torch.Tensor:
     return torch.where(over, (max_norm * _SHRINK) / safe, torch.ones_like(total))
 
 
+def _as_float32(total: torch.Tensor) -> torch.Tensor:
+    """A returned norm as float32. A finite norm beyond float32's range (finite gradients near
+    float32's or bf16's largest values) reads as float32's largest value, not ``inf``: a
+    non-finite returned norm always means non-finite gradients, left unchanged."""
+    big = torch.finfo(torch.float32).max
+    return torch.where(torch.isfinite(total), total.clamp(max=big), total).float()
+
+
 def _raise_if_nonfinite(total: torch.Tensor, owner: str, what: str) -> None:
     bad = torch.logical_not(torch.isfinite(total)).any()
     if bool(bad):  # the documented host sync of error_if_nonfinite=True
@@ -173,9 +182,27 @@ def _raise_if_nonfinite(total: torch.Tensor, owner: str, what: str) -> None:
 
 
 def _mul_(grads: Sequence[torch.Tensor], coefs: Sequence[torch.Tensor]) -> None:
-    """grads[i] *= coefs[i], fused per (device, dtype)."""
+    """grads[i] *= coefs[i], fused per (device, dtype).
+
+    float32/float64 gradients take the factor in their dtype. A half-precision gradient
+    (bf16, fp16) does not: the factor cast to it loses most of its digits (fp16's 1.7e-7 is a
+    subnormal), and its rounding alone can end above the bound. So it is scaled in float32, by
+    the factor split in two halves (each a normal float32 even where the factor is not:
+    bf16's range reaches 3e38), with the margin widened by the dtype's epsilon so that the
+    rounded result stays within the bound and a second clip is a no-op; a factor of exactly 1
+    leaves it bit for bit."""
     for (device, dtype), (gl, il) in _grouped(grads).items():
-        torch._foreach_mul_(gl, [coefs[i].to(device=device, dtype=dtype, non_blocking=True) for i in il])
+        if dtype in (torch.float32, torch.float64) or not dtype.is_floating_point:
+            torch._foreach_mul_(gl, [coefs[i].to(device=device, dtype=dtype, non_blocking=True) for i in il])
+            continue
+        margin = 1.0 - torch.finfo(dtype).eps
+        for g, i in zip(gl, il):
+            c = coefs[i].to(device=device, dtype=torch.float64, non_blocking=True)
+            c = torch.where(c < 1, c * margin, c)
+            half = torch.sqrt(c)
+            g32 = g.float()
+            g32.mul_(half.float()).mul_((c / torch.where(half > 0, half, torch.ones_like(half))).float())
+            g.copy_(g32)
 
 
 # --- by value -------------------------------------------------------------------------------
@@ -235,7 +262,7 @@ def clip_grad_norm_(parameters: Params, max_norm: float, norm_type: float = 2.0,
         _raise_if_nonfinite(total, owner, f"total {norm_type}-norm")
     coef = _scale(total, max_norm)
     _mul_(grads, [coef] * len(grads))
-    return total.float()
+    return _as_float32(total)
 
 
 # --- by per-layer norm ------------------------------------------------------------------------
@@ -295,7 +322,7 @@ def clip_by_layer_norm_(model: Params, max_norm: float, norm_type: float = 2.0, 
         c = _scale(n, max_norm)
         coefs.extend([c] * len(idx))
     _mul_(grads, coefs)
-    return {n: v.float() for n, v in zip(names, layer_norms)}
+    return {n: _as_float32(v) for n, v in zip(names, layer_norms)}
 
 
 # --- adaptive gradient clipping (AGC) ---------------------------------------------------------
