@@ -16,9 +16,9 @@ import subprocess
 import sys
 
 import pytest
+from tiny_runs import finished_run
 
 from gradhealth.errors import ParameterError
-from gradhealth.store import RunStore
 
 GRADHEALTH = [sys.executable, "-m", "gradhealth"]
 
@@ -31,18 +31,9 @@ def _gh(*args, timeout=60):
                           timeout=timeout)
 
 
-def _finished_run(run_dir):
-    with RunStore(run_dir, flush_every=0.05) as store:
-        store.write_layers([{"index": i, "name": f"fc{i}", "type": "Linear", "n_params": 4} for i in range(3)])
-        store.append_steps([{"step": s, "loss": 1.0 / (s + 1), "global_grad_norm": 0.5} for s in range(4)])
-        store.append_layer_stats([{"step": s, "layer": i, "grad_norm": 10.0 ** -i}
-                                  for s in range(4) for i in range(3)])
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    return _finished_run(tmp_path_factory.mktemp("top_args") / "run")
+    return finished_run(tmp_path_factory.mktemp("top_args") / "run")
 
 
 @pytest.mark.parametrize("value", ["nan", "-5", "0", "inf", "-inf"])

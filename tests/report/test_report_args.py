@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_runs import finished_run
 
 from gradhealth.cli import main
-from gradhealth.store import RunStore
 
 
 def _run(argv, capsys):
@@ -25,13 +25,7 @@ def _run(argv, capsys):
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("report_args") / "run"
-    with RunStore(run_dir, flush_every=0.05) as store:
-        store.write_layers([{"index": i, "name": f"fc{i}", "type": "Linear", "n_params": 4} for i in range(3)])
-        store.append_steps([{"step": s, "loss": 1.0 / (s + 1), "global_grad_norm": 0.5} for s in range(4)])
-        store.append_layer_stats([{"step": s, "layer": i, "grad_norm": 10.0 ** -i}
-                                  for s in range(4) for i in range(3)])
-    return run_dir
+    return finished_run(tmp_path_factory.mktemp("report_args") / "run")
 
 
 @pytest.mark.parametrize("name,fmt", [("x.png", "svg"), ("x.html", "png"), ("x.svg", "html"), ("x.htm", "png"),

@@ -17,6 +17,19 @@ def small(seed=0, din=6):
     return nn.Sequential(nn.Linear(din, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
+def keep_outputs(model, skip=()):
+    """``({index: output}, hook handles)``: each child's output, its gradient retained (the
+    oracle of the output-gradient norms); children of the ``skip`` types are left out."""
+    outs = {}
+
+    def keep(k):
+        def hook(m, a, o):
+            o.retain_grad()
+            outs[k] = o
+        return hook
+    return outs, [m.register_forward_hook(keep(k)) for k, m in enumerate(model) if not isinstance(m, skip)]
+
+
 def layer_norm(params):
     return math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
 
@@ -60,13 +73,7 @@ def test_output_gradient_and_forward_statistics():
     model = small()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
-    outs = {}
-    def keep(k):
-        def hook(m, a, o):
-            o.retain_grad()
-            outs[k] = o
-        return hook
-    hs = [m.register_forward_hook(keep(k)) for k, m in enumerate(model)]
+    outs, hs = keep_outputs(model)
     with watch(model, opt) as w:
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
@@ -332,14 +339,7 @@ def test_float64_layers_keep_their_output_gradient_norms(which):
         model.insert(2, _Cast(torch.float64))
         model.insert(4, _Cast(torch.float32))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    outs = {}
-
-    def keep(k):
-        def hook(m, a, o):
-            o.retain_grad()
-            outs[k] = o
-        return hook
-    hs = [m.register_forward_hook(keep(k)) for k, m in enumerate(model) if not isinstance(m, _Cast)]
+    outs, hs = keep_outputs(model, skip=_Cast)
     dtype = torch.float64 if which == "all" else torch.float32
     with watch(model, opt) as w:
         model(torch.randn(16, 6, dtype=dtype)).pow(2).mean().backward()

@@ -124,13 +124,12 @@ def check_finite_options(args, names: tuple[str, ...], owner: str) -> None:
     """ParameterError naming the CLI option (``--weight``, not the library function the value
     goes to) for each of ``names`` (attribute names of ``args``; a list is checked item by
     item) that is not a finite number."""
-    import math
+    from .._checks import check_real
 
     for name in names:
         value = getattr(args, name, None)
         values = value if isinstance(value, (list, tuple)) else [value]
         opt = name.replace("_", "-")
         for v in values:
-            if v is not None and not math.isfinite(v):
-                raise ParameterError(opt, owner, "a finite real number", v,
-                                     f"pass e.g. --{opt} 0.9 (negative numbers too: --{opt} -1e-3).")
+            if v is not None:
+                check_real(v, opt, owner, fix=f"pass e.g. --{opt} 0.9 (negative numbers too: --{opt} -1e-3).")

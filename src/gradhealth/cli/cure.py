@@ -142,11 +142,6 @@ def _save(path: str, cured, res: _Outcome) -> None:
     if not res.chosen:
         raise ParameterError("save", _OWNER, "used when a prescription was applied", path,
                              f"the model is {res.before.verdict} and no prescription changes it; nothing to save.")
-    import os
-
-    if os.path.isdir(path):
-        raise ParameterError("save", _OWNER, "a file path, not a directory", path,
-                             f"pass e.g. --save {os.path.join(path, 'cured.pt')}.")
     try:
         torch.save(cured.state_dict(), path)
     except (OSError, RuntimeError) as exc:  # torch.save: RuntimeError for a missing directory

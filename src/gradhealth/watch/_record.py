@@ -319,10 +319,14 @@ class Iteration:
     record: StepRecord | None = None
     pending_loss: tuple[int, Any] | None = None    # observe() on an unlogged step
     captures: list = field(default_factory=list)
-    stepped: bool = False
     n_stepped: int = 0                           # optimizer steps taken (several optimizers)
     primary_stepped: bool = False
     forward: bool = False
     bwd_queued: int = 0                          # 1: queued, 2: re-queued behind later callbacks
     layer_hooks: bool = False
     replayed: bool = False
+
+    @property
+    def stepped(self) -> bool:
+        """An optimizer stepped in this iteration."""
+        return self.n_stepped > 0

@@ -208,8 +208,9 @@ class Instruments:
             if idx is None:
                 idx = torch.tensor([0, n // 3, (2 * n) // 3, n - 1], dtype=torch.long, device=gdev)
                 cache[(n, gdev)] = idx
-            if self._argmax and ppos[id(p)] in self._argmax:
-                idx = self._peak_index(ppos[id(p)], g, idx, at_end)
+            pos = ppos[id(p)]
+            if self._argmax and pos in self._argmax:
+                idx = self._peak_index(pos, g, idx, at_end)
             sm = torch.take(g, idx)
             if dev is None:
                 dev = gdev
@@ -217,7 +218,7 @@ class Instruments:
                 sm = sm.to(dev, non_blocking=True)
             parts.append(sm if sm.dtype == f32 else sm.float())
             plist.append(p)
-            pos_l.append(ppos[id(p)])
+            pos_l.append(pos)
         return plist, pos_l, (torch.cat(parts) if parts else None)
 
     def _peak_index(self, pos: int, g: torch.Tensor, idx: torch.Tensor, at_end: bool) -> torch.Tensor:

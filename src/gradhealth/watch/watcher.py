@@ -391,7 +391,6 @@ class Watcher:
         if primary and it.primary_stepped:
             self._end_iteration()   # a second primary step without a forward in between
             it = self._it
-        it.stepped = True
         it.n_stepped += 1
         if primary:
             it.primary_stepped = True
